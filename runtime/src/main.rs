@@ -1,1 +1,152 @@
-fn main() {}
+//! `vmpod`: the CRI daemon and its operator commands.
+
+mod config;
+mod cri;
+mod daemon;
+mod host;
+mod logging;
+mod network;
+mod server;
+mod state;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use config::{AbsPath, Config, LogFormat, LogLevel, Overrides};
+
+/// Exit code for bad configuration or a failed start-up.
+const EXIT_STARTUP: u8 = 2;
+
+#[derive(Parser)]
+#[command(
+    name = "vmpod",
+    version,
+    about = "A CRI v1 runtime that runs every Kubernetes pod in its own KVM microVM"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the CRI v1 RuntimeService and ImageService on a unix socket.
+    Serve(ConfigArgs),
+    /// Inspect the host and report whether it can run pods, and how.
+    Check {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Configuration helpers.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print the default configuration, with comments.
+    Default,
+}
+
+#[derive(Args)]
+struct ConfigArgs {
+    /// Config file [default: /etc/vmpod/config.toml, if present].
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// CRI socket path (config key `socket`).
+    #[arg(long, value_name = "PATH")]
+    socket: Option<AbsPath>,
+    /// State directory (config key `state-dir`).
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<AbsPath>,
+    /// Log level (config key `log-level`).
+    #[arg(long, value_name = "LEVEL")]
+    log_level: Option<LogLevel>,
+    /// Log format (config key `log-format`).
+    #[arg(long, value_name = "FORMAT")]
+    log_format: Option<LogFormat>,
+}
+
+impl ConfigArgs {
+    fn load(&self) -> Result<Config, config::ConfigError> {
+        let overrides = Overrides {
+            socket: self.socket.clone(),
+            state_dir: self.state_dir.clone(),
+            log_level: self.log_level,
+            log_format: self.log_format,
+        };
+        Config::load(self.config.as_deref(), &overrides)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve(&args),
+        Command::Check { config, json } => check(&config, json),
+        Command::Config(ConfigCommand::Default) => {
+            print!("{}", config::DEFAULT_CONFIG_TOML);
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn serve(args: &ConfigArgs) -> ExitCode {
+    let config = match args.load() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("vmpod: {e}");
+            return ExitCode::from(EXIT_STARTUP);
+        }
+    };
+    logging::init(config.log_level, config.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("vmpod: cannot start async runtime: {e}");
+            return ExitCode::from(EXIT_STARTUP);
+        }
+    };
+    match runtime.block_on(server::serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(server::StartupError(e)) => {
+            eprintln!("vmpod: {e:#}");
+            ExitCode::from(EXIT_STARTUP)
+        }
+    }
+}
+
+fn check(args: &ConfigArgs, json: bool) -> ExitCode {
+    let config = match args.load() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("vmpod: {e}");
+            return ExitCode::from(EXIT_STARTUP);
+        }
+    };
+    let report = host::check::run(&config, host::check::Depth::Full);
+    if json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(s) => println!("{s}"),
+            Err(e) => {
+                eprintln!("vmpod: cannot encode report: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        print!("{}", host::check::render(&report));
+    }
+    if report.pods_can_run() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}

@@ -1,1 +1,4 @@
-//! Harness for end-to-end tests.
+//! Harness for vmpod's end-to-end tests: builds and starts the real
+//! binaries, and talks to them through their real interfaces.
+
+pub mod daemon;

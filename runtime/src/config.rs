@@ -1,0 +1,439 @@
+//! Daemon configuration: a TOML file whose every key has a working default.
+//!
+//! The file is optional. Unknown keys and bad values are startup errors that
+//! name the file, line and key, because a typo that is silently ignored turns
+//! into a production incident weeks later. CLI flags override file values.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// Where `vmpod serve` looks for its config when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/vmpod/config.toml";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Config {
+    /// CRI socket kubelet and crictl connect to.
+    pub socket: AbsPath,
+    /// Root of the daemon's persistent state (redb database, pod dirs).
+    pub state_dir: AbsPath,
+    pub log_level: LogLevel,
+    pub log_format: LogFormat,
+    /// Reported to kubelet through `RuntimeConfig`; must match kubelet's own.
+    pub cgroup_driver: CgroupDriver,
+    pub vm: VmConfig,
+    pub helpers: HelpersConfig,
+    pub cni: CniConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            socket: AbsPath::new("/run/vmpod/vmpod.sock"),
+            state_dir: AbsPath::new("/var/lib/vmpod"),
+            log_level: LogLevel::Info,
+            log_format: LogFormat::Text,
+            cgroup_driver: CgroupDriver::Cgroupfs,
+            vm: VmConfig::default(),
+            helpers: HelpersConfig::default(),
+            cni: CniConfig::default(),
+        }
+    }
+}
+
+/// How pods' microVMs are built and booted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct VmConfig {
+    pub backend: BackendChoice,
+    /// Uncompressed guest kernel (`vmlinux`) built by `images/build.sh`.
+    pub kernel: AbsPath,
+    /// Initramfs holding the static `vmpod-agent` as `/init`.
+    pub initramfs: AbsPath,
+}
+
+impl Default for VmConfig {
+    fn default() -> Self {
+        Self {
+            backend: BackendChoice::Auto,
+            kernel: AbsPath::new("/usr/local/share/vmpod/vmlinux"),
+            initramfs: AbsPath::new("/usr/local/share/vmpod/initramfs.cpio.gz"),
+        }
+    }
+}
+
+/// External programs the shim starts. A bare name is looked up in `PATH`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct HelpersConfig {
+    pub qemu: Program,
+    pub virtiofsd: Program,
+    pub vhost_device_vsock: Program,
+}
+
+impl Default for HelpersConfig {
+    fn default() -> Self {
+        Self {
+            qemu: Program("qemu-system-x86_64".into()),
+            virtiofsd: Program("virtiofsd".into()),
+            vhost_device_vsock: Program("vhost-device-vsock".into()),
+        }
+    }
+}
+
+/// Where the CNI plugins and network configs live (CNI spec defaults, plus
+/// Debian's plugin dir).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct CniConfig {
+    pub bin_dirs: Vec<AbsPath>,
+    pub conf_dir: AbsPath,
+}
+
+impl Default for CniConfig {
+    fn default() -> Self {
+        Self {
+            bin_dirs: vec![AbsPath::new("/opt/cni/bin"), AbsPath::new("/usr/lib/cni")],
+            conf_dir: AbsPath::new("/etc/cni/net.d"),
+        }
+    }
+}
+
+/// An absolute path. Relative paths are rejected at load time: the daemon
+/// changes directory never, but kubelet's view of "relative" is undefined.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct AbsPath(PathBuf);
+
+impl AbsPath {
+    fn new(p: &str) -> Self {
+        Self(PathBuf::from(p))
+    }
+
+    pub fn parse(p: impl Into<PathBuf>) -> Result<Self, String> {
+        let p = p.into();
+        if p.as_os_str().is_empty() {
+            return Err("path must not be empty".into());
+        }
+        if !p.is_absolute() {
+            return Err(format!("path {} must be absolute", p.display()));
+        }
+        Ok(Self(p))
+    }
+
+    pub fn as_path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for AbsPath {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        AbsPath::parse(s).map_err(serde::de::Error::custom)
+    }
+}
+
+impl std::str::FromStr for AbsPath {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        AbsPath::parse(s)
+    }
+}
+
+impl fmt::Display for AbsPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.display().fmt(f)
+    }
+}
+
+/// A program name or absolute path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct Program(pub String);
+
+impl<'de> Deserialize<'de> for Program {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.is_empty() {
+            return Err(serde::de::Error::custom("program must not be empty"));
+        }
+        if s.contains('/') && !s.starts_with('/') {
+            return Err(serde::de::Error::custom(format!(
+                "program {s:?} must be a bare name looked up in PATH or an absolute path"
+            )));
+        }
+        Ok(Program(s))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CgroupDriver {
+    Cgroupfs,
+    Systemd,
+}
+
+/// Which hypervisor backend runs pods. `auto` decides per host, see
+/// [`crate::host::backend`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendChoice {
+    Auto,
+    Kvm,
+    Qemu,
+}
+
+/// A configuration error, already formatted as `file:line:col: message`.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(String);
+
+/// Overrides given on the command line; `None` keeps the file's value.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub socket: Option<AbsPath>,
+    pub state_dir: Option<AbsPath>,
+    pub log_level: Option<LogLevel>,
+    pub log_format: Option<LogFormat>,
+}
+
+impl Config {
+    /// Loads `path`, or the default location when `path` is `None`. Only an
+    /// explicitly named file must exist.
+    pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let (path, required) = match path {
+            Some(p) => (p.to_path_buf(), true),
+            None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
+        };
+        let mut config = match std::fs::read_to_string(&path) {
+            Ok(text) => Config::parse(&text, &path)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => Config::default(),
+            Err(e) => {
+                return Err(ConfigError(format!(
+                    "{}: cannot read config: {e}",
+                    path.display()
+                )));
+            }
+        };
+        config.apply(overrides);
+        Ok(config)
+    }
+
+    /// Parses TOML text; `origin` only labels error messages.
+    pub fn parse(text: &str, origin: &Path) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| {
+            let message = e.message().trim_end();
+            match e.span() {
+                Some(span) => {
+                    let (line, col) = line_col(text, span.start);
+                    let key = key_at(text, span.start)
+                        .map(|k| format!("{k}: "))
+                        .unwrap_or_default();
+                    ConfigError(format!("{}:{line}:{col}: {key}{message}", origin.display()))
+                }
+                None => ConfigError(format!("{}: {message}", origin.display())),
+            }
+        })
+    }
+
+    fn apply(&mut self, o: &Overrides) {
+        if let Some(v) = &o.socket {
+            self.socket = v.clone();
+        }
+        if let Some(v) = &o.state_dir {
+            self.state_dir = v.clone();
+        }
+        if let Some(v) = o.log_level {
+            self.log_level = v;
+        }
+        if let Some(v) = o.log_format {
+            self.log_format = v;
+        }
+    }
+}
+
+/// 1-based line and column of a byte offset, for editor-friendly errors.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+/// The dotted key (`vm.backend`) whose line holds `offset`, found from the
+/// line's `key =` and the closest `[table]` header above it. Best effort:
+/// it only labels errors.
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    let offset = offset.min(text.len());
+    let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next().unwrap_or_default();
+    let (key, _) = line.split_once('=')?;
+    let key = key.trim().trim_matches('"');
+    if key.is_empty() || key.starts_with('#') {
+        return None;
+    }
+    let table = text[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('[') && l.ends_with(']'))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim());
+    Some(match table {
+        Some(t) if !t.is_empty() => format!("{t}.{key}"),
+        _ => key.to_string(),
+    })
+}
+
+/// The commented default configuration printed by `vmpod config default`.
+/// A test parses it back and compares it with `Config::default()`, so the two
+/// cannot drift apart.
+pub const DEFAULT_CONFIG_TOML: &str = r#"# vmpod configuration. Every key is optional; the values shown are the defaults.
+# Command-line flags of the same name override this file.
+
+# CRI socket that kubelet and crictl connect to. Created with mode 0660.
+socket = "/run/vmpod/vmpod.sock"
+
+# Persistent state: the redb database, one directory per pod. Only one daemon
+# may use a state dir at a time.
+state-dir = "/var/lib/vmpod"
+
+# error | warn | info | debug | trace
+log-level = "info"
+
+# text | json
+log-format = "text"
+
+# cgroupfs | systemd. Must match kubelet's --cgroup-driver.
+cgroup-driver = "cgroupfs"
+
+[vm]
+# auto: the built-in KVM VMM where it can run Linux guests, else QEMU (with KVM
+# when the CPU has hardware virtualization, else TCG). kvm | qemu force one.
+backend = "auto"
+# Guest kernel (uncompressed vmlinux) and initramfs, built by images/build.sh.
+kernel = "/usr/local/share/vmpod/vmlinux"
+initramfs = "/usr/local/share/vmpod/initramfs.cpio.gz"
+
+[helpers]
+# Programs the per-pod shim starts: a bare name is looked up in PATH.
+qemu = "qemu-system-x86_64"
+virtiofsd = "virtiofsd"
+vhost-device-vsock = "vhost-device-vsock"
+
+[cni]
+# Directories searched for CNI plugin binaries, in order.
+bin-dirs = ["/opt/cni/bin", "/usr/lib/cni"]
+# Directory holding the CNI network configuration (*.conflist, *.conf).
+conf-dir = "/etc/cni/net.d"
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/vmpod/config.toml"))
+    }
+
+    #[test]
+    fn default_text_matches_default_struct() {
+        assert_eq!(parse(DEFAULT_CONFIG_TOML).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        assert_eq!(parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let err = parse("log-level = \"info\"\n\n[vm]\nkernal = \"/x\"\n").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.starts_with("/etc/vmpod/config.toml:4:1:"), "{msg}");
+        assert!(msg.contains("vm.kernal"), "{msg}");
+    }
+
+    #[test]
+    fn bad_value_names_line_and_value() {
+        let msg = parse("\n[vm]\nbackend = \"xen\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.starts_with("/etc/vmpod/config.toml:3:"), "{msg}");
+        assert!(msg.contains("vm.backend: "), "{msg}");
+        assert!(msg.contains("xen"), "{msg}");
+    }
+
+    #[test]
+    fn relative_path_rejected() {
+        let msg = parse("state-dir = \"var/lib\"\n").unwrap_err().to_string();
+        assert!(
+            msg.contains(":1:") && msg.contains("must be absolute"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn relative_program_rejected_but_bare_name_accepted() {
+        assert!(parse("[helpers]\nqemu = \"bin/qemu\"\n").is_err());
+        let c = parse("[helpers]\nqemu = \"qemu-kvm\"\n").unwrap();
+        assert_eq!(c.helpers.qemu.0, "qemu-kvm");
+    }
+
+    #[test]
+    fn overrides_win_over_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "socket = \"/a.sock\"\nlog-level = \"warn\"\n").unwrap();
+        let o = Overrides {
+            socket: Some(AbsPath::new("/b.sock")),
+            ..Default::default()
+        };
+        let c = Config::load(Some(&file), &o).unwrap();
+        assert_eq!(c.socket.as_path(), Path::new("/b.sock"));
+        assert_eq!(c.log_level, LogLevel::Warn);
+    }
+
+    #[test]
+    fn named_missing_file_is_an_error() {
+        let err = Config::load(
+            Some(Path::new("/nonexistent/vmpod.toml")),
+            &Overrides::default(),
+        );
+        assert!(
+            err.unwrap_err()
+                .to_string()
+                .contains("/nonexistent/vmpod.toml")
+        );
+    }
+}

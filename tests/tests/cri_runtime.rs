@@ -1,0 +1,263 @@
+//! The runtime-level CRI calls against a real `vmpod serve`, through a tonic
+//! client on its unix socket: Version, Status, RuntimeConfig, and the
+//! UNIMPLEMENTED answer for calls later issues implement.
+
+use std::collections::HashMap;
+
+use tonic::Code;
+use vmpod_cri_api::v1::*;
+use vmpod_tests::daemon::{Daemon, guest_kernel, test_config};
+
+#[tokio::test]
+async fn version_names_runtime_and_api() {
+    let d = Daemon::start().await.unwrap();
+    let v = d
+        .runtime()
+        .await
+        .unwrap()
+        .version(VersionRequest {
+            version: "v1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(v.runtime_name, "vmpod");
+    assert_eq!(v.runtime_api_version, "v1");
+    assert_eq!(v.runtime_version, env!("CARGO_PKG_VERSION"));
+}
+
+fn conditions(s: &StatusResponse) -> HashMap<String, RuntimeCondition> {
+    s.status
+        .as_ref()
+        .expect("status present")
+        .conditions
+        .iter()
+        .map(|c| (c.r#type.clone(), c.clone()))
+        .collect()
+}
+
+#[tokio::test]
+async fn status_reports_runtime_ready_and_network_not_ready_without_cni() {
+    // An empty CNI conf dir: NetworkReady must be false with a reason naming it.
+    let d = Daemon::start_with_config(&test_config(
+        "[cni]\nconf-dir = \"/nonexistent/vmpod-test/net.d\"\n",
+    ))
+    .await
+    .unwrap();
+    let s = d
+        .runtime()
+        .await
+        .unwrap()
+        .status(StatusRequest { verbose: false })
+        .await
+        .unwrap()
+        .into_inner();
+    let c = conditions(&s);
+    let rt = &c["RuntimeReady"];
+    // The guest image is built by images/build.sh before the suite runs, and
+    // this host has QEMU and the helpers, so the runtime is ready.
+    assert!(
+        rt.status,
+        "RuntimeReady false: {} {}",
+        rt.reason, rt.message
+    );
+    assert_eq!(rt.reason, "BackendReady");
+    assert!(rt.message.contains("qemu"), "{}", rt.message);
+    let net = &c["NetworkReady"];
+    assert!(!net.status);
+    assert_eq!(net.reason, "NetworkPluginNotReady");
+    assert!(
+        net.message.contains("/nonexistent/vmpod-test/net.d"),
+        "{}",
+        net.message
+    );
+    assert!(s.info.is_empty(), "info only when verbose");
+}
+
+#[tokio::test]
+async fn status_network_ready_with_cni_config_and_verbose_info() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("net.d");
+    let bin = dir.path().join("bin");
+    std::fs::create_dir_all(&conf).unwrap();
+    std::fs::create_dir_all(&bin).unwrap();
+    for plugin in ["bridge", "host-local"] {
+        let p = bin.join(plugin);
+        std::fs::write(&p, "#!/bin/sh\nexit 1\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    std::fs::write(
+        conf.join("10-vmpod.conflist"),
+        r#"{"cniVersion":"1.0.0","name":"vmpod-test","plugins":[{"type":"bridge","ipam":{"type":"host-local"}}]}"#,
+    )
+    .unwrap();
+    let d = Daemon::start_with_config(&test_config(&format!(
+        "[cni]\nconf-dir = {conf:?}\nbin-dirs = [{bin:?}]\n"
+    )))
+    .await
+    .unwrap();
+    let s = d
+        .runtime()
+        .await
+        .unwrap()
+        .status(StatusRequest { verbose: true })
+        .await
+        .unwrap()
+        .into_inner();
+    let c = conditions(&s);
+    assert!(c["RuntimeReady"].status);
+    let net = &c["NetworkReady"];
+    assert!(net.status, "{} {}", net.reason, net.message);
+    assert!(net.message.contains("vmpod-test"), "{}", net.message);
+
+    let backend: serde_json::Value = serde_json::from_str(&s.info["backend"]).unwrap();
+    assert_eq!(backend["backend"]["name"], "qemu");
+    let guest: serde_json::Value = serde_json::from_str(&s.info["guest"]).unwrap();
+    assert_eq!(guest["kernel"], guest_kernel().display().to_string());
+    let kv = guest["kernelVersion"]
+        .as_str()
+        .expect("kernel version read from vmlinux");
+    assert!(kv.starts_with("6.1"), "{kv}");
+    let state: serde_json::Value = serde_json::from_str(&s.info["state"]).unwrap();
+    assert_eq!(state["schemaVersion"], 1);
+}
+
+#[tokio::test]
+async fn status_runtime_not_ready_without_guest_kernel() {
+    let d = Daemon::start_with_config(
+        "[vm]\nkernel = \"/nonexistent/vmlinux\"\ninitramfs = \"/nonexistent/initramfs\"\n",
+    )
+    .await
+    .unwrap();
+    let s = d
+        .runtime()
+        .await
+        .unwrap()
+        .status(StatusRequest { verbose: false })
+        .await
+        .unwrap()
+        .into_inner();
+    let rt = &conditions(&s)["RuntimeReady"];
+    assert!(!rt.status);
+    assert_eq!(rt.reason, "GuestImageMissing");
+    assert!(
+        rt.message.contains("/nonexistent/vmlinux"),
+        "{}",
+        rt.message
+    );
+    assert!(rt.message.contains("images/build.sh"), "{}", rt.message);
+}
+
+#[tokio::test]
+async fn runtime_config_reports_configured_cgroup_driver() {
+    for (name, want) in [
+        ("cgroupfs", CgroupDriver::Cgroupfs),
+        ("systemd", CgroupDriver::Systemd),
+    ] {
+        // cgroup-driver is a top-level key, so it must precede [vm].
+        let config = format!("cgroup-driver = {name:?}\n{}", test_config(""));
+        let d = Daemon::start_with_config(&config).await.unwrap();
+        let r = d
+            .runtime()
+            .await
+            .unwrap()
+            .runtime_config(RuntimeConfigRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.linux.unwrap().cgroup_driver(), want, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn unimplemented_calls_name_the_method_and_daemon_stays_healthy() {
+    let d = Daemon::start().await.unwrap();
+    let mut rt = d.runtime().await.unwrap();
+    let mut img = d.images().await.unwrap();
+
+    let e = rt
+        .run_pod_sandbox(RunPodSandboxRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unimplemented);
+    assert!(e.message().contains("RunPodSandbox"), "{}", e.message());
+
+    let e = rt
+        .list_containers(ListContainersRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unimplemented);
+    assert!(e.message().contains("ListContainers"), "{}", e.message());
+
+    let e = rt
+        .get_container_events(GetEventsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unimplemented);
+    assert!(
+        e.message().contains("GetContainerEvents"),
+        "{}",
+        e.message()
+    );
+
+    let e = img
+        .pull_image(PullImageRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unimplemented);
+    assert!(e.message().contains("PullImage"), "{}", e.message());
+
+    let e = img
+        .image_fs_info(ImageFsInfoRequest::default())
+        .await
+        .unwrap_err();
+    assert!(e.message().contains("ImageFsInfo"), "{}", e.message());
+
+    // Still serving after the errors.
+    rt.version(VersionRequest::default()).await.unwrap();
+}
+
+/// A message whose field 1 is a varint where `VersionRequest` has a string.
+#[derive(Clone, PartialEq, prost::Message)]
+struct WrongWireType {
+    #[prost(uint64, tag = "1")]
+    version: u64,
+}
+
+#[tokio::test]
+async fn malformed_and_oversized_requests_get_errors_and_daemon_stays_healthy() {
+    let d = Daemon::start().await.unwrap();
+    let channel = vmpod_tests::daemon::connect_unix(&d.socket).await.unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let path = http::uri::PathAndQuery::from_static("/runtime.v1.RuntimeService/Version");
+    let codec = tonic_prost::ProstCodec::<WrongWireType, VersionResponse>::default();
+    let e = grpc
+        .unary(
+            tonic::Request::new(WrongWireType { version: 7 }),
+            path,
+            codec,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Internal, "{e:?}");
+    assert!(e.message().contains("decode"), "{}", e.message());
+
+    let mut rt = d.runtime().await.unwrap();
+    let e = rt
+        .version(VersionRequest {
+            version: "x".repeat(5 << 20),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::OutOfRange, "{e:?}");
+
+    // Still serving after both.
+    let v = rt
+        .version(VersionRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(v.runtime_name, "vmpod");
+}
