@@ -3,9 +3,8 @@
 //! Keeping it in its own crate makes the guest agent independent of CRI and
 //! lets both sides compile against one definition.
 
-#![allow(clippy::all, clippy::pedantic)]
-
 /// Generated messages and the `Agent` service.
+#[allow(clippy::all, clippy::pedantic)]
 pub mod v1 {
     tonic::include_proto!("vmpod.agent.v1");
 }
@@ -23,3 +22,9 @@ pub const GUEST_CID: u32 = 3;
 /// First line the agent prints on the serial console once it runs as PID 1.
 /// Tests and the shim look for it to tell "kernel booted, agent started".
 pub const BANNER_PREFIX: &str = "vmpod-agent: started";
+
+/// virtio-fs tag of the pod's shared directory.
+pub const SHARE_TAG: &str = "vmpod";
+
+/// Where the agent mounts the pod share in the guest.
+pub const SHARE_MOUNTPOINT: &str = "/run/vmpod/share";

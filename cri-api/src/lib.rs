@@ -5,9 +5,8 @@
 //! traits (used by `vmpod serve`) and clients (used by tests and tools) are
 //! generated.
 
-#![allow(clippy::all, clippy::pedantic)]
-
 /// Generated messages and services of package `runtime.v1`.
+#[allow(clippy::all, clippy::pedantic)]
 pub mod v1 {
     tonic::include_proto!("runtime.v1");
 }

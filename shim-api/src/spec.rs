@@ -1,0 +1,62 @@
+//! The VM spec: what the daemon asks a shim to boot, written as `vm.json`
+//! in the pod dir before the shim starts. The shim validates it again,
+//! since it is the process that acts on it.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct VmSpec {
+    /// Opaque id, used in process titles and logs.
+    pub id: String,
+    pub backend: BackendSpec,
+    pub kernel: PathBuf,
+    pub initramfs: PathBuf,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    /// How long the guest may take to reach agent-ready.
+    pub boot_timeout_ms: u64,
+    pub helpers: Helpers,
+    pub guest: GuestSetup,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackendSpec {
+    /// QEMU with KVM acceleration.
+    QemuKvm,
+    /// QEMU with TCG software emulation.
+    QemuTcg,
+}
+
+impl BackendSpec {
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendSpec::QemuKvm => "qemu-kvm",
+            BackendSpec::QemuTcg => "qemu-tcg",
+        }
+    }
+}
+
+/// Resolved absolute paths of the helper programs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Helpers {
+    pub qemu: PathBuf,
+    pub virtiofsd: PathBuf,
+    /// `None` when the host has `/dev/vhost-vsock` and QEMU's in-kernel
+    /// vsock device is used instead.
+    pub vhost_device_vsock: Option<PathBuf>,
+}
+
+/// What the agent sets up in the guest once it is up.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct GuestSetup {
+    pub hostname: String,
+    pub dns_servers: Vec<String>,
+    pub dns_searches: Vec<String>,
+    pub dns_options: Vec<String>,
+}
