@@ -52,6 +52,16 @@ pub struct VmConfig {
     pub kernel: AbsPath,
     /// Initramfs holding the static `vmpod-agent` as `/init`.
     pub initramfs: AbsPath,
+    /// vCPUs of a pod whose config sets no CPU limit.
+    #[serde(deserialize_with = "vcpus")]
+    pub vcpus: u32,
+    /// Memory of a pod whose config sets no memory limit.
+    #[serde(deserialize_with = "memory_mib")]
+    pub memory_mib: u64,
+    /// How long a VM may take to reach agent-ready. Unset: 60 s under TCG,
+    /// 10 s with KVM.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub boot_timeout_secs: Option<u64>,
 }
 
 impl Default for VmConfig {
@@ -60,14 +70,46 @@ impl Default for VmConfig {
             backend: BackendChoice::Auto,
             kernel: AbsPath::new("/usr/local/share/vmpod/vmlinux"),
             initramfs: AbsPath::new("/usr/local/share/vmpod/initramfs.cpio.gz"),
+            vcpus: 1,
+            memory_mib: 256,
+            boot_timeout_secs: None,
         }
     }
+}
+
+/// Most vCPUs one VM may get; QEMU's microvm and our guest kernel handle
+/// far more, but a pod asking for more is almost surely a unit mistake.
+pub const MAX_VCPUS: u32 = 64;
+/// Below this the guest kernel and agent do not fit.
+pub const MIN_MEMORY_MIB: u64 = 64;
+pub const MAX_MEMORY_MIB: u64 = 1 << 20;
+
+fn vcpus<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let v = u32::deserialize(d)?;
+    if !(1..=MAX_VCPUS).contains(&v) {
+        return Err(serde::de::Error::custom(format!(
+            "{v} is out of range 1..={MAX_VCPUS}"
+        )));
+    }
+    Ok(v)
+}
+
+fn memory_mib<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let v = u64::deserialize(d)?;
+    if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&v) {
+        return Err(serde::de::Error::custom(format!(
+            "{v} is out of range {MIN_MEMORY_MIB}..={MAX_MEMORY_MIB}"
+        )));
+    }
+    Ok(v)
 }
 
 /// External programs the shim starts. A bare name is looked up in `PATH`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 pub struct HelpersConfig {
+    /// The per-pod shim; a bare name is first looked for beside `vmpod`.
+    pub shim: Program,
     pub qemu: Program,
     pub virtiofsd: Program,
     pub vhost_device_vsock: Program,
@@ -76,6 +118,7 @@ pub struct HelpersConfig {
 impl Default for HelpersConfig {
     fn default() -> Self {
         Self {
+            shim: Program("vmpod-shim".into()),
             qemu: Program("qemu-system-x86_64".into()),
             virtiofsd: Program("virtiofsd".into()),
             vhost_device_vsock: Program("vhost-device-vsock".into()),
@@ -344,8 +387,17 @@ backend = "auto"
 # Guest kernel (uncompressed vmlinux) and initramfs, built by images/build.sh.
 kernel = "/usr/local/share/vmpod/vmlinux"
 initramfs = "/usr/local/share/vmpod/initramfs.cpio.gz"
+# Size of a pod whose sandbox config sets no CPU or memory limit. With limits,
+# the VM gets the pod's limits plus its overhead.
+vcpus = 1
+memory-mib = 256
+# How long a VM may take to reach agent-ready before RunPodSandbox fails.
+# Unset: 60 under TCG, 10 with KVM.
+# boot-timeout-secs = 60
 
 [helpers]
+# The per-pod shim. A bare name is looked for beside the vmpod binary first.
+shim = "vmpod-shim"
 # Programs the per-pod shim starts: a bare name is looked up in PATH.
 qemu = "qemu-system-x86_64"
 virtiofsd = "virtiofsd"
@@ -392,6 +444,20 @@ mod tests {
         assert!(msg.starts_with("/etc/vmpod/config.toml:3:"), "{msg}");
         assert!(msg.contains("vm.backend: "), "{msg}");
         assert!(msg.contains("xen"), "{msg}");
+    }
+
+    #[test]
+    fn out_of_range_sizes_rejected() {
+        let msg = parse("[vm]\nvcpus = 0\n").unwrap_err().to_string();
+        assert!(
+            msg.contains(":2:") && msg.contains("vm.vcpus") && msg.contains("out of range"),
+            "{msg}"
+        );
+        assert!(parse("[vm]\nmemory-mib = 16\n").is_err());
+        assert_eq!(
+            parse("[vm]\nmemory-mib = 512\n").unwrap().vm.memory_mib,
+            512
+        );
     }
 
     #[test]

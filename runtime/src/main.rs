@@ -6,6 +6,7 @@ mod daemon;
 mod host;
 mod logging;
 mod network;
+mod sandbox;
 mod server;
 mod state;
 

@@ -152,7 +152,11 @@ async fn start(
     let daemon = Arc::new(Daemon {
         config: Arc::new(config.clone()),
         store,
+        sandboxes: Default::default(),
     });
+    crate::sandbox::recover::recover(&daemon)
+        .await
+        .map_err(|e| anyhow!("restart recovery: {e}"))?;
     Ok((listener, bound, daemon))
 }
 

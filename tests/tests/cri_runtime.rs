@@ -120,7 +120,7 @@ async fn status_network_ready_with_cni_config_and_verbose_info() {
         .expect("kernel version read from vmlinux");
     assert!(kv.starts_with("6.1"), "{kv}");
     let state: serde_json::Value = serde_json::from_str(&s.info["state"]).unwrap();
-    assert_eq!(state["schemaVersion"], 1);
+    assert_eq!(state["schemaVersion"], 2);
 }
 
 #[tokio::test]
@@ -177,11 +177,11 @@ async fn unimplemented_calls_name_the_method_and_daemon_stays_healthy() {
     let mut img = d.images().await.unwrap();
 
     let e = rt
-        .run_pod_sandbox(RunPodSandboxRequest::default())
+        .create_container(CreateContainerRequest::default())
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::Unimplemented);
-    assert!(e.message().contains("RunPodSandbox"), "{}", e.message());
+    assert!(e.message().contains("CreateContainer"), "{}", e.message());
 
     let e = rt
         .list_containers(ListContainersRequest::default())

@@ -5,9 +5,12 @@
 //! Request validation lives beside the call that needs it.
 
 mod runtime;
+mod sandbox;
 mod service;
 
 use std::sync::Arc;
+
+pub use sandbox::run::RUNTIME_HANDLERS;
 
 use crate::daemon::Daemon;
 
@@ -28,4 +31,10 @@ impl Cri {
 /// this is the honest answer rather than a fake success.
 fn unimplemented(method: &str) -> tonic::Status {
     tonic::Status::unimplemented(format!("{method} is not implemented by vmpod yet"))
+}
+
+/// Restart recovery's teardown of a sandbox whose RunPodSandbox was cut
+/// short; the same steps as a failed boot.
+pub async fn teardown_interrupted(daemon: &Daemon, rec: &crate::state::SandboxRecord) {
+    sandbox::run::teardown(daemon, rec).await;
 }

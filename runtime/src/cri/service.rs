@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 use vmpod_cri_api::v1::*;
 use vmpod_cri_api::{ImageService, RuntimeService};
 
-use super::{Cri, runtime, unimplemented};
+use super::{Cri, runtime, sandbox, unimplemented};
 
 type Rpc<T> = Result<Response<T>, Status>;
 
@@ -49,6 +49,51 @@ impl RuntimeService for Cri {
         runtime::runtime_config::runtime_config(&self.daemon, r.into_inner()).map(Response::new)
     }
 
+    async fn run_pod_sandbox(
+        &self,
+        r: Request<RunPodSandboxRequest>,
+    ) -> Rpc<RunPodSandboxResponse> {
+        sandbox::run::run_pod_sandbox(&self.daemon, r.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn stop_pod_sandbox(
+        &self,
+        r: Request<StopPodSandboxRequest>,
+    ) -> Rpc<StopPodSandboxResponse> {
+        sandbox::stop::stop_pod_sandbox(&self.daemon, r.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn remove_pod_sandbox(
+        &self,
+        r: Request<RemovePodSandboxRequest>,
+    ) -> Rpc<RemovePodSandboxResponse> {
+        sandbox::remove::remove_pod_sandbox(&self.daemon, r.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn pod_sandbox_status(
+        &self,
+        r: Request<PodSandboxStatusRequest>,
+    ) -> Rpc<PodSandboxStatusResponse> {
+        sandbox::status::pod_sandbox_status(&self.daemon, r.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_pod_sandbox(
+        &self,
+        r: Request<ListPodSandboxRequest>,
+    ) -> Rpc<ListPodSandboxResponse> {
+        sandbox::list::list_pod_sandbox(&self.daemon, r.into_inner())
+            .await
+            .map(Response::new)
+    }
+
     type GetContainerEventsStream =
         Pin<Box<dyn Stream<Item = Result<ContainerEventResponse, Status>> + Send + 'static>>;
 
@@ -60,11 +105,6 @@ impl RuntimeService for Cri {
     }
 
     not_yet! {
-        run_pod_sandbox(RunPodSandboxRequest) -> RunPodSandboxResponse = "RunPodSandbox";
-        stop_pod_sandbox(StopPodSandboxRequest) -> StopPodSandboxResponse = "StopPodSandbox";
-        remove_pod_sandbox(RemovePodSandboxRequest) -> RemovePodSandboxResponse = "RemovePodSandbox";
-        pod_sandbox_status(PodSandboxStatusRequest) -> PodSandboxStatusResponse = "PodSandboxStatus";
-        list_pod_sandbox(ListPodSandboxRequest) -> ListPodSandboxResponse = "ListPodSandbox";
         create_container(CreateContainerRequest) -> CreateContainerResponse = "CreateContainer";
         start_container(StartContainerRequest) -> StartContainerResponse = "StartContainer";
         stop_container(StopContainerRequest) -> StopContainerResponse = "StopContainer";

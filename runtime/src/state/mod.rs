@@ -13,8 +13,12 @@ use std::path::{Path, PathBuf};
 use nix::fcntl::{Flock, FlockArg};
 use redb::{Database, ReadableDatabase, TableDefinition};
 
+pub mod sandboxes;
+
+pub use sandboxes::{Metadata, ReserveError, SandboxRecord, SandboxState, VmRecord};
+
 /// Bumped whenever a table's layout changes; see [`Store::migrate`].
-pub const SCHEMA_VERSION: u64 = 1;
+pub const SCHEMA_VERSION: u64 = 2;
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const SCHEMA_KEY: &str = "schema_version";
@@ -38,6 +42,8 @@ pub enum StoreError {
     },
     #[error("state database {path}: {source}")]
     Db { path: PathBuf, source: redb::Error },
+    #[error("state database: {0}")]
+    Corrupt(String),
     #[error(
         "state database {path} has schema version {found}, newer than this vmpod understands ({SCHEMA_VERSION}); upgrade vmpod"
     )]
@@ -45,7 +51,7 @@ pub enum StoreError {
 }
 
 pub struct Store {
-    db: Database,
+    pub(crate) db: Database,
     path: PathBuf,
     // Held, never read: dropping it releases the state-dir lock.
     _lock: Flock<File>,
@@ -81,7 +87,9 @@ impl Store {
         Ok(v.map_or(0, |v| v.value()))
     }
 
-    /// Brings the database to [`SCHEMA_VERSION`]. Version 0 is a fresh file.
+    /// Brings the database to [`SCHEMA_VERSION`]. Version 0 is a fresh file;
+    /// version 1 had no sandbox tables. Every step only adds tables, so the
+    /// migration creates whatever is missing.
     fn migrate(&self) -> Result<(), StoreError> {
         let found = self.schema_version()?;
         if found > SCHEMA_VERSION {
@@ -98,13 +106,17 @@ impl Store {
             let mut meta = tx.open_table(META).map_err(|e| self.err(e))?;
             meta.insert(SCHEMA_KEY, SCHEMA_VERSION)
                 .map_err(|e| self.err(e))?;
+            tx.open_table(sandboxes::SANDBOXES)
+                .map_err(|e| self.err(e))?;
+            tx.open_table(sandboxes::SANDBOX_NAMES)
+                .map_err(|e| self.err(e))?;
         }
         tx.commit().map_err(|e| self.err(e))?;
         tracing::info!(path = %self.path.display(), from = found, to = SCHEMA_VERSION, "state schema migrated");
         Ok(())
     }
 
-    fn err(&self, e: impl Into<redb::Error>) -> StoreError {
+    pub(crate) fn err(&self, e: impl Into<redb::Error>) -> StoreError {
         StoreError::Db {
             path: self.path.clone(),
             source: e.into(),

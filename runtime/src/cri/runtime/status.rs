@@ -32,14 +32,16 @@ pub async fn status(daemon: &Daemon, req: StatusRequest) -> Result<StatusRespons
     Ok(StatusResponse {
         status: Some(RuntimeStatus { conditions }),
         info,
-        runtime_handlers: vec![RuntimeHandler {
-            // The default handler; pods need not name one.
-            name: String::new(),
-            features: Some(RuntimeHandlerFeatures {
-                recursive_read_only_mounts: false,
-                user_namespaces: false,
-            }),
-        }],
+        runtime_handlers: crate::cri::RUNTIME_HANDLERS
+            .iter()
+            .map(|name| RuntimeHandler {
+                name: (*name).to_string(),
+                features: Some(RuntimeHandlerFeatures {
+                    recursive_read_only_mounts: false,
+                    user_namespaces: false,
+                }),
+            })
+            .collect(),
         features: Some(RuntimeFeatures {
             supplemental_groups_policy: false,
         }),

@@ -1,0 +1,52 @@
+//! `StopPodSandbox`: stop the VM, keep the record and logs.
+//!
+//! Idempotent, and an unknown id is not an error: kubelet retries stops of
+//! sandboxes it may already have removed.
+
+use std::sync::Arc;
+
+use tonic::Status;
+use vmpod_cri_api::v1::{StopPodSandboxRequest, StopPodSandboxResponse};
+
+use super::{find, store_err};
+use crate::daemon::Daemon;
+use crate::sandbox;
+use crate::state::SandboxState;
+
+pub async fn stop_pod_sandbox(
+    daemon: &Arc<Daemon>,
+    req: StopPodSandboxRequest,
+) -> Result<StopPodSandboxResponse, Status> {
+    let Some(rec) = find(daemon, &req.pod_sandbox_id)? else {
+        return Ok(StopPodSandboxResponse {});
+    };
+    stop(daemon, &rec.id).await?;
+    Ok(StopPodSandboxResponse {})
+}
+
+/// Stops sandbox `id` under its lock. Shared with RemovePodSandbox.
+pub(crate) async fn stop(daemon: &Arc<Daemon>, id: &str) -> Result<(), Status> {
+    let lock = daemon.sandboxes.lock_for(id);
+    let _guard = lock.lock().await;
+    let Some(rec) = daemon.store.get_sandbox(id).map_err(store_err)? else {
+        return Ok(());
+    };
+    daemon.sandboxes.stop_monitor(id);
+    let errors = sandbox::stop_vm(&rec).await;
+    for e in &errors {
+        tracing::warn!(sandbox = id, error = %e, "stop cleanup");
+    }
+    daemon
+        .store
+        .update_sandbox(id, |r| {
+            let changed = r.state != SandboxState::NotReady;
+            r.state = SandboxState::NotReady;
+            if r.reason.is_empty() {
+                r.reason = "stopped".into();
+            }
+            changed
+        })
+        .map_err(store_err)?;
+    tracing::info!(sandbox = id, "sandbox stopped");
+    Ok(())
+}

@@ -1,0 +1,196 @@
+//! Host cgroups for a pod's processes (shim, VMM, helpers).
+//!
+//! kubelet accounts a pod's host usage under its `cgroup_parent`, so the
+//! processes that make up the VM belong there, in a leaf of their own. The
+//! shim joins the leaf itself before it spawns anything (it is handed the
+//! `cgroup.procs` files), so no helper ever runs outside it. On cgroup v1 and
+//! hybrid hosts, as here, the leaf is made in each accounting controller.
+
+use std::path::{Path, PathBuf};
+
+use crate::config::CgroupDriver;
+use crate::host::CgroupLayout;
+
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+/// v1 controllers that account a pod's usage. cpuset is left out: a v1
+/// cpuset leaf needs cpus/mems copied in before it accepts tasks, and the
+/// VM's vCPU count already bounds its CPU use.
+const V1_CONTROLLERS: &[&str] = &["cpu", "cpuacct", "memory", "pids", "blkio"];
+
+/// Where the pod's leaf goes, relative to a hierarchy root.
+pub fn leaf_path(parent: &str, driver: CgroupDriver, sandbox_id: &str) -> Result<PathBuf, String> {
+    let parent = match (driver, parent) {
+        (_, "") => PathBuf::from("vmpod"),
+        (CgroupDriver::Systemd, p) => expand_slice(p)?,
+        (CgroupDriver::Cgroupfs, p) => relative_clean(p)?,
+    };
+    Ok(parent.join(format!("vmpod-{}", &sandbox_id[..sandbox_id.len().min(16)])))
+}
+
+/// `a-b-c.slice` → `a.slice/a-b.slice/a-b-c.slice`, systemd's nesting rule.
+fn expand_slice(slice: &str) -> Result<PathBuf, String> {
+    let name = slice.strip_suffix(".slice").ok_or_else(|| {
+        format!("cgroup_parent {slice:?} is not a systemd slice (driver is systemd)")
+    })?;
+    if name.is_empty() || name.contains('/') || name.starts_with('-') || name.ends_with('-') {
+        return Err(format!(
+            "cgroup_parent {slice:?} is not a valid systemd slice name"
+        ));
+    }
+    if name == "-" {
+        return Ok(PathBuf::new());
+    }
+    let mut path = PathBuf::new();
+    let mut prefix = String::new();
+    for part in name.split('-') {
+        if part.is_empty() {
+            return Err(format!(
+                "cgroup_parent {slice:?} has an empty slice component"
+            ));
+        }
+        if !prefix.is_empty() {
+            prefix.push('-');
+        }
+        prefix.push_str(part);
+        path.push(format!("{prefix}.slice"));
+    }
+    Ok(path)
+}
+
+/// A cgroupfs parent must stay inside the hierarchy: no `..`.
+fn relative_clean(p: &str) -> Result<PathBuf, String> {
+    let mut out = PathBuf::new();
+    for c in Path::new(p).components() {
+        match c {
+            std::path::Component::Normal(n) => out.push(n),
+            std::path::Component::RootDir | std::path::Component::CurDir => {}
+            _ => return Err(format!("cgroup_parent {p:?} must not contain \"..\"")),
+        }
+    }
+    Ok(out)
+}
+
+/// The leaf dirs [`create`] will make, so they can be recorded first.
+pub fn planned(leaf: &Path, layout: CgroupLayout) -> Vec<PathBuf> {
+    roots(layout).into_iter().map(|r| r.join(leaf)).collect()
+}
+
+fn roots(layout: CgroupLayout) -> Vec<PathBuf> {
+    match layout {
+        CgroupLayout::Unified => vec![PathBuf::from(CGROUP_ROOT)],
+        CgroupLayout::Hybrid | CgroupLayout::Legacy => v1_roots(),
+        CgroupLayout::None => Vec::new(),
+    }
+}
+
+/// Creates the leaf in every hierarchy that accounts pods and returns the
+/// leaf dirs. Parents are created as needed (kubelet normally made them) and
+/// left in place on removal.
+pub fn create(leaf: &Path, layout: CgroupLayout) -> Result<Vec<PathBuf>, String> {
+    let mut made = Vec::new();
+    for root in roots(layout) {
+        let dir = root.join(leaf);
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            remove(&made);
+            return Err(format!("cannot create cgroup {}: {e}", dir.display()));
+        }
+        made.push(dir);
+    }
+    Ok(made)
+}
+
+/// Mount points of the v1 controllers we use, each once (cpu and cpuacct
+/// are often co-mounted).
+fn v1_roots() -> Vec<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let mut roots: Vec<PathBuf> = Vec::new();
+    for line in mounts.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 4 || f[2] != "cgroup" {
+            continue;
+        }
+        let opts: Vec<&str> = f[3].split(',').collect();
+        if V1_CONTROLLERS.iter().any(|c| opts.contains(c)) {
+            let p = PathBuf::from(f[1]);
+            if !roots.contains(&p) {
+                roots.push(p);
+            }
+        }
+    }
+    roots
+}
+
+/// Removes leaf dirs. A leaf still holding a process (a shim that has not
+/// exited yet) is retried briefly, then reported.
+pub fn remove(dirs: &[PathBuf]) -> Vec<String> {
+    let mut errors = Vec::new();
+    for dir in dirs {
+        let mut last = None;
+        for _ in 0..50 {
+            match std::fs::remove_dir(dir) {
+                Ok(()) => {
+                    last = None;
+                    break;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    last = None;
+                    break;
+                }
+                Err(e) => {
+                    last = Some(e);
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+            }
+        }
+        if let Some(e) = last {
+            errors.push(format!("cannot remove cgroup {}: {e}", dir.display()));
+        }
+    }
+    errors
+}
+
+/// The `cgroup.procs` file the shim writes its pid to.
+pub fn procs_file(dir: &Path) -> PathBuf {
+    dir.join("cgroup.procs")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn systemd_slices_expand() {
+        let p = leaf_path(
+            "kubepods-besteffort-pod12.slice",
+            CgroupDriver::Systemd,
+            "abcdef",
+        )
+        .unwrap();
+        assert_eq!(
+            p,
+            PathBuf::from(
+                "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod12.slice/vmpod-abcdef"
+            )
+        );
+        assert!(leaf_path("kubepods", CgroupDriver::Systemd, "a").is_err());
+    }
+
+    #[test]
+    fn cgroupfs_parent_is_confined() {
+        let p = leaf_path(
+            "/kubepods/burstable/pod1",
+            CgroupDriver::Cgroupfs,
+            "0123456789abcdef0123",
+        )
+        .unwrap();
+        assert_eq!(
+            p,
+            PathBuf::from("kubepods/burstable/pod1/vmpod-0123456789abcdef")
+        );
+        assert!(leaf_path("/kubepods/../../etc", CgroupDriver::Cgroupfs, "a").is_err());
+        assert_eq!(
+            leaf_path("", CgroupDriver::Cgroupfs, "a").unwrap(),
+            PathBuf::from("vmpod/vmpod-a")
+        );
+    }
+}

@@ -1,0 +1,121 @@
+//! Pod sandboxes: each one a microVM owned by a `vmpod-shim`.
+//!
+//! The CRI calls in `cri/sandbox/` translate requests into operations here.
+//! The redb record is the truth that survives restarts; this module adds the
+//! in-memory parts: a lock per sandbox so that Stop and Remove of the same
+//! pod never interleave, and a monitor per ready pod that turns it NOTREADY
+//! the moment its VM or shim dies.
+
+pub mod cgroup;
+pub mod monitor;
+pub mod recover;
+pub mod resources;
+pub mod shim;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::state::{SandboxRecord, SandboxState, Store};
+
+/// Where pod dirs live under the state dir.
+pub const PODS_DIR: &str = "pods";
+
+/// Grace the guest gets on stop before its VMM is killed.
+pub const STOP_GRACE: Duration = Duration::from_secs(2);
+
+#[derive(Default)]
+pub struct Registry {
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    monitors: Mutex<HashMap<String, tokio::task::AbortHandle>>,
+}
+
+impl Registry {
+    /// The lock serializing lifecycle operations on one sandbox.
+    pub fn lock_for(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        locks.entry(id.to_string()).or_default().clone()
+    }
+
+    pub fn forget(&self, id: &str) {
+        self.locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        self.stop_monitor(id);
+    }
+
+    pub fn set_monitor(&self, id: &str, handle: tokio::task::AbortHandle) {
+        let old = self
+            .monitors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_string(), handle);
+        if let Some(old) = old {
+            old.abort();
+        }
+    }
+
+    pub fn stop_monitor(&self, id: &str) {
+        if let Some(h) = self
+            .monitors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id)
+        {
+            h.abort();
+        }
+    }
+}
+
+pub fn pod_dir(state_dir: &Path, id: &str) -> PathBuf {
+    state_dir.join(PODS_DIR).join(id)
+}
+
+/// Stops the VM and releases host resources that only live while it runs
+/// (cgroup leaves). Leaves the record and the pod dir (its logs) in place.
+pub async fn stop_vm(rec: &SandboxRecord) -> Vec<String> {
+    shim::stop(&rec.pod_dir, rec.vm.shim_pid, STOP_GRACE).await;
+    let dirs = rec.cgroups.clone();
+    tokio::task::spawn_blocking(move || cgroup::remove(&dirs))
+        .await
+        .unwrap_or_else(|e| vec![format!("cgroup cleanup task failed: {e}")])
+}
+
+/// Deletes the pod dir. Refuses paths outside the state dir's pods dir, so
+/// a corrupt record can never make the daemon delete anything else.
+pub fn remove_pod_dir(state_dir: &Path, rec: &SandboxRecord) -> Result<(), String> {
+    let expected = pod_dir(state_dir, &rec.id);
+    if rec.pod_dir != expected {
+        return Err(format!(
+            "sandbox {} records pod dir {}, expected {}; not deleting it",
+            rec.id,
+            rec.pod_dir.display(),
+            expected.display()
+        ));
+    }
+    match std::fs::remove_dir_all(&expected) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(format!("cannot remove {}: {e}", expected.display())),
+    }
+}
+
+/// Marks a sandbox NOTREADY unless it is gone or already not ready.
+pub fn mark_not_ready(store: &Store, id: &str, reason: &str) {
+    let result = store.update_sandbox(id, |rec| {
+        if rec.state == SandboxState::Ready {
+            rec.state = SandboxState::NotReady;
+            rec.reason = reason.to_string();
+            true
+        } else {
+            false
+        }
+    });
+    match result {
+        Ok(true) => tracing::warn!(sandbox = id, reason, "sandbox not ready"),
+        Ok(false) => {}
+        Err(e) => tracing::error!(sandbox = id, error = %e, "cannot record sandbox state"),
+    }
+}

@@ -1,0 +1,65 @@
+//! Restart recovery: make the host match the records after the daemon was
+//! killed, possibly in the middle of a RunPodSandbox.
+//!
+//! - `Creating`: the attempt died with the daemon. Kill its shim (if any),
+//!   remove its cgroups, pod dir and record, as the failed call would have.
+//! - `Ready`: reconnect to the shim and watch it again; if the shim is gone
+//!   the sandbox is NOTREADY.
+//! - Pod dirs without a record (a crash between delete steps) are removed
+//!   once no live shim uses them.
+
+use std::sync::Arc;
+
+use super::{mark_not_ready, monitor, shim};
+use crate::daemon::Daemon;
+use crate::state::SandboxState;
+
+pub async fn recover(daemon: &Arc<Daemon>) -> Result<(), String> {
+    let records = daemon.store.list_sandboxes().map_err(|e| e.to_string())?;
+    let mut known = std::collections::HashSet::new();
+    for rec in records {
+        known.insert(rec.id.clone());
+        match rec.state {
+            SandboxState::Creating => {
+                tracing::warn!(sandbox = %rec.id, "cleaning up a sandbox whose creation was interrupted");
+                crate::cri::teardown_interrupted(daemon, &rec).await;
+            }
+            SandboxState::Ready if shim::is_shim_of(rec.vm.shim_pid, &rec.pod_dir) => {
+                tracing::info!(sandbox = %rec.id, pid = rec.vm.shim_pid, "reconnecting to shim");
+                monitor::start(daemon, &rec);
+            }
+            SandboxState::Ready => {
+                mark_not_ready(
+                    &daemon.store,
+                    &rec.id,
+                    "shim exited while the daemon was down",
+                );
+            }
+            SandboxState::NotReady => {}
+        }
+    }
+    let pods = daemon.config.state_dir.as_path().join(super::PODS_DIR);
+    let Ok(entries) = std::fs::read_dir(&pods) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if known.contains(&name) {
+            continue;
+        }
+        let dir = entry.path();
+        let pid = std::fs::read_to_string(dir.join(vmpod_shim_api::layout::SHIM_PID))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        if shim::is_shim_of(pid, &dir) {
+            tracing::warn!(dir = %dir.display(), pid, "stopping orphaned shim");
+            shim::stop(&dir, pid, super::STOP_GRACE).await;
+        }
+        tracing::warn!(dir = %dir.display(), "removing orphaned pod dir");
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot remove orphaned pod dir");
+        }
+    }
+    Ok(())
+}

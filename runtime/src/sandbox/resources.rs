@@ -1,0 +1,103 @@
+//! VM size from the pod's resources.
+//!
+//! kubelet passes the pod's aggregate limits and its RuntimeClass overhead
+//! in `LinuxPodSandboxConfig`; the VM gets their sum, so what the scheduler
+//! reserved is what the guest can use. Without limits, config defaults
+//! apply.
+
+use vmpod_cri_api::v1::LinuxContainerResources;
+
+use crate::config::{MAX_MEMORY_MIB, MAX_VCPUS, MIN_MEMORY_MIB, VmConfig};
+
+const MIB: i64 = 1 << 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VmSize {
+    pub vcpus: u32,
+    pub memory_mib: u64,
+}
+
+pub fn vm_size(
+    vm: &VmConfig,
+    resources: Option<&LinuxContainerResources>,
+    overhead: Option<&LinuxContainerResources>,
+) -> VmSize {
+    let cpus = |r: Option<&LinuxContainerResources>| -> f64 {
+        r.filter(|r| r.cpu_quota > 0 && r.cpu_period > 0)
+            .map_or(0.0, |r| r.cpu_quota as f64 / r.cpu_period as f64)
+    };
+    let mem = |r: Option<&LinuxContainerResources>| -> i64 {
+        r.map_or(0, |r| r.memory_limit_in_bytes.max(0))
+    };
+    let limit_cpus = cpus(resources);
+    let vcpus = if limit_cpus > 0.0 {
+        ((limit_cpus + cpus(overhead)).ceil() as u32).clamp(1, MAX_VCPUS)
+    } else {
+        vm.vcpus
+    };
+    let limit_mem = mem(resources);
+    let memory_mib = if limit_mem > 0 {
+        let total = limit_mem.saturating_add(mem(overhead));
+        (total.div_euclid(MIB) + i64::from(total % MIB != 0)) as u64
+    } else {
+        vm.memory_mib
+    }
+    .clamp(MIN_MEMORY_MIB, MAX_MEMORY_MIB);
+    VmSize { vcpus, memory_mib }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn res(quota: i64, period: i64, mem: i64) -> LinuxContainerResources {
+        LinuxContainerResources {
+            cpu_quota: quota,
+            cpu_period: period,
+            memory_limit_in_bytes: mem,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn defaults_without_limits() {
+        let vm = VmConfig::default();
+        assert_eq!(
+            vm_size(&vm, None, None),
+            VmSize {
+                vcpus: 1,
+                memory_mib: 256
+            }
+        );
+        assert_eq!(
+            vm_size(&vm, Some(&res(0, 0, 0)), None),
+            VmSize {
+                vcpus: 1,
+                memory_mib: 256
+            }
+        );
+    }
+
+    #[test]
+    fn limits_plus_overhead_rounded_up() {
+        let vm = VmConfig::default();
+        let s = vm_size(
+            &vm,
+            Some(&res(150_000, 100_000, 300 * MIB)),
+            Some(&res(25_000, 100_000, 50 * MIB + 1)),
+        );
+        assert_eq!(
+            s,
+            VmSize {
+                vcpus: 2,
+                memory_mib: 351
+            }
+        );
+    }
+
+    #[test]
+    fn tiny_limits_clamped_to_a_bootable_minimum() {
+        let s = vm_size(&VmConfig::default(), Some(&res(0, 0, MIB)), None);
+        assert_eq!(s.memory_mib, MIN_MEMORY_MIB);
+    }
+}

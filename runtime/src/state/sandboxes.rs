@@ -1,0 +1,274 @@
+//! Persisted pod sandbox records.
+//!
+//! A record is written before anything is started for a pod (state
+//! `Creating`), so a daemon that crashes mid-RunPodSandbox finds it on
+//! restart and cleans up what that attempt left behind. The name index makes
+//! the duplicate-name check and the insert one transaction.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use super::{Store, StoreError};
+
+pub(super) const SANDBOXES: TableDefinition<&str, &[u8]> = TableDefinition::new("sandboxes");
+pub(super) const SANDBOX_NAMES: TableDefinition<&str, &str> = TableDefinition::new("sandbox_names");
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SandboxState {
+    /// RunPodSandbox is in progress (or crashed while it was).
+    Creating,
+    Ready,
+    NotReady,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Metadata {
+    pub name: String,
+    pub uid: String,
+    pub namespace: String,
+    pub attempt: u32,
+}
+
+impl Metadata {
+    /// The identity kubelet must not reuse while a sandbox exists.
+    pub fn key(&self) -> String {
+        format!(
+            "{}\u{0}{}\u{0}{}\u{0}{}",
+            self.name, self.namespace, self.uid, self.attempt
+        )
+    }
+}
+
+/// The VM as the shim reported it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmRecord {
+    pub backend: String,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub shim_pid: u32,
+    pub vmm_pid: u32,
+    /// Boot phases in ns since the epoch: shim start, VMM spawned, kernel
+    /// entry, agent ready.
+    pub boot_ns: [u64; 4],
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxRecord {
+    pub id: String,
+    pub metadata: Metadata,
+    pub state: SandboxState,
+    /// ns since the epoch.
+    pub created_at: i64,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    pub runtime_handler: String,
+    pub hostname: String,
+    pub log_directory: String,
+    /// The pod dir under the state dir, owned by the shim.
+    pub pod_dir: PathBuf,
+    /// Host cgroup dirs created for the pod's processes.
+    pub cgroups: Vec<PathBuf>,
+    /// The CRI NamespaceOption modes (network, pid, ipc) as given.
+    pub namespace_modes: [i32; 3],
+    pub vm: VmRecord,
+    /// Why the sandbox is not ready, when it is not.
+    pub reason: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReserveError {
+    #[error("a sandbox with this name already exists: {0}")]
+    Exists(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl Store {
+    /// Inserts a new record unless its metadata identity is taken.
+    pub fn reserve_sandbox(&self, rec: &SandboxRecord) -> Result<(), ReserveError> {
+        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        {
+            let mut names = tx.open_table(SANDBOX_NAMES).map_err(|e| self.err(e))?;
+            let key = rec.metadata.key();
+            if let Some(existing) = names.get(key.as_str()).map_err(|e| self.err(e))? {
+                return Err(ReserveError::Exists(existing.value().to_string()));
+            }
+            names
+                .insert(key.as_str(), rec.id.as_str())
+                .map_err(|e| self.err(e))?;
+            let mut table = tx.open_table(SANDBOXES).map_err(|e| self.err(e))?;
+            table
+                .insert(rec.id.as_str(), encode(rec)?.as_slice())
+                .map_err(|e| self.err(e))?;
+        }
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Overwrites an existing record.
+    pub fn put_sandbox(&self, rec: &SandboxRecord) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        {
+            let mut table = tx.open_table(SANDBOXES).map_err(|e| self.err(e))?;
+            table
+                .insert(rec.id.as_str(), encode(rec)?.as_slice())
+                .map_err(|e| self.err(e))?;
+        }
+        tx.commit().map_err(|e| self.err(e))
+    }
+
+    /// Applies `f` to the record in one transaction; absent records are left
+    /// absent (a monitor must never resurrect a removed sandbox). Returns
+    /// whether `f` reported a change.
+    pub fn update_sandbox(
+        &self,
+        id: &str,
+        f: impl FnOnce(&mut SandboxRecord) -> bool,
+    ) -> Result<bool, StoreError> {
+        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        let changed = {
+            let mut table = tx.open_table(SANDBOXES).map_err(|e| self.err(e))?;
+            let current = table
+                .get(id)
+                .map_err(|e| self.err(e))?
+                .map(|v| decode(v.value()));
+            match current {
+                None => false,
+                Some(rec) => {
+                    let mut rec = rec?;
+                    let changed = f(&mut rec);
+                    if changed {
+                        table
+                            .insert(id, encode(&rec)?.as_slice())
+                            .map_err(|e| self.err(e))?;
+                    }
+                    changed
+                }
+            }
+        };
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(changed)
+    }
+
+    pub fn get_sandbox(&self, id: &str) -> Result<Option<SandboxRecord>, StoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let table = match tx.open_table(SANDBOXES) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(self.err(e)),
+        };
+        let v = table.get(id).map_err(|e| self.err(e))?;
+        v.map(|v| decode(v.value())).transpose()
+    }
+
+    pub fn list_sandboxes(&self) -> Result<Vec<SandboxRecord>, StoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let table = match tx.open_table(SANDBOXES) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(self.err(e)),
+        };
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(|e| self.err(e))? {
+            let (_, v) = entry.map_err(|e| self.err(e))?;
+            out.push(decode(v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Deletes the record and frees its name. Absent ids are fine.
+    pub fn delete_sandbox(&self, id: &str) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        {
+            let mut table = tx.open_table(SANDBOXES).map_err(|e| self.err(e))?;
+            let old = table.remove(id).map_err(|e| self.err(e))?;
+            if let Some(old) = old {
+                let rec = decode(old.value())?;
+                drop(old);
+                let mut names = tx.open_table(SANDBOX_NAMES).map_err(|e| self.err(e))?;
+                names
+                    .remove(rec.metadata.key().as_str())
+                    .map_err(|e| self.err(e))?;
+            }
+        }
+        tx.commit().map_err(|e| self.err(e))
+    }
+}
+
+fn encode(rec: &SandboxRecord) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(rec)
+        .map_err(|e| StoreError::Corrupt(format!("encoding sandbox {}: {e}", rec.id)))
+}
+
+fn decode(bytes: &[u8]) -> Result<SandboxRecord, StoreError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| StoreError::Corrupt(format!("decoding a sandbox record: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(id: &str, name: &str) -> SandboxRecord {
+        SandboxRecord {
+            id: id.into(),
+            metadata: Metadata {
+                name: name.into(),
+                uid: "u".into(),
+                namespace: "ns".into(),
+                attempt: 0,
+            },
+            state: SandboxState::Creating,
+            created_at: 1,
+            labels: BTreeMap::new(),
+            annotations: BTreeMap::new(),
+            runtime_handler: String::new(),
+            hostname: name.into(),
+            log_directory: String::new(),
+            pod_dir: PathBuf::from("/x"),
+            cgroups: vec![],
+            namespace_modes: [0; 3],
+            vm: VmRecord::default(),
+            reason: String::new(),
+        }
+    }
+
+    #[test]
+    fn reserve_rejects_duplicate_names_and_delete_frees_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.reserve_sandbox(&rec("a", "pod")).unwrap();
+        match store.reserve_sandbox(&rec("b", "pod")) {
+            Err(ReserveError::Exists(id)) => assert_eq!(id, "a"),
+            other => panic!("{other:?}"),
+        }
+        store.reserve_sandbox(&rec("c", "other")).unwrap();
+        let mut r = rec("a", "pod");
+        r.state = SandboxState::Ready;
+        store.put_sandbox(&r).unwrap();
+        assert_eq!(
+            store.get_sandbox("a").unwrap().unwrap().state,
+            SandboxState::Ready
+        );
+        assert_eq!(store.list_sandboxes().unwrap().len(), 2);
+        store.delete_sandbox("a").unwrap();
+        store.delete_sandbox("a").unwrap();
+        assert!(store.get_sandbox("a").unwrap().is_none());
+        store.reserve_sandbox(&rec("d", "pod")).unwrap();
+    }
+
+    #[test]
+    fn records_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store.reserve_sandbox(&rec("a", "pod")).unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.list_sandboxes().unwrap()[0].id, "a");
+    }
+}
