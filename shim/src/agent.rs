@@ -1,0 +1,241 @@
+//! The path to the guest agent: hybrid vsock (a unix socket on which the
+//! host asks for a guest port with `CONNECT <port>\n` and gets `OK <n>\n`),
+//! and the tonic client that rides on the resulting stream.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use hyper_util::rt::TokioIo;
+use thiserror::Error;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio::time::{Instant, timeout_at};
+use tonic::transport::{Channel, Endpoint, Uri};
+use vmpod_agent_proto::AgentClient;
+use vmpod_agent_proto::v1::{HealthRequest, SetupSandboxRequest};
+
+/// A reply line longer than this is not a handshake reply.
+const MAX_REPLY: usize = 64;
+/// One handshake attempt; a guest that accepted answers in milliseconds.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+/// One RPC to the agent before boot completes.
+const RPC_TIMEOUT: Duration = Duration::from_secs(5);
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum HandshakeError {
+    #[error("connection closed before the handshake reply (guest not listening yet?)")]
+    Closed,
+    #[error("handshake reply longer than {MAX_REPLY} bytes")]
+    TooLong,
+    #[error("unexpected handshake reply {0:?}")]
+    Unexpected(String),
+}
+
+/// Checks one reply line (without its newline): `OK <port>`. The number is
+/// the guest port for vhost-device-vsock and a host port for Firecracker, so
+/// only its form is checked.
+pub fn parse_reply(line: &[u8]) -> Result<u32, HandshakeError> {
+    let text = String::from_utf8_lossy(line);
+    text.strip_prefix("OK ")
+        .and_then(|n| n.trim_end_matches('\r').parse::<u32>().ok())
+        .ok_or_else(|| HandshakeError::Unexpected(text.into_owned()))
+}
+
+/// Connects to guest `port` through the hybrid-vsock socket at `uds`.
+///
+/// The reply is read byte by byte so that nothing the guest sends after it
+/// (an HTTP/2 server speaks first) is swallowed by a buffer.
+pub async fn hybrid_connect(uds: &Path, port: u32) -> io::Result<UnixStream> {
+    let mut stream = UnixStream::connect(uds).await?;
+    stream
+        .write_all(format!("CONNECT {port}\n").as_bytes())
+        .await?;
+    let mut line = Vec::with_capacity(16);
+    loop {
+        let mut byte = [0u8; 1];
+        if stream.read(&mut byte).await? == 0 {
+            return Err(io::Error::other(HandshakeError::Closed));
+        }
+        if byte[0] == b'\n' {
+            break;
+        }
+        if line.len() >= MAX_REPLY {
+            return Err(io::Error::other(HandshakeError::TooLong));
+        }
+        line.push(byte[0]);
+    }
+    parse_reply(&line).map_err(io::Error::other)?;
+    Ok(stream)
+}
+
+/// A gRPC channel whose every (re)connect is a fresh hybrid-vsock handshake.
+pub async fn channel(uds: PathBuf, port: u32) -> Result<Channel> {
+    // The authority is never resolved: the connector ignores the URI.
+    let endpoint = Endpoint::from_static("http://agent.vsock").connect_timeout(HANDSHAKE_TIMEOUT);
+    endpoint
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let uds = uds.clone();
+            async move {
+                let s = tokio::time::timeout(HANDSHAKE_TIMEOUT, hybrid_connect(&uds, port))
+                    .await
+                    .map_err(|_| {
+                        io::Error::new(io::ErrorKind::TimedOut, "vsock handshake timed out")
+                    })??;
+                Ok::<_, io::Error>(TokioIo::new(s))
+            }
+        }))
+        .await
+        .context("connecting to the agent over hybrid vsock")
+}
+
+/// Retries until the agent accepts a connection and reports ready, or the
+/// deadline passes. The caller owns the deadline and the error it implies;
+/// this only reports the last failure seen.
+pub async fn connect_ready(
+    uds: &Path,
+    port: u32,
+    deadline: Instant,
+) -> Result<AgentClient<Channel>> {
+    let mut last: Option<anyhow::Error> = None;
+    loop {
+        match timeout_at(deadline, try_ready(uds, port)).await {
+            Ok(Ok(client)) => return Ok(client),
+            Ok(Err(e)) => {
+                tracing::debug!("agent not ready yet: {e:#}");
+                last = Some(e);
+            }
+            Err(_) => break,
+        }
+        if Instant::now() + RETRY_PAUSE >= deadline {
+            break;
+        }
+        tokio::time::sleep(RETRY_PAUSE).await;
+    }
+    match last {
+        Some(e) => Err(e.context("agent not reachable before the deadline")),
+        None => bail!("agent not reachable before the deadline"),
+    }
+}
+
+async fn try_ready(uds: &Path, port: u32) -> Result<AgentClient<Channel>> {
+    let mut client = AgentClient::new(channel(uds.to_owned(), port).await?);
+    let health = tokio::time::timeout(RPC_TIMEOUT, client.health(HealthRequest {}))
+        .await
+        .context("Health timed out")?
+        .context("Health")?
+        .into_inner();
+    if !health.ready {
+        bail!(
+            "agent {} answered Health but is not ready",
+            health.agent_version
+        );
+    }
+    tracing::info!(agent_version = %health.agent_version, "agent ready");
+    Ok(client)
+}
+
+/// Asks the agent to prepare the guest for the pod.
+pub async fn setup_sandbox(
+    client: &mut AgentClient<Channel>,
+    req: SetupSandboxRequest,
+) -> Result<String> {
+    let resp = tokio::time::timeout(RPC_TIMEOUT, client.setup_sandbox(req))
+        .await
+        .context("SetupSandbox timed out")?
+        .context("SetupSandbox")?
+        .into_inner();
+    Ok(resp.share_mountpoint)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncBufReadExt;
+    use tokio::net::UnixListener;
+
+    #[test]
+    fn parses_replies() {
+        assert_eq!(parse_reply(b"OK 1024"), Ok(1024));
+        assert_eq!(parse_reply(b"OK 1073741824\r"), Ok(1_073_741_824));
+        assert!(matches!(
+            parse_reply(b"OK"),
+            Err(HandshakeError::Unexpected(_))
+        ));
+        assert!(matches!(
+            parse_reply(b"ERR no listener"),
+            Err(HandshakeError::Unexpected(_))
+        ));
+        assert!(matches!(
+            parse_reply(b"OK -1"),
+            Err(HandshakeError::Unexpected(_))
+        ));
+    }
+
+    /// A fake hybrid-vsock endpoint: checks the request, sends `reply`, then
+    /// the first bytes of the "guest" stream right behind it.
+    async fn fake(reply: &'static [u8]) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("vm.vsock");
+        let listener = UnixListener::bind(&path).expect("bind");
+        tokio::spawn(async move {
+            let (s, _) = listener.accept().await.expect("accept");
+            let mut s = tokio::io::BufReader::new(s);
+            let mut req = String::new();
+            s.read_line(&mut req).await.expect("read request");
+            assert_eq!(req, "CONNECT 1024\n");
+            let mut s = s.into_inner();
+            let mut out = reply.to_vec();
+            out.extend_from_slice(b"GUEST");
+            s.write_all(&out).await.expect("reply");
+            // Hold the stream open until the client is done.
+            let mut rest = Vec::new();
+            let _ = s.read_to_end(&mut rest).await;
+        });
+        (dir, path)
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn handshake_leaves_guest_bytes_in_the_stream() {
+        let (_dir, path) = fake(b"OK 1024\n").await;
+        let mut s = hybrid_connect(&path, 1024).await.expect("handshake");
+        let mut first = [0u8; 5];
+        s.read_exact(&mut first).await.expect("guest bytes");
+        assert_eq!(&first, b"GUEST");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn handshake_rejects_bad_reply() {
+        let (_dir, path) = fake(b"NO\n").await;
+        let e = hybrid_connect(&path, 1024).await.unwrap_err();
+        assert!(e.to_string().contains("unexpected handshake reply"), "{e}");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn handshake_reports_early_close() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("vm.vsock");
+        let listener = UnixListener::bind(&path).expect("bind");
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.expect("accept");
+            let mut buf = [0u8; 13];
+            let _ = s.read_exact(&mut buf).await;
+        });
+        let e = hybrid_connect(&path, 1024).await.unwrap_err();
+        assert!(e.to_string().contains("closed before"), "{e}");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn connect_ready_gives_up_at_the_deadline() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("missing.vsock");
+        let start = Instant::now();
+        let e = connect_ready(&path, 1024, start + Duration::from_millis(300))
+            .await
+            .unwrap_err();
+        assert!(start.elapsed() < Duration::from_secs(2));
+        assert!(format!("{e:#}").contains("deadline"), "{e:#}");
+    }
+}

@@ -1,0 +1,83 @@
+//! The VMM behind a trait, so the VM state machine never knows which one runs
+//! the pod: QEMU (with KVM or TCG) now, the built-in KVM VMM later.
+//!
+//! The contract is deliberately small: start a VM from a description of its
+//! boot files and devices, report exactly one exit on the shared exit
+//! channel, stop it on request. Pod concepts (spec, pod dir, agent) stay out.
+
+pub mod qemu;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use anyhow::Result;
+use tokio::io::AsyncRead;
+
+use crate::process::ExitSender;
+
+/// Kernel command line every backend uses. `reboot=t` + `panic=-1` turn a
+/// guest reboot or panic into a VM exit, which the shim supervises.
+pub const BASE_CMDLINE: &str = "console=ttyS0 reboot=t panic=-1 quiet";
+
+/// How the guest's virtio-vsock is backed on the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Vsock {
+    /// A vhost-user backend (vhost-device-vsock) listening on `socket`.
+    VhostUser { socket: PathBuf },
+    /// The host kernel's vhost-vsock (`/dev/vhost-vsock`).
+    Kernel { guest_cid: u32 },
+}
+
+/// A vhost-user virtio-fs backend (virtiofsd).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VirtioFs {
+    pub socket: PathBuf,
+    pub tag: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmConfig {
+    /// Names the VM in process titles.
+    pub name: String,
+    pub kernel: PathBuf,
+    pub initramfs: PathBuf,
+    pub cmdline: String,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub vsock: Vsock,
+    pub fs: Option<VirtioFs>,
+    /// Where the VMM's own diagnostics (not the guest console) go.
+    pub log: PathBuf,
+}
+
+pub type Console = Pin<Box<dyn AsyncRead + Send + Sync + Unpin>>;
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+pub trait Hypervisor {
+    /// "qemu-tcg", "qemu-kvm", "kvm": reported in `VmState.backend`.
+    fn name(&self) -> &'static str;
+
+    /// Starts the VM. Its end is reported once on `exits`, under the name
+    /// `RunningVm::process_name`.
+    fn start(&self, config: &VmConfig, exits: ExitSender) -> Result<Box<dyn RunningVm>>;
+}
+
+pub trait RunningVm: Send + Sync {
+    /// The pid that runs the VM (the shim's own for an in-process VMM).
+    fn pid(&self) -> u32;
+
+    /// The name its exit carries on the exit channel.
+    fn process_name(&self) -> &str;
+
+    /// The guest's serial output; `None` once taken.
+    fn take_console(&mut self) -> Option<Console>;
+
+    /// Asks the VM to stop, forcing it after `grace`; resolves once it has.
+    fn stop(&self, grace: Duration) -> BoxFuture<'_, ExitStatus>;
+
+    /// The VMM's own last words, for error messages.
+    fn diagnostics(&self) -> String;
+}

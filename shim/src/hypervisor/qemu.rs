@@ -1,0 +1,262 @@
+//! QEMU `-M microvm` as a VMM process.
+//!
+//! The command line encodes what was found to work on these hosts:
+//! `acpi=off` (otherwise QEMU does not put `virtio_mmio.device=` on the kernel
+//! command line and an ACPI-less guest sees no virtio devices), pit/pic/rtc
+//! (TCG hangs at TSC calibration without them), and memfd guest memory with
+//! `share=on` (vhost-user backends must map it; without it vsock and
+//! virtio-fs hang silently).
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use tokio::process::Command;
+
+use super::{BoxFuture, Console, Hypervisor, RunningVm, VirtioFs, VmConfig, Vsock};
+use crate::process::{ExitSender, Process, log_tail};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    Tcg,
+    Kvm,
+}
+
+pub struct Qemu {
+    pub binary: PathBuf,
+    pub accel: Accel,
+}
+
+impl Qemu {
+    pub fn new(binary: PathBuf, accel: Accel) -> Self {
+        Qemu { binary, accel }
+    }
+}
+
+/// The process name used in logs and on the exit channel.
+pub const PROCESS_NAME: &str = "qemu";
+
+/// QEMU's arguments for `config`; pure, so it can be tested.
+pub fn args(config: &VmConfig, accel: Accel) -> Result<Vec<OsString>> {
+    if config.memory_mib == 0 || config.vcpus == 0 {
+        bail!("memory and vcpus must be positive");
+    }
+    let mem = format!("{}M", config.memory_mib);
+    let mut a: Vec<OsString> = Vec::new();
+    let mut push = |s: &str| a.push(OsString::from(s));
+    push("-name");
+    push(&format!(
+        "vmpod-{},process=vmpod-{}",
+        config.name, config.name
+    ));
+    push("-M");
+    push("microvm,pit=on,pic=on,rtc=on,acpi=off,memory-backend=mem");
+    push("-object");
+    push(&format!("memory-backend-memfd,id=mem,size={mem},share=on"));
+    push("-m");
+    push(&mem);
+    push("-smp");
+    push(&config.vcpus.to_string());
+    match accel {
+        Accel::Tcg => {
+            push("-accel");
+            push("tcg");
+            push("-cpu");
+            push("max");
+        }
+        Accel::Kvm => {
+            // `host` and `max` abort with "failed to set MSR 0x10a" on
+            // nested hosts that hide ARCH_CAPABILITIES.
+            push("-accel");
+            push("kvm");
+            push("-cpu");
+            push("host,-arch-capabilities");
+        }
+    }
+    for flag in ["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"] {
+        push(flag);
+    }
+    push("-serial");
+    push("stdio");
+    push("-append");
+    push(&config.cmdline);
+    match &config.vsock {
+        Vsock::VhostUser { socket } => {
+            push("-chardev");
+            a.push(chardev("vsock0", socket));
+            a.push("-device".into());
+            a.push("vhost-user-vsock-device,chardev=vsock0".into());
+        }
+        Vsock::Kernel { guest_cid } => {
+            a.push("-device".into());
+            a.push(format!("vhost-vsock-device,guest-cid={guest_cid}").into());
+        }
+    }
+    if let Some(VirtioFs { socket, tag }) = &config.fs {
+        a.push("-chardev".into());
+        a.push(chardev("vfs0", socket));
+        a.push("-device".into());
+        a.push(format!("vhost-user-fs-device,chardev=vfs0,tag={tag}").into());
+    }
+    a.push("-kernel".into());
+    a.push(config.kernel.clone().into_os_string());
+    a.push("-initrd".into());
+    a.push(config.initramfs.clone().into_os_string());
+    Ok(a)
+}
+
+fn chardev(id: &str, path: &std::path::Path) -> OsString {
+    let mut s = OsString::from(format!("socket,id={id},path="));
+    // QEMU option syntax: a ',' inside a value is written ',,'.
+    s.push(path.as_os_str().to_string_lossy().replace(',', ",,"));
+    s
+}
+
+impl Hypervisor for Qemu {
+    fn name(&self) -> &'static str {
+        match self.accel {
+            Accel::Tcg => "qemu-tcg",
+            Accel::Kvm => "qemu-kvm",
+        }
+    }
+
+    fn start(&self, config: &VmConfig, exits: ExitSender) -> Result<Box<dyn RunningVm>> {
+        let mut cmd = Command::new(&self.binary);
+        cmd.args(args(config, self.accel)?);
+        let log = crate::process::open_append(&config.log)?;
+        cmd.stdout(std::process::Stdio::piped()).stderr(log);
+        let (process, stdout) = Process::spawn(PROCESS_NAME, cmd, exits)?;
+        Ok(Box::new(QemuVm {
+            process,
+            console: stdout.map(|s| Box::pin(s) as Console),
+            log: config.log.clone(),
+        }))
+    }
+}
+
+struct QemuVm {
+    process: Process,
+    console: Option<Console>,
+    log: PathBuf,
+}
+
+impl RunningVm for QemuVm {
+    fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
+    fn process_name(&self) -> &str {
+        self.process.name()
+    }
+
+    fn take_console(&mut self) -> Option<Console> {
+        self.console.take()
+    }
+
+    fn stop(&self, grace: Duration) -> BoxFuture<'_, ExitStatus> {
+        // QEMU exits cleanly on SIGTERM; the guest gets no ACPI power button
+        // (there is no ACPI), so the grace period is for QEMU itself.
+        Box::pin(self.process.terminate(grace))
+    }
+
+    fn diagnostics(&self) -> String {
+        log_tail(&self.log, 2048)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> VmConfig {
+        VmConfig {
+            name: "pod1".into(),
+            kernel: "/img/vmlinux".into(),
+            initramfs: "/img/initramfs.cpio.gz".into(),
+            cmdline: super::super::BASE_CMDLINE.into(),
+            vcpus: 2,
+            memory_mib: 256,
+            vsock: Vsock::VhostUser {
+                socket: "/pods/a,b/run/vsock.sock".into(),
+            },
+            fs: Some(VirtioFs {
+                socket: "/pods/p/run/vfs.sock".into(),
+                tag: "vmpod".into(),
+            }),
+            log: "/pods/p/run/qemu.log".into(),
+        }
+    }
+
+    fn joined(a: &[OsString]) -> String {
+        a.iter()
+            .map(|s| s.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// The value after `flag`, for every occurrence.
+    fn values<'a>(a: &'a [OsString], flag: &str) -> Vec<&'a str> {
+        a.windows(2)
+            .filter(|w| w[0] == flag)
+            .filter_map(|w| w[1].to_str())
+            .collect()
+    }
+
+    #[test]
+    fn tcg_command_line_has_what_boots_here() {
+        let a = args(&config(), Accel::Tcg).expect("args");
+        assert_eq!(
+            values(&a, "-M"),
+            ["microvm,pit=on,pic=on,rtc=on,acpi=off,memory-backend=mem"]
+        );
+        assert_eq!(
+            values(&a, "-object"),
+            ["memory-backend-memfd,id=mem,size=256M,share=on"]
+        );
+        assert_eq!(values(&a, "-m"), ["256M"]);
+        assert_eq!(values(&a, "-smp"), ["2"]);
+        assert_eq!(values(&a, "-accel"), ["tcg"]);
+        assert_eq!(values(&a, "-cpu"), ["max"]);
+        assert_eq!(values(&a, "-serial"), ["stdio"]);
+        assert_eq!(
+            values(&a, "-append"),
+            ["console=ttyS0 reboot=t panic=-1 quiet"]
+        );
+        assert_eq!(values(&a, "-kernel"), ["/img/vmlinux"]);
+        assert_eq!(values(&a, "-initrd"), ["/img/initramfs.cpio.gz"]);
+        assert_eq!(
+            values(&a, "-chardev"),
+            [
+                "socket,id=vsock0,path=/pods/a,,b/run/vsock.sock",
+                "socket,id=vfs0,path=/pods/p/run/vfs.sock"
+            ]
+        );
+        assert_eq!(
+            values(&a, "-device"),
+            [
+                "vhost-user-vsock-device,chardev=vsock0",
+                "vhost-user-fs-device,chardev=vfs0,tag=vmpod"
+            ]
+        );
+        let all = joined(&a);
+        for flag in ["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"] {
+            assert!(all.contains(flag), "{flag} missing: {all}");
+        }
+        // microvm adds the virtio_mmio.device= entries itself.
+        assert!(!all.contains("virtio_mmio"), "{all}");
+    }
+
+    #[test]
+    fn kvm_and_kernel_vsock() {
+        let mut c = config();
+        c.vsock = Vsock::Kernel { guest_cid: 3 };
+        c.fs = None;
+        let a = args(&c, Accel::Kvm).expect("args");
+        assert_eq!(values(&a, "-accel"), ["kvm"]);
+        assert_eq!(values(&a, "-cpu"), ["host,-arch-capabilities"]);
+        assert_eq!(values(&a, "-device"), ["vhost-vsock-device,guest-cid=3"]);
+        assert!(values(&a, "-chardev").is_empty());
+    }
+}

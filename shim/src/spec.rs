@@ -1,0 +1,172 @@
+//! Loading and checking `vm.json`. The daemon validated it already, but the
+//! shim is the process that acts on it, and a bad value found here costs one
+//! clear line instead of a VM that hangs at boot.
+
+use std::path::Path;
+
+use thiserror::Error;
+use vmpod_shim_api::spec::VmSpec;
+
+#[derive(Debug, Error)]
+pub enum SpecError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse {
+        path: String,
+        source: serde_json::Error,
+    },
+    #[error("{path}: field `{field}`: {reason}")]
+    Invalid {
+        path: String,
+        field: &'static str,
+        reason: String,
+    },
+}
+
+/// Guest memory below this does not fit the kernel plus the initramfs.
+pub const MIN_MEMORY_MIB: u64 = 64;
+/// microvm has no reason to go higher, and a typo (GiB for MiB) should fail.
+pub const MAX_MEMORY_MIB: u64 = 256 * 1024;
+pub const MAX_VCPUS: u32 = 255;
+
+pub fn load(path: &Path) -> Result<VmSpec, SpecError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| SpecError::Read {
+        path: shown.clone(),
+        source,
+    })?;
+    let spec: VmSpec = serde_json::from_str(&text).map_err(|source| SpecError::Parse {
+        path: shown.clone(),
+        source,
+    })?;
+    validate(&spec).map_err(|(field, reason)| SpecError::Invalid {
+        path: shown,
+        field,
+        reason,
+    })?;
+    Ok(spec)
+}
+
+/// Returns the offending field (its `vm.json` name) and why.
+pub fn validate(spec: &VmSpec) -> Result<(), (&'static str, String)> {
+    if spec.id.is_empty() {
+        return Err(("id", "must not be empty".into()));
+    }
+    if spec.id.chars().any(|c| c.is_control() || c == '/') {
+        return Err((
+            "id",
+            format!("{:?} contains '/' or control characters", spec.id),
+        ));
+    }
+    file(&spec.kernel, "kernel")?;
+    file(&spec.initramfs, "initramfs")?;
+    if spec.vcpus == 0 || spec.vcpus > MAX_VCPUS {
+        return Err(("vcpus", format!("{} is not in 1..={MAX_VCPUS}", spec.vcpus)));
+    }
+    if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&spec.memory_mib) {
+        return Err((
+            "memory-mib",
+            format!(
+                "{} is not in {MIN_MEMORY_MIB}..={MAX_MEMORY_MIB}",
+                spec.memory_mib
+            ),
+        ));
+    }
+    if spec.boot_timeout_ms == 0 {
+        return Err(("boot-timeout-ms", "must be positive".into()));
+    }
+    file(&spec.helpers.qemu, "helpers.qemu")?;
+    file(&spec.helpers.virtiofsd, "helpers.virtiofsd")?;
+    if let Some(vsock) = &spec.helpers.vhost_device_vsock {
+        file(vsock, "helpers.vhost-device-vsock")?;
+    }
+    let h = &spec.guest.hostname;
+    if h.len() > 64
+        || h.chars()
+            .any(|c| !(c.is_ascii_alphanumeric() || c == '-' || c == '.'))
+    {
+        return Err(("guest.hostname", format!("{h:?} is not a valid hostname")));
+    }
+    Ok(())
+}
+
+fn file(path: &Path, field: &'static str) -> Result<(), (&'static str, String)> {
+    if !path.is_absolute() {
+        return Err((field, format!("{} is not an absolute path", path.display())));
+    }
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => Ok(()),
+        Ok(_) => Err((field, format!("{} is not a regular file", path.display()))),
+        Err(e) => Err((field, format!("{}: {e}", path.display()))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+    use vmpod_shim_api::spec::{BackendSpec, GuestSetup, Helpers};
+
+    fn good() -> VmSpec {
+        let sh = PathBuf::from("/bin/sh");
+        VmSpec {
+            id: "pod-1".into(),
+            backend: BackendSpec::QemuTcg,
+            kernel: sh.clone(),
+            initramfs: sh.clone(),
+            vcpus: 1,
+            memory_mib: 256,
+            boot_timeout_ms: 1000,
+            helpers: Helpers {
+                qemu: sh.clone(),
+                virtiofsd: sh.clone(),
+                vhost_device_vsock: Some(sh),
+            },
+            guest: GuestSetup {
+                hostname: "web-1".into(),
+                ..Default::default()
+            },
+        }
+    }
+
+    #[test]
+    fn accepts_good_spec() {
+        assert_eq!(validate(&good()), Ok(()));
+    }
+
+    #[test]
+    fn names_the_bad_field() {
+        let mut s = good();
+        s.kernel = "/nonexistent/vmlinux".into();
+        assert_eq!(validate(&s).unwrap_err().0, "kernel");
+        let mut s = good();
+        s.initramfs = "relative.cpio".into();
+        assert_eq!(validate(&s).unwrap_err().0, "initramfs");
+        let mut s = good();
+        s.vcpus = 0;
+        assert_eq!(validate(&s).unwrap_err().0, "vcpus");
+        let mut s = good();
+        s.memory_mib = 16;
+        assert_eq!(validate(&s).unwrap_err().0, "memory-mib");
+        let mut s = good();
+        s.helpers.vhost_device_vsock = Some("/nope".into());
+        assert_eq!(validate(&s).unwrap_err().0, "helpers.vhost-device-vsock");
+        let mut s = good();
+        s.guest.hostname = "a b".into();
+        assert_eq!(validate(&s).unwrap_err().0, "guest.hostname");
+    }
+
+    #[test]
+    fn parse_errors_name_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("vm.json");
+        std::fs::write(&p, r#"{"id": "x", "bogus": 1}"#).expect("write");
+        let e = load(&p).unwrap_err().to_string();
+        assert!(e.contains("vm.json"), "{e}");
+        assert!(e.contains("bogus"), "{e}");
+    }
+}

@@ -1,0 +1,466 @@
+//! The VM's state machine: boot (helpers, VMM, agent), supervise, stop.
+//!
+//! One task owns every child process and is the only writer of the state;
+//! everything else (the gRPC service, signal handling) talks to it through
+//! commands. Child exits arrive on one channel, so "boot step N" and "some
+//! child died" race in a single `select!` and a dead VMM is seen at once.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tonic::transport::Channel;
+use vmpod_agent_proto::v1::SetupSandboxRequest;
+use vmpod_agent_proto::{AGENT_VSOCK_PORT, AgentClient, GUEST_CID, SHARE_TAG};
+use vmpod_shim_api::spec::VmSpec;
+use vmpod_shim_api::v1::{BootTimes, Phase, VmState};
+
+use crate::agent;
+use crate::console::{self, ConsoleTail};
+use crate::helpers;
+use crate::hypervisor::{BASE_CMDLINE, Hypervisor, RunningVm, VirtioFs, VmConfig, Vsock};
+use crate::pod_dir::PodDir;
+use crate::process::{Exit, ExitSender, Process, describe, log_tail};
+
+/// Grace for QEMU when the shim stops on its own (failure, signal).
+pub const DEFAULT_STOP_GRACE: Duration = Duration::from_millis(2000);
+/// vhost-user daemons hold no guest state; they get little time.
+const HELPER_GRACE: Duration = Duration::from_millis(1000);
+/// How much serial console goes into an error message.
+const ERROR_CONSOLE_TAIL: usize = 2048;
+
+pub fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// State readable without asking the VM task.
+pub struct Shared {
+    pub state: watch::Sender<VmState>,
+    agent: Mutex<Option<AgentClient<Channel>>>,
+}
+
+impl Shared {
+    fn set_agent(&self, client: Option<AgentClient<Channel>>) {
+        *self.agent.lock().unwrap_or_else(|e| e.into_inner()) = client;
+    }
+}
+
+enum Command {
+    Shutdown {
+        grace: Duration,
+        done: oneshot::Sender<()>,
+    },
+}
+
+/// What the rest of the shim holds to observe and steer the VM.
+#[derive(Clone)]
+pub struct VmHandle {
+    shared: Arc<Shared>,
+    commands: mpsc::Sender<Command>,
+}
+
+impl VmHandle {
+    pub fn state(&self) -> VmState {
+        self.shared.state.borrow().clone()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<VmState> {
+        self.shared.state.subscribe()
+    }
+
+    /// A client for the agent, only while the VM is READY.
+    pub fn agent(&self) -> Option<AgentClient<Channel>> {
+        if self.state().phase != Phase::Ready as i32 {
+            return None;
+        }
+        self.shared
+            .agent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Stops the VM and every helper; resolves once all are reaped and the
+    /// phase is STOPPED. Safe to call any number of times.
+    pub async fn shutdown(&self, grace: Duration) {
+        let (done, wait) = oneshot::channel();
+        if self
+            .commands
+            .send(Command::Shutdown { grace, done })
+            .await
+            .is_ok()
+        {
+            let _ = wait.await;
+        }
+    }
+}
+
+pub struct Machine {
+    spec: VmSpec,
+    pod: PodDir,
+    hypervisor: Box<dyn Hypervisor + Send + Sync>,
+    shared: Arc<Shared>,
+    /// Set at shim start: the boot deadline counts from there.
+    started: Instant,
+    helpers: Vec<Process>,
+    vmm: Option<Box<dyn RunningVm>>,
+    console: ConsoleTail,
+    console_task: Option<JoinHandle<()>>,
+    exits: ExitSender,
+    exits_rx: mpsc::UnboundedReceiver<Exit>,
+    commands: mpsc::Receiver<Command>,
+}
+
+/// What ended the boot phase.
+enum BootEvent {
+    Booted(Result<AgentClient<Channel>>),
+    ChildExit(Exit),
+    Command(Command),
+    Deadline,
+}
+
+impl Machine {
+    pub fn new(
+        spec: VmSpec,
+        pod: PodDir,
+        hypervisor: Box<dyn Hypervisor + Send + Sync>,
+        shim_start_ns: u64,
+        started: Instant,
+    ) -> (Machine, VmHandle) {
+        let state = VmState {
+            phase: Phase::Booting as i32,
+            error: String::new(),
+            vmm_pid: 0,
+            shim_pid: std::process::id(),
+            backend: hypervisor.name().to_owned(),
+            vcpus: spec.vcpus,
+            memory_mib: spec.memory_mib,
+            boot: Some(BootTimes {
+                shim_start_ns,
+                ..Default::default()
+            }),
+        };
+        let shared = Arc::new(Shared {
+            state: watch::Sender::new(state),
+            agent: Mutex::new(None),
+        });
+        let (exits, exits_rx) = mpsc::unbounded_channel();
+        let (cmd_tx, commands) = mpsc::channel(8);
+        let handle = VmHandle {
+            shared: shared.clone(),
+            commands: cmd_tx,
+        };
+        let machine = Machine {
+            spec,
+            pod,
+            hypervisor,
+            shared,
+            started,
+            helpers: Vec::new(),
+            vmm: None,
+            console: ConsoleTail::default(),
+            console_task: None,
+            exits,
+            exits_rx,
+            commands,
+        };
+        (machine, handle)
+    }
+
+    pub async fn run(mut self) {
+        let timeout = Duration::from_millis(self.spec.boot_timeout_ms);
+        let deadline = self.started + timeout;
+        let event = {
+            // Split borrows: the boot future holds `self` mutably, the other
+            // branches only the channels, moved out for the duration.
+            let mut exits_rx = std::mem::replace(&mut self.exits_rx, mpsc::unbounded_channel().1);
+            let mut commands = std::mem::replace(&mut self.commands, mpsc::channel(1).1);
+            let event = tokio::select! {
+                r = self.boot(deadline) => BootEvent::Booted(r),
+                Some(exit) = exits_rx.recv() => BootEvent::ChildExit(exit),
+                Some(cmd) = commands.recv() => BootEvent::Command(cmd),
+                _ = tokio::time::sleep_until(deadline) => BootEvent::Deadline,
+            };
+            self.exits_rx = exits_rx;
+            self.commands = commands;
+            event
+        };
+        match event {
+            BootEvent::Booted(Ok(client)) => self.ready(client),
+            BootEvent::Booted(Err(e)) if Instant::now() >= deadline => {
+                let reason = self.timeout_reason(timeout, Some(&e));
+                self.fail(reason).await
+            }
+            BootEvent::Booted(Err(e)) => {
+                let reason = format!("boot failed: {e:#}{}", self.console_suffix());
+                self.fail(reason).await
+            }
+            BootEvent::Deadline => {
+                let reason = self.timeout_reason(timeout, None);
+                self.fail(reason).await
+            }
+            BootEvent::ChildExit(exit) => {
+                let reason = self.exit_reason(&exit, "during boot");
+                self.fail(reason).await
+            }
+            BootEvent::Command(cmd) => self.command(cmd).await,
+        }
+        loop {
+            tokio::select! {
+                Some(exit) = self.exits_rx.recv() => {
+                    // Exits after READY are failures; during or after a stop
+                    // they are the stop itself (virtiofsd also quits on its
+                    // own once the VMM is gone).
+                    if self.phase() == Phase::Ready {
+                        let reason = self.exit_reason(&exit, "unexpectedly");
+                        self.fail(reason).await;
+                    }
+                }
+                cmd = self.commands.recv() => match cmd {
+                    Some(cmd) => self.command(cmd).await,
+                    None => break,
+                },
+            }
+        }
+        self.teardown(DEFAULT_STOP_GRACE).await;
+    }
+
+    async fn boot(&mut self, deadline: Instant) -> Result<AgentClient<Channel>> {
+        let pod = self.pod.clone();
+        let vsock = match self.spec.helpers.vhost_device_vsock.clone() {
+            Some(bin) => {
+                helpers::remove_stale(&pod.hybrid_vsock())?;
+                let socket = pod.vsock_backend_socket();
+                let cmd = helpers::vhost_device_vsock_command(&bin, &pod, GUEST_CID);
+                let p = helpers::spawn(
+                    helpers::VHOST_DEVICE_VSOCK,
+                    cmd,
+                    &socket,
+                    &pod,
+                    self.exits.clone(),
+                )?;
+                self.helpers.push(p);
+                Vsock::VhostUser { socket }
+            }
+            None => Vsock::Kernel {
+                guest_cid: GUEST_CID,
+            },
+        };
+        let fs_socket = pod.virtiofs_socket();
+        let cmd = helpers::virtiofsd_command(&self.spec.helpers.virtiofsd, &pod);
+        let p = helpers::spawn(
+            helpers::VIRTIOFSD,
+            cmd,
+            &fs_socket,
+            &pod,
+            self.exits.clone(),
+        )?;
+        self.helpers.push(p);
+        // Both helpers start in parallel; wait for their sockets afterwards.
+        for (helper, socket) in self.helpers.iter().zip(helper_sockets(&pod, &vsock)) {
+            helpers::wait_for_socket(helper, &socket, &pod).await?;
+        }
+
+        let config = VmConfig {
+            name: self.spec.id.clone(),
+            kernel: self.spec.kernel.clone(),
+            initramfs: self.spec.initramfs.clone(),
+            cmdline: BASE_CMDLINE.to_owned(),
+            vcpus: self.spec.vcpus,
+            memory_mib: self.spec.memory_mib,
+            vsock,
+            fs: Some(VirtioFs {
+                socket: fs_socket,
+                tag: SHARE_TAG.to_owned(),
+            }),
+            log: pod.process_log(self.hypervisor.name()),
+        };
+        let mut vm = self
+            .hypervisor
+            .start(&config, self.exits.clone())
+            .context("starting the VMM")?;
+        let vmm_pid = vm.pid();
+        self.shared.state.send_modify(|s| {
+            s.vmm_pid = vmm_pid;
+            boot_times(s).vmm_spawned_ns = now_ns();
+        });
+        if let Some(serial) = vm.take_console() {
+            let shared = self.shared.clone();
+            let task = console::spawn_reader(
+                serial,
+                &pod.console_log(),
+                self.console.clone(),
+                move || {
+                    shared
+                        .state
+                        .send_modify(|s| boot_times(s).kernel_entry_ns = now_ns());
+                },
+            )?;
+            self.console_task = Some(task);
+        }
+        self.vmm = Some(vm);
+
+        let mut client =
+            agent::connect_ready(&pod.hybrid_vsock(), AGENT_VSOCK_PORT, deadline).await?;
+        let guest = &self.spec.guest;
+        let mountpoint = agent::setup_sandbox(
+            &mut client,
+            SetupSandboxRequest {
+                hostname: guest.hostname.clone(),
+                dns_servers: guest.dns_servers.clone(),
+                dns_searches: guest.dns_searches.clone(),
+                dns_options: guest.dns_options.clone(),
+                share_tag: SHARE_TAG.to_owned(),
+            },
+        )
+        .await?;
+        tracing::info!(%mountpoint, "sandbox set up in the guest");
+        Ok(client)
+    }
+
+    fn ready(&mut self, client: AgentClient<Channel>) {
+        self.shared.set_agent(Some(client));
+        self.shared.state.send_modify(|s| {
+            s.phase = Phase::Ready as i32;
+            boot_times(s).agent_ready_ns = now_ns();
+        });
+        let b = self.shared.state.borrow().boot.unwrap_or_default();
+        let ms = |t: u64| {
+            if t == 0 {
+                "-".to_owned()
+            } else {
+                format!("{}", t.saturating_sub(b.shim_start_ns) / 1_000_000)
+            }
+        };
+        tracing::info!(
+            "READY: ms from shim start: vmm spawned {}, kernel entry {}, agent ready {}",
+            ms(b.vmm_spawned_ns),
+            ms(b.kernel_entry_ns),
+            ms(b.agent_ready_ns)
+        );
+    }
+
+    async fn command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Shutdown { grace, done } => {
+                tracing::info!("shutdown requested (grace {grace:?})");
+                self.teardown(grace).await;
+                self.shared
+                    .state
+                    .send_modify(|s| s.phase = Phase::Stopped as i32);
+                let _ = done.send(());
+            }
+        }
+    }
+
+    /// Marks the VM FAILED first (watchers learn at once), then tears down.
+    async fn fail(&mut self, reason: String) {
+        tracing::error!("{reason}");
+        self.shared.set_agent(None);
+        self.shared.state.send_modify(|s| {
+            s.phase = Phase::Failed as i32;
+            s.error = reason;
+        });
+        self.teardown(DEFAULT_STOP_GRACE).await;
+    }
+
+    /// Stops the VMM, then the helpers, and reaps all of them. Idempotent.
+    async fn teardown(&mut self, grace: Duration) {
+        self.shared.set_agent(None);
+        if let Some(vm) = self.vmm.take() {
+            let status = vm.stop(grace).await;
+            tracing::info!("VMM stopped: {}", describe(status));
+        }
+        for helper in self.helpers.drain(..) {
+            helper.terminate(HELPER_GRACE).await;
+        }
+        if let Some(task) = self.console_task.take() {
+            // The VMM is gone, so the console is at EOF; this only flushes.
+            let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
+        }
+    }
+
+    fn phase(&self) -> Phase {
+        Phase::try_from(self.shared.state.borrow().phase).unwrap_or(Phase::Unspecified)
+    }
+
+    fn exit_reason(&self, exit: &Exit, when: &str) -> String {
+        let is_vmm = self
+            .vmm
+            .as_ref()
+            .is_some_and(|vm| vm.process_name() == exit.name && vm.pid() == exit.pid);
+        let mut reason = format!(
+            "{} (pid {}) exited {when}: {}",
+            exit.name,
+            exit.pid,
+            describe(exit.status)
+        );
+        if is_vmm {
+            if let Some(vm) = &self.vmm {
+                let diag = vm.diagnostics();
+                if !diag.is_empty() {
+                    reason.push_str(&format!("\n{} log:\n{diag}", exit.name));
+                }
+            }
+            reason.push_str(&self.console_suffix());
+        } else {
+            let log = self.pod.process_log(&exit.name);
+            reason.push_str(&format!("\n{} log:\n{}", exit.name, log_tail(&log, 2048)));
+        }
+        reason
+    }
+
+    fn timeout_reason(&self, timeout: Duration, last: Option<&anyhow::Error>) -> String {
+        let mut reason = format!(
+            "guest did not reach agent-ready within {} ms",
+            timeout.as_millis()
+        );
+        if let Some(e) = last {
+            reason.push_str(&format!(" (last error: {e:#})"));
+        }
+        reason.push_str(&self.console_suffix());
+        reason
+    }
+
+    fn console_suffix(&self) -> String {
+        let tail = self.console.last(ERROR_CONSOLE_TAIL);
+        if tail.is_empty() {
+            "\nserial console: (no output)".to_owned()
+        } else {
+            format!("\nserial console tail:\n{tail}")
+        }
+    }
+}
+
+fn boot_times(s: &mut VmState) -> &mut BootTimes {
+    s.boot.get_or_insert_with(BootTimes::default)
+}
+
+/// The socket each started helper announces readiness with, in start order.
+fn helper_sockets(pod: &PodDir, vsock: &Vsock) -> Vec<std::path::PathBuf> {
+    let mut v = Vec::new();
+    if matches!(vsock, Vsock::VhostUser { .. }) {
+        v.push(pod.vsock_backend_socket());
+    }
+    v.push(pod.virtiofs_socket());
+    v
+}
+
+/// Creates the pod's `run/` and `share/` directories.
+pub fn prepare_dirs(pod: &PodDir) -> Result<()> {
+    for dir in [pod.run(), pod.share()] {
+        create_dir(&dir)?;
+    }
+    Ok(())
+}
+
+fn create_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))
+}
