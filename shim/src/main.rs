@@ -55,6 +55,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
+    if let Err(e) = process::become_subreaper() {
+        eprintln!("vmpod-shim: {e:#}");
+        return ExitCode::FAILURE;
+    }
     let pod = PodDir::new(args.pod_dir);
     let spec = match spec::load(&pod.spec()) {
         Ok(s) => s,

@@ -216,6 +216,70 @@ pub fn log_tail(path: &Path, max: usize) -> String {
     }
 }
 
+/// Makes orphaned descendants (a helper's own children whose parent died)
+/// ours to reap, so "no child left behind" covers grandchildren too.
+pub fn become_subreaper() -> Result<()> {
+    // SAFETY: plain prctl on the calling process.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+        return Err(io::Error::last_os_error()).context("PR_SET_CHILD_SUBREAPER");
+    }
+    Ok(())
+}
+
+/// Reaps whatever children are left once every `Process` has been reaped:
+/// orphans reparented to the shim. Ones still alive after `limit` get
+/// SIGKILL. Must not run while a `Process` is live, since it waits for any
+/// pid.
+pub async fn reap_orphans(limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut killed = false;
+    loop {
+        loop {
+            // SAFETY: waitpid with a valid status pointer.
+            let mut status = 0;
+            let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+            if pid > 0 {
+                tracing::info!(pid, "reaped orphaned descendant");
+                continue;
+            }
+            if pid < 0 {
+                // ECHILD: nothing left.
+                return;
+            }
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            if killed {
+                tracing::warn!("orphaned descendants survive SIGKILL; giving up");
+                return;
+            }
+            for pid in own_children() {
+                tracing::warn!(pid, "orphaned descendant still alive, sending SIGKILL");
+                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            }
+            killed = true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Live children of any of the shim's threads, from /proc.
+fn own_children() -> Vec<u32> {
+    let mut pids = Vec::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return pids;
+    };
+    for task in tasks.flatten() {
+        if let Ok(list) = std::fs::read_to_string(task.path().join("children")) {
+            pids.extend(
+                list.split_whitespace()
+                    .filter_map(|p| p.parse::<u32>().ok()),
+            );
+        }
+    }
+    pids
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -24,7 +24,7 @@ use crate::console::{self, ConsoleTail};
 use crate::helpers;
 use crate::hypervisor::{BASE_CMDLINE, Hypervisor, RunningVm, VirtioFs, VmConfig, Vsock};
 use crate::pod_dir::PodDir;
-use crate::process::{Exit, ExitSender, Process, describe, log_tail};
+use crate::process::{self, Exit, ExitSender, Process, describe, log_tail};
 
 /// Grace for QEMU when the shim stops on its own (failure, signal).
 pub const DEFAULT_STOP_GRACE: Duration = Duration::from_millis(2000);
@@ -350,7 +350,9 @@ impl Machine {
     async fn command(&mut self, cmd: Command) {
         match cmd {
             Command::Shutdown { grace, done } => {
-                tracing::info!("shutdown requested (grace {grace:?})");
+                if self.phase() != Phase::Stopped {
+                    tracing::info!("shutdown requested (grace {grace:?})");
+                }
                 self.teardown(grace).await;
                 self.shared
                     .state
@@ -360,15 +362,16 @@ impl Machine {
         }
     }
 
-    /// Marks the VM FAILED first (watchers learn at once), then tears down.
+    /// Tears everything down, then publishes FAILED: a watcher that sees
+    /// FAILED can rely on no process of this VM being left.
     async fn fail(&mut self, reason: String) {
         tracing::error!("{reason}");
         self.shared.set_agent(None);
+        self.teardown(DEFAULT_STOP_GRACE).await;
         self.shared.state.send_modify(|s| {
             s.phase = Phase::Failed as i32;
             s.error = reason;
         });
-        self.teardown(DEFAULT_STOP_GRACE).await;
     }
 
     /// Stops the VMM, then the helpers, and reaps all of them. Idempotent.
@@ -381,6 +384,9 @@ impl Machine {
         for helper in self.helpers.drain(..) {
             helper.terminate(HELPER_GRACE).await;
         }
+        // virtiofsd's namespace sandbox forks; its inner process dies with
+        // the outer one and is reparented to us (the shim is a subreaper).
+        process::reap_orphans(HELPER_GRACE).await;
         if let Some(task) = self.console_task.take() {
             // The VMM is gone, so the console is at EOF; this only flushes.
             let _ = tokio::time::timeout(Duration::from_secs(1), task).await;

@@ -1,0 +1,416 @@
+//! End-to-end tests of vmpod-shim with a real QEMU/TCG guest.
+//!
+//! They need the guest image from `images/build.sh` (kernel + initramfs with
+//! the agent) and the helpers `vhost-device-vsock` and `virtiofsd` on PATH
+//! or in ~/.cargo/bin. A missing piece fails the test with what to do; it
+//! never passes silently.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hyper_util::rt::TokioIo;
+use tokio::net::UnixStream;
+use tokio::sync::Mutex;
+use tonic::transport::{Channel, Endpoint, Uri};
+use vmpod_agent_proto::v1::GuestInfoRequest;
+use vmpod_shim_api::ShimClient;
+use vmpod_shim_api::v1::{Phase, ShutdownRequest, StateRequest, VmState, WatchRequest};
+
+/// TCG boots take a core or two each; the host has two. One VM at a time.
+/// A tokio mutex, since the guard is held across awaits; it works across
+/// the per-test runtimes.
+static SERIAL: Mutex<()> = Mutex::const_new(());
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("shim/ has a parent")
+        .to_owned()
+}
+
+fn guest_image() -> (PathBuf, PathBuf) {
+    let out = repo_root().join("images/out");
+    let kernel = out.join("vmlinux");
+    let initramfs = out.join("initramfs.cpio.gz");
+    for p in [&kernel, &initramfs] {
+        assert!(
+            p.is_file(),
+            "guest image file {} is missing: run images/build.sh first",
+            p.display()
+        );
+    }
+    (kernel, initramfs)
+}
+
+fn find_program(name: &str) -> PathBuf {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    if let Some(home) = std::env::var_os("HOME") {
+        dirs.push(Path::new(&home).join(".cargo/bin"));
+    }
+    dirs.into_iter()
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!("{name} not found on PATH or in ~/.cargo/bin (cargo install --locked {name})")
+        })
+}
+
+fn write_spec(pod: &Path, kernel: &Path, initramfs: &Path, timeout_ms: u64) {
+    let spec = serde_json::json!({
+        "id": "boot-test",
+        "backend": "qemu-tcg",
+        "kernel": kernel,
+        "initramfs": initramfs,
+        "vcpus": 1,
+        "memory-mib": 256,
+        "boot-timeout-ms": timeout_ms,
+        "helpers": {
+            "qemu": find_program("qemu-system-x86_64"),
+            "virtiofsd": find_program("virtiofsd"),
+            "vhost-device-vsock": find_program("vhost-device-vsock"),
+        },
+        "guest": {
+            "hostname": "boot-test",
+            "dns-servers": ["10.0.0.10"],
+            "dns-searches": ["svc.cluster.local"],
+            "dns-options": ["ndots:5"],
+        },
+    });
+    std::fs::write(
+        pod.join("vm.json"),
+        serde_json::to_vec_pretty(&spec).expect("json"),
+    )
+    .expect("write vm.json");
+}
+
+fn start_shim(pod: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(pod.join("shim.log"))
+        .expect("shim.log");
+    Command::new(env!("CARGO_BIN_EXE_vmpod-shim"))
+        .arg("--pod-dir")
+        .arg(pod)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("dup"))
+        .stderr(log)
+        .spawn()
+        .expect("spawn vmpod-shim")
+}
+
+async fn connect(pod: &Path) -> ShimClient<Channel> {
+    let sock = pod.join("shim.sock");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sock.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "shim.sock did not appear; shim.log:\n{}",
+            shim_log(pod)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let channel = Endpoint::from_static("http://shim.sock")
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let sock = sock.clone();
+            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(sock).await?)) }
+        }))
+        .await
+        .expect("connect shim.sock");
+    ShimClient::new(channel)
+}
+
+fn shim_log(pod: &Path) -> String {
+    std::fs::read_to_string(pod.join("shim.log")).unwrap_or_default()
+}
+
+/// Follows Watch until the phase is one of `until`; returns that state.
+async fn watch_until(
+    client: &mut ShimClient<Channel>,
+    until: &[Phase],
+    limit: Duration,
+) -> VmState {
+    let mut stream = client
+        .watch(WatchRequest {})
+        .await
+        .expect("Watch")
+        .into_inner();
+    let fut = async {
+        loop {
+            match stream.message().await.expect("Watch stream") {
+                Some(s) if until.contains(&s.phase()) => return s,
+                Some(_) => {}
+                None => panic!("Watch stream ended"),
+            }
+        }
+    };
+    tokio::time::timeout(limit, fut)
+        .await
+        .unwrap_or_else(|_| panic!("no phase in {until:?} within {limit:?}"))
+}
+
+fn ms_since(start: u64, t: u64) -> String {
+    if t == 0 {
+        "-".into()
+    } else {
+        format!("{} ms", t.saturating_sub(start) / 1_000_000)
+    }
+}
+
+fn report(state: &VmState) {
+    let b = state.boot.unwrap_or_default();
+    eprintln!(
+        "boot from shim start: vmm spawned {}, kernel entry {}, agent ready {}",
+        ms_since(b.shim_start_ns, b.vmm_spawned_ns),
+        ms_since(b.shim_start_ns, b.kernel_entry_ns),
+        ms_since(b.shim_start_ns, b.agent_ready_ns)
+    );
+}
+
+/// Pids whose command line mentions `needle` (the pod dir), other than ours.
+fn processes_mentioning(needle: &Path) -> Vec<(u32, String)> {
+    let needle = needle.to_string_lossy().into_owned();
+    let me = std::process::id();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&raw).replace('\0', " ");
+        if cmd.contains(&needle) {
+            found.push((pid, cmd));
+        }
+    }
+    found
+}
+
+fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(s) = child.try_wait().expect("try_wait") {
+            return s;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("shim did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Shuts the shim down and checks it left nothing behind.
+async fn shutdown_and_check(client: &mut ShimClient<Channel>, shim: &mut Child, pod: &Path) {
+    client
+        .shutdown(ShutdownRequest {
+            timeout_ms: 2000,
+            keep_running: false,
+        })
+        .await
+        .expect("Shutdown");
+    let status = wait_exit(shim, Duration::from_secs(10));
+    assert!(
+        status.success(),
+        "shim exit {status}; log:\n{}",
+        shim_log(pod)
+    );
+    let left = processes_mentioning(pod);
+    assert!(left.is_empty(), "processes left behind: {left:?}");
+    assert!(!pod.join("shim.sock").exists(), "shim.sock still there");
+    assert!(!pod.join("shim.pid").exists(), "shim.pid still there");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn boots_to_ready_then_shuts_down_cleanly() {
+    let _one = SERIAL.lock().await;
+    let (kernel, initramfs) = guest_image();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pod = dir.path().to_owned();
+    write_spec(&pod, &kernel, &initramfs, 90_000);
+    let mut shim = start_shim(&pod);
+    let mut client = connect(&pod).await;
+
+    let state = watch_until(
+        &mut client,
+        &[Phase::Ready, Phase::Failed],
+        Duration::from_secs(120),
+    )
+    .await;
+    assert_eq!(
+        state.phase(),
+        Phase::Ready,
+        "error: {}\nshim.log:\n{}",
+        state.error,
+        shim_log(&pod)
+    );
+    report(&state);
+    assert_eq!(state.backend, "qemu-tcg");
+    assert_eq!(state.vcpus, 1);
+    assert_eq!(state.memory_mib, 256);
+    assert_eq!(state.shim_pid, shim.id());
+    assert_ne!(state.vmm_pid, 0);
+    let b = state.boot.unwrap_or_default();
+    assert!(b.shim_start_ns > 0 && b.vmm_spawned_ns >= b.shim_start_ns);
+    assert!(
+        b.kernel_entry_ns >= b.vmm_spawned_ns && b.agent_ready_ns >= b.kernel_entry_ns,
+        "{b:?}"
+    );
+    let pid_file = std::fs::read_to_string(pod.join("shim.pid")).expect("shim.pid");
+    assert_eq!(pid_file.trim(), shim.id().to_string());
+
+    let info = client
+        .guest_info(GuestInfoRequest {})
+        .await
+        .expect("GuestInfo")
+        .into_inner();
+    assert!(
+        info.kernel_release.contains("vmpod"),
+        "kernel_release {:?}",
+        info.kernel_release
+    );
+    assert_eq!(info.hostname, "boot-test");
+    eprintln!(
+        "guest: {} {} cpus, uptime {:.2}s",
+        info.kernel_release, info.cpus, info.uptime_seconds
+    );
+    assert!(
+        std::fs::metadata(pod.join("console.log"))
+            .expect("console.log")
+            .len()
+            > 0
+    );
+
+    shutdown_and_check(&mut client, &mut shim, &pod).await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn killed_vmm_is_failed_within_two_seconds() {
+    let _one = SERIAL.lock().await;
+    let (kernel, initramfs) = guest_image();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pod = dir.path().to_owned();
+    write_spec(&pod, &kernel, &initramfs, 90_000);
+    let mut shim = start_shim(&pod);
+    let mut client = connect(&pod).await;
+    let state = watch_until(
+        &mut client,
+        &[Phase::Ready, Phase::Failed],
+        Duration::from_secs(120),
+    )
+    .await;
+    assert_eq!(
+        state.phase(),
+        Phase::Ready,
+        "error: {}\nshim.log:\n{}",
+        state.error,
+        shim_log(&pod)
+    );
+
+    let mut stream = client
+        .watch(WatchRequest {})
+        .await
+        .expect("Watch")
+        .into_inner();
+    let _current = stream.message().await.expect("Watch").expect("first state");
+    let killed = Instant::now();
+    let rc = unsafe { libc::kill(state.vmm_pid as i32, libc::SIGKILL) };
+    assert_eq!(rc, 0, "kill -9 {}", state.vmm_pid);
+    let failed = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            match stream.message().await.expect("Watch") {
+                Some(s) if s.phase() == Phase::Failed => return s,
+                Some(_) => {}
+                None => panic!("Watch ended"),
+            }
+        }
+    })
+    .await
+    .expect("FAILED within 2 s of kill -9");
+    eprintln!(
+        "FAILED {} ms after kill -9: {}",
+        killed.elapsed().as_millis(),
+        failed.error.lines().next().unwrap_or("")
+    );
+    assert!(failed.error.contains("qemu"), "{}", failed.error);
+    assert!(failed.error.contains("SIGKILL"), "{}", failed.error);
+
+    // Guest calls now fail as unavailable, not hang.
+    let e = client.guest_info(GuestInfoRequest {}).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unavailable);
+    shutdown_and_check(&mut client, &mut shim, &pod).await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn missing_kernel_is_rejected_before_anything_starts() {
+    let _one = SERIAL.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pod = dir.path().to_owned();
+    let initramfs = pod.join("initramfs");
+    std::fs::write(&initramfs, b"x").expect("write");
+    write_spec(&pod, Path::new("/nonexistent/vmlinux"), &initramfs, 5_000);
+    let started = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_vmpod-shim"))
+        .arg("--pod-dir")
+        .arg(&pod)
+        .output()
+        .expect("run vmpod-shim");
+    assert!(!out.status.success());
+    assert!(started.elapsed() < Duration::from_secs(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("`kernel`") && err.contains("/nonexistent/vmlinux"),
+        "{err}"
+    );
+    assert!(!pod.join("shim.sock").exists());
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn unbootable_kernel_fails_fast_and_cleans_up() {
+    let _one = SERIAL.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pod = dir.path().to_owned();
+    let kernel = pod.join("not-a-kernel");
+    std::fs::write(&kernel, vec![0x5au8; 4096]).expect("write");
+    write_spec(&pod, &kernel, &kernel, 60_000);
+    let started = Instant::now();
+    let mut shim = start_shim(&pod);
+    let mut client = connect(&pod).await;
+    let state = watch_until(
+        &mut client,
+        &[Phase::Failed, Phase::Ready],
+        Duration::from_secs(10),
+    )
+    .await;
+    eprintln!(
+        "FAILED after {} ms: {}",
+        started.elapsed().as_millis(),
+        state.error
+    );
+    assert_eq!(state.phase(), Phase::Failed);
+    assert!(state.error.contains("qemu"), "{}", state.error);
+    let left = processes_mentioning(&pod);
+    assert!(
+        left.iter().all(|(pid, _)| *pid == shim.id()),
+        "helpers outlived a failed boot: {left:?}"
+    );
+    let now = client
+        .state(StateRequest {})
+        .await
+        .expect("State")
+        .into_inner();
+    assert_eq!(now.phase(), Phase::Failed);
+    shutdown_and_check(&mut client, &mut shim, &pod).await;
+}
