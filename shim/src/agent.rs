@@ -92,8 +92,9 @@ pub async fn channel(uds: PathBuf, port: u32) -> Result<Channel> {
 }
 
 /// Retries until the agent accepts a connection and reports ready, or the
-/// deadline passes. The caller owns the deadline and the error it implies;
-/// this only reports the last failure seen.
+/// deadline passes; it never gives up earlier, so an error means the
+/// deadline was reached. The caller owns the deadline and the error it
+/// implies; this only reports the last failure seen.
 pub async fn connect_ready(
     uds: &Path,
     port: u32,
@@ -109,10 +110,11 @@ pub async fn connect_ready(
             }
             Err(_) => break,
         }
-        if Instant::now() + RETRY_PAUSE >= deadline {
+        let now = Instant::now();
+        if now >= deadline {
             break;
         }
-        tokio::time::sleep(RETRY_PAUSE).await;
+        tokio::time::sleep_until((now + RETRY_PAUSE).min(deadline)).await;
     }
     match last {
         Some(e) => Err(e.context("agent not reachable before the deadline")),
@@ -235,6 +237,7 @@ mod tests {
         let e = connect_ready(&path, 1024, start + Duration::from_millis(300))
             .await
             .unwrap_err();
+        assert!(start.elapsed() >= Duration::from_millis(300));
         assert!(start.elapsed() < Duration::from_secs(2));
         assert!(format!("{e:#}").contains("deadline"), "{e:#}");
     }

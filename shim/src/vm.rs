@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
+use nix::sys::signal::Signal;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -30,6 +31,8 @@ use crate::process::{self, Exit, ExitSender, Process, describe, log_tail};
 pub const DEFAULT_STOP_GRACE: Duration = Duration::from_millis(2000);
 /// vhost-user daemons hold no guest state; they get little time.
 const HELPER_GRACE: Duration = Duration::from_millis(1000);
+/// Orphans are already SIGKILLed by their parent's death; this is a bound.
+const ORPHAN_GRACE: Duration = Duration::from_millis(500);
 /// How much serial console goes into an error message.
 const ERROR_CONSOLE_TAIL: usize = 2048;
 
@@ -381,12 +384,30 @@ impl Machine {
             let status = vm.stop(grace).await;
             tracing::info!("VMM stopped: {}", describe(status));
         }
+        // All helpers get SIGTERM at once and share one grace period, so a
+        // stop costs at most the VMM grace plus one helper grace.
+        for helper in &self.helpers {
+            if helper.status().is_none() {
+                helper.signal(Signal::SIGTERM);
+            }
+        }
+        let helper_deadline = Instant::now() + HELPER_GRACE;
         for helper in self.helpers.drain(..) {
-            helper.terminate(HELPER_GRACE).await;
+            if tokio::time::timeout_at(helper_deadline, helper.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    process = helper.name(),
+                    "no exit after SIGTERM, sending SIGKILL"
+                );
+                helper.signal(Signal::SIGKILL);
+                helper.wait().await;
+            }
         }
         // virtiofsd's namespace sandbox forks; its inner process dies with
         // the outer one and is reparented to us (the shim is a subreaper).
-        process::reap_orphans(HELPER_GRACE).await;
+        process::reap_orphans(ORPHAN_GRACE).await;
         if let Some(task) = self.console_task.take() {
             // The VMM is gone, so the console is at EOF; this only flushes.
             let _ = tokio::time::timeout(Duration::from_secs(1), task).await;

@@ -414,3 +414,125 @@ async fn unbootable_kernel_fails_fast_and_cleans_up() {
     assert_eq!(now.phase(), Phase::Failed);
     shutdown_and_check(&mut client, &mut shim, &pod).await;
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn boot_timeout_fails_with_reason_and_cleans_up() {
+    let _one = SERIAL.lock().await;
+    let (kernel, initramfs) = guest_image();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pod = dir.path().to_owned();
+    // Far less than a TCG boot takes, so the deadline hits a running VMM.
+    write_spec(&pod, &kernel, &initramfs, 400);
+    let started = Instant::now();
+    let mut shim = start_shim(&pod);
+    let mut client = connect(&pod).await;
+    let state = watch_until(
+        &mut client,
+        &[Phase::Failed, Phase::Ready],
+        Duration::from_secs(10),
+    )
+    .await;
+    let took = started.elapsed();
+    eprintln!(
+        "FAILED after {} ms: {}",
+        took.as_millis(),
+        state.error.lines().next().unwrap_or("")
+    );
+    assert_eq!(state.phase(), Phase::Failed);
+    assert!(
+        state
+            .error
+            .contains("guest did not reach agent-ready within 400 ms"),
+        "{}",
+        state.error
+    );
+    assert!(state.error.contains("serial console"), "{}", state.error);
+    // 400 ms deadline plus QEMU's SIGTERM exit; nowhere near the grace.
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    let left = processes_mentioning(&pod);
+    assert!(
+        left.iter().all(|(pid, _)| *pid == shim.id()),
+        "left behind: {left:?}"
+    );
+    shutdown_and_check(&mut client, &mut shim, &pod).await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn keep_running_then_sigterm() {
+    let _one = SERIAL.lock().await;
+    let (kernel, initramfs) = guest_image();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pod = dir.path().to_owned();
+    write_spec(&pod, &kernel, &initramfs, 90_000);
+    let mut shim = start_shim(&pod);
+    let mut client = connect(&pod).await;
+    let state = watch_until(
+        &mut client,
+        &[Phase::Ready, Phase::Failed],
+        Duration::from_secs(120),
+    )
+    .await;
+    assert_eq!(
+        state.phase(),
+        Phase::Ready,
+        "error: {}\nshim.log:\n{}",
+        state.error,
+        shim_log(&pod)
+    );
+    let info = client
+        .guest_info(GuestInfoRequest {})
+        .await
+        .expect("GuestInfo")
+        .into_inner();
+    assert!(
+        info.resolv_conf.contains("10.0.0.10"),
+        "resolv.conf: {}",
+        info.resolv_conf
+    );
+
+    let mut stream = client
+        .watch(WatchRequest {})
+        .await
+        .expect("Watch")
+        .into_inner();
+    for _ in 0..2 {
+        client
+            .shutdown(ShutdownRequest {
+                timeout_ms: 0,
+                keep_running: true,
+            })
+            .await
+            .expect("Shutdown is idempotent");
+    }
+    let now = client
+        .state(StateRequest {})
+        .await
+        .expect("State")
+        .into_inner();
+    assert_eq!(now.phase(), Phase::Stopped);
+    assert!(
+        shim.try_wait().expect("try_wait").is_none(),
+        "keep_running: shim must stay"
+    );
+    let left = processes_mentioning(&pod);
+    assert!(
+        left.iter().all(|(pid, _)| *pid == shim.id()),
+        "left behind: {left:?}"
+    );
+    let e = client.guest_info(GuestInfoRequest {}).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unavailable);
+
+    let rc = unsafe { libc::kill(shim.id() as i32, libc::SIGTERM) };
+    assert_eq!(rc, 0);
+    let status = wait_exit(&mut shim, Duration::from_secs(10));
+    assert!(status.success(), "shim exit {status}");
+    // The Watch stream ends cleanly, having shown STOPPED.
+    let mut last = None;
+    while let Ok(Some(s)) = stream.message().await {
+        last = Some(s.phase());
+    }
+    assert_eq!(last, Some(Phase::Stopped));
+    assert!(!pod.join("shim.sock").exists());
+    assert!(!pod.join("shim.pid").exists());
+    assert!(processes_mentioning(&pod).is_empty());
+}

@@ -47,10 +47,8 @@ pub fn args(config: &VmConfig, accel: Accel) -> Result<Vec<OsString>> {
     let mut a: Vec<OsString> = Vec::new();
     let mut push = |s: &str| a.push(OsString::from(s));
     push("-name");
-    push(&format!(
-        "vmpod-{},process=vmpod-{}",
-        config.name, config.name
-    ));
+    let name = escape(&config.name);
+    push(&format!("vmpod-{name},process=vmpod-{name}"));
     push("-M");
     push("microvm,pit=on,pic=on,rtc=on,acpi=off,memory-backend=mem");
     push("-object");
@@ -108,10 +106,15 @@ pub fn args(config: &VmConfig, accel: Accel) -> Result<Vec<OsString>> {
 }
 
 fn chardev(id: &str, path: &std::path::Path) -> OsString {
-    let mut s = OsString::from(format!("socket,id={id},path="));
-    // QEMU option syntax: a ',' inside a value is written ',,'.
-    s.push(path.as_os_str().to_string_lossy().replace(',', ",,"));
-    s
+    OsString::from(format!(
+        "socket,id={id},path={}",
+        escape(&path.as_os_str().to_string_lossy())
+    ))
+}
+
+/// QEMU option syntax: a ',' inside a value is written ',,'.
+fn escape(value: &str) -> String {
+    value.replace(',', ",,")
 }
 
 impl Hypervisor for Qemu {
@@ -172,7 +175,7 @@ mod tests {
 
     fn config() -> VmConfig {
         VmConfig {
-            name: "pod1".into(),
+            name: "pod,1".into(),
             kernel: "/img/vmlinux".into(),
             initramfs: "/img/initramfs.cpio.gz".into(),
             cmdline: super::super::BASE_CMDLINE.into(),
@@ -215,6 +218,7 @@ mod tests {
             values(&a, "-object"),
             ["memory-backend-memfd,id=mem,size=256M,share=on"]
         );
+        assert_eq!(values(&a, "-name"), ["vmpod-pod,,1,process=vmpod-pod,,1"]);
         assert_eq!(values(&a, "-m"), ["256M"]);
         assert_eq!(values(&a, "-smp"), ["2"]);
         assert_eq!(values(&a, "-accel"), ["tcg"]);
