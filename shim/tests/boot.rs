@@ -536,3 +536,79 @@ async fn keep_running_then_sigterm() {
     assert!(!pod.join("shim.pid").exists());
     assert!(processes_mentioning(&pod).is_empty());
 }
+
+/// Starts a shim on the real image and waits for READY.
+async fn boot_ready(pod: &Path) -> (Child, ShimClient<Channel>) {
+    let (kernel, initramfs) = guest_image();
+    write_spec(pod, &kernel, &initramfs, 90_000);
+    let shim = start_shim(pod);
+    let mut client = connect(pod).await;
+    let state = watch_until(
+        &mut client,
+        &[Phase::Ready, Phase::Failed],
+        Duration::from_secs(120),
+    )
+    .await;
+    assert_eq!(
+        state.phase(),
+        Phase::Ready,
+        "error: {}\nshim.log:\n{}",
+        state.error,
+        shim_log(pod)
+    );
+    (shim, client)
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn dead_helper_is_failed_and_vm_torn_down() {
+    let _one = SERIAL.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pod = dir.path().to_owned();
+    let (mut shim, mut client) = boot_ready(&pod).await;
+    let helper = processes_mentioning(&pod)
+        .into_iter()
+        .find(|(_, cmd)| cmd.contains("vhost-device-vsock"))
+        .expect("vhost-device-vsock running");
+    let killed = Instant::now();
+    assert_eq!(unsafe { libc::kill(helper.0 as i32, libc::SIGKILL) }, 0);
+    let state = watch_until(&mut client, &[Phase::Failed], Duration::from_secs(2)).await;
+    eprintln!(
+        "FAILED {} ms after kill -9 of the helper",
+        killed.elapsed().as_millis()
+    );
+    assert!(
+        state.error.contains("vhost-device-vsock") && state.error.contains("SIGKILL"),
+        "{}",
+        state.error
+    );
+    // FAILED is published after teardown: the VMM is gone too.
+    let left = processes_mentioning(&pod);
+    assert!(
+        left.iter().all(|(pid, _)| *pid == shim.id()),
+        "left behind: {left:?}"
+    );
+    shutdown_and_check(&mut client, &mut shim, &pod).await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn children_die_with_a_killed_shim() {
+    let _one = SERIAL.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pod = dir.path().to_owned();
+    let (mut shim, _client) = boot_ready(&pod).await;
+    assert!(
+        processes_mentioning(&pod).len() >= 4,
+        "shim, qemu and helpers expected"
+    );
+    shim.kill().expect("kill -9 shim");
+    shim.wait().expect("reap shim");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let left = processes_mentioning(&pod);
+        if left.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "survived the shim: {left:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
