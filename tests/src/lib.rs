@@ -2,3 +2,4 @@
 //! binaries, and talks to them through their real interfaces.
 
 pub mod daemon;
+pub mod guest;
