@@ -86,20 +86,48 @@ fn write_spec(pod: &Path, kernel: &Path, initramfs: &Path, timeout_ms: u64) {
     .expect("write vm.json");
 }
 
-fn start_shim(pod: &Path) -> Child {
+/// The shim under test; killed if a test fails half-way, so a failure never
+/// leaves a VM running (its children die with it through PDEATHSIG).
+struct ShimProcess(Child);
+
+impl std::ops::Deref for ShimProcess {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for ShimProcess {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for ShimProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+fn start_shim(pod: &Path) -> ShimProcess {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(pod.join("shim.log"))
         .expect("shim.log");
-    Command::new(env!("CARGO_BIN_EXE_vmpod-shim"))
-        .arg("--pod-dir")
-        .arg(pod)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("dup"))
-        .stderr(log)
-        .spawn()
-        .expect("spawn vmpod-shim")
+    ShimProcess(
+        Command::new(env!("CARGO_BIN_EXE_vmpod-shim"))
+            .arg("--pod-dir")
+            .arg(pod)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn vmpod-shim"),
+    )
 }
 
 async fn connect(pod: &Path) -> ShimClient<Channel> {
@@ -538,7 +566,7 @@ async fn keep_running_then_sigterm() {
 }
 
 /// Starts a shim on the real image and waits for READY.
-async fn boot_ready(pod: &Path) -> (Child, ShimClient<Channel>) {
+async fn boot_ready(pod: &Path) -> (ShimProcess, ShimClient<Channel>) {
     let (kernel, initramfs) = guest_image();
     write_spec(pod, &kernel, &initramfs, 90_000);
     let shim = start_shim(pod);
