@@ -125,6 +125,14 @@ async fn start(
     created: &mut Created,
 ) -> Result<(UnixListener, BoundSocket, Arc<Daemon>)> {
     let state_dir = config.state_dir.as_path();
+    let len = state_dir.as_os_str().len();
+    if len > crate::sandbox::MAX_STATE_DIR_LEN {
+        return Err(anyhow!(
+            "state dir {} is {len} bytes long; at most {} fit, because pod sockets below it must fit a unix socket path",
+            state_dir.display(),
+            crate::sandbox::MAX_STATE_DIR_LEN
+        ));
+    }
     created
         .dir_all(state_dir, 0o711)
         .with_context(|| format!("state dir {}", state_dir.display()))?;

@@ -71,7 +71,8 @@ fn info(s: &PodSandboxStatusResponse) -> serde_json::Value {
 }
 
 fn pod_dir(d: &Daemon, id: &str) -> PathBuf {
-    d.state_dir.join("pods").join(id)
+    // The daemon names pod dirs by the first 16 hex digits of the id.
+    d.state_dir.join("pods").join(&id[..16])
 }
 
 async fn shim_client(d: &Daemon, id: &str) -> ShimClient<Channel> {

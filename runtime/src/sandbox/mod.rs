@@ -69,8 +69,24 @@ impl Registry {
     }
 }
 
+/// Pod dirs are named by the first 16 hex digits (64 bits) of the sandbox
+/// id: the VMM's vhost-user and vsock sockets live inside, and unix socket
+/// paths are limited to 107 bytes. RunPodSandbox creates the dir
+/// exclusively, so a prefix collision fails instead of sharing a dir.
+pub const POD_DIR_ID_LEN: usize = 16;
+
+/// Longest path below a pod dir that becomes a unix socket
+/// (`run/vm.vsock_<port>`), with room for a 5-digit port.
+const LONGEST_SOCKET_SUFFIX: usize = "/run/vm.vsock_65535".len();
+
+/// The longest state dir whose pod sockets still fit in `sun_path`.
+pub const MAX_STATE_DIR_LEN: usize =
+    107 - LONGEST_SOCKET_SUFFIX - POD_DIR_ID_LEN - PODS_DIR.len() - 2;
+
 pub fn pod_dir(state_dir: &Path, id: &str) -> PathBuf {
-    state_dir.join(PODS_DIR).join(id)
+    state_dir
+        .join(PODS_DIR)
+        .join(&id[..id.len().min(POD_DIR_ID_LEN)])
 }
 
 /// Stops the VM and releases host resources that only live while it runs

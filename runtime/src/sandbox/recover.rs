@@ -18,7 +18,7 @@ pub async fn recover(daemon: &Arc<Daemon>) -> Result<(), String> {
     let records = daemon.store.list_sandboxes().map_err(|e| e.to_string())?;
     let mut known = std::collections::HashSet::new();
     for rec in records {
-        known.insert(rec.id.clone());
+        known.insert(rec.pod_dir.clone());
         match rec.state {
             SandboxState::Creating => {
                 tracing::warn!(sandbox = %rec.id, "cleaning up a sandbox whose creation was interrupted");
@@ -43,11 +43,10 @@ pub async fn recover(daemon: &Arc<Daemon>) -> Result<(), String> {
         return Ok(());
     };
     for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if known.contains(&name) {
+        let dir = entry.path();
+        if known.contains(&dir) {
             continue;
         }
-        let dir = entry.path();
         let pid = std::fs::read_to_string(dir.join(vmpod_shim_api::layout::SHIM_PID))
             .ok()
             .and_then(|s| s.trim().parse().ok())
