@@ -1,5 +1,6 @@
 //! `vmpod`: the CRI daemon and its operator commands.
 
+mod bench;
 mod config;
 mod cri;
 mod daemon;
@@ -46,6 +47,23 @@ enum Command {
     /// Configuration helpers.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Benchmarks that print figures next to a peer measured in the same run.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Sequential RunPodSandbox latency and boot phases, against a raw QEMU
+    /// boot of the same kernel, initramfs and devices.
+    PodStart {
+        /// Number of pods (and of raw boots).
+        #[arg(long, default_value_t = 10)]
+        count: usize,
+        /// Config file for the private daemon the benchmark starts.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -90,6 +108,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => serve(&args),
         Command::Check { config, json } => check(&config, json),
+        Command::Bench(BenchCommand::PodStart { count, config }) => bench_pod_start(count, config),
         Command::Config(ConfigCommand::Default) => {
             print!("{}", config::DEFAULT_CONFIG_TOML);
             ExitCode::SUCCESS
@@ -149,5 +168,33 @@ fn check(args: &ConfigArgs, json: bool) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+fn bench_pod_start(count: usize, config_file: Option<PathBuf>) -> ExitCode {
+    let config = match Config::load(config_file.as_deref(), &Overrides::default()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("vmpod: {e}");
+            return ExitCode::from(EXIT_STARTUP);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("vmpod: cannot start async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let opts = bench::pod_start::Options { count, config_file };
+    match runtime.block_on(bench::pod_start::run(opts, config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vmpod bench: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }

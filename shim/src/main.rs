@@ -3,16 +3,6 @@
 //! Started detached by `vmpod serve` after it wrote `<pod-dir>/vm.json`; it
 //! outlives daemon restarts and is found again through `shim.sock`.
 
-mod agent;
-mod console;
-mod helpers;
-mod hypervisor;
-mod pod_dir;
-mod process;
-mod service;
-mod spec;
-mod vm;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -27,11 +17,12 @@ use tokio_stream::wrappers::UnixListenerStream;
 use vmpod_shim_api::ShimServer;
 use vmpod_shim_api::spec::{BackendSpec, VmSpec};
 
-use crate::hypervisor::Hypervisor;
-use crate::hypervisor::qemu::{Accel, Qemu};
-use crate::pod_dir::PodDir;
-use crate::service::ShimService;
-use crate::vm::{DEFAULT_STOP_GRACE, Machine};
+use vmpod_shim::hypervisor::Hypervisor;
+use vmpod_shim::hypervisor::qemu::{Accel, Qemu};
+use vmpod_shim::pod_dir::PodDir;
+use vmpod_shim::service::ShimService;
+use vmpod_shim::vm::{DEFAULT_STOP_GRACE, Machine};
+use vmpod_shim::{process, spec, vm};
 
 #[derive(Parser, Debug)]
 #[command(name = "vmpod-shim", version, about = "Owns one pod's microVM")]

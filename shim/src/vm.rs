@@ -308,8 +308,19 @@ impl Machine {
             )?;
             self.console_task = Some(task);
         }
+        let has_console = self.console_task.is_some();
         self.vmm = Some(vm);
 
+        // Connecting before the guest's vsock driver is up makes
+        // vhost-device-vsock 0.3 log "backend event before vring
+        // initialization", and about one boot in twenty then never delivers
+        // a host connection to the guest. The banner is printed once the
+        // agent listens, so the first CONNECT waits for it.
+        if has_console {
+            tokio::time::timeout_at(deadline, self.console.banner_seen())
+                .await
+                .map_err(|_| anyhow::anyhow!("the agent's banner never appeared on the console"))?;
+        }
         let mut client =
             agent::connect_ready(&pod.hybrid_vsock(), AGENT_VSOCK_PORT, deadline).await?;
         let guest = &self.spec.guest;

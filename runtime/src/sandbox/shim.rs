@@ -86,7 +86,7 @@ pub async fn connect(pod_dir: &Path, timeout: Duration) -> Result<ShimClient<Cha
     Ok(ShimClient::new(channel))
 }
 
-async fn uds_channel(path: PathBuf) -> Result<Channel, tonic::transport::Error> {
+pub async fn uds_channel(path: PathBuf) -> Result<Channel, tonic::transport::Error> {
     // The authority is required by the HTTP/2 client but never resolved.
     Endpoint::from_static("http://shim")
         .connect_with_connector(tower::service_fn(move |_| {

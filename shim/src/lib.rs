@@ -1,0 +1,13 @@
+//! vmpod-shim as a library: the pieces the binary wires together, public so
+//! that `vmpod bench` can boot the very same QEMU command line and helpers
+//! without a shim as its raw baseline.
+
+pub mod agent;
+pub mod console;
+pub mod helpers;
+pub mod hypervisor;
+pub mod pod_dir;
+pub mod process;
+pub mod service;
+pub mod spec;
+pub mod vm;
