@@ -662,3 +662,121 @@ async fn eight_concurrent_sandboxes() {
             .is_empty()
     );
 }
+
+#[tokio::test]
+async fn daemon_killed_mid_run_pod_sandbox_is_cleaned_on_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let initrd = hanging_initramfs(tmp.path());
+    let config = format!(
+        "[vm]\nkernel = {:?}\ninitramfs = {initrd:?}\nboot-timeout-secs = 120\n",
+        vmpod_tests::daemon::guest_kernel()
+    );
+    let mut d = Daemon::start_with_config(&config).await.unwrap();
+    let rt = d.runtime().await.unwrap();
+    let call = tokio::spawn(async move {
+        let mut rt = rt;
+        run(&mut rt, pod_config("interrupted", &[])).await
+    });
+    // Wait until the shim's VM is up, then kill the daemon under it.
+    let pods = d.state_dir.join("pods");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let pod = loop {
+        let console = std::fs::read_dir(&pods)
+            .ok()
+            .and_then(|mut r| r.next())
+            .and_then(|e| e.ok())
+            .map(|e| e.path());
+        if let Some(dir) = console
+            && std::fs::read_to_string(dir.join("console.log"))
+                .is_ok_and(|c| c.contains("never becomes ready"))
+        {
+            break dir;
+        }
+        assert!(Instant::now() < deadline, "the hanging guest never booted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    d.stop_with(libc::SIGKILL, Duration::from_secs(5)).unwrap();
+    assert!(
+        call.await.unwrap().is_err(),
+        "the interrupted call cannot succeed"
+    );
+    assert!(
+        !processes_mentioning(&pod.display().to_string()).is_empty(),
+        "the shim outlives the daemon"
+    );
+
+    let config_path = d.dir.path().join("config.toml");
+    let log = d.dir.path().join("daemon-restarted.log");
+    let mut child = spawn_serve(&config_path, &d.socket, &d.state_dir, &log).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut rt = loop {
+        if let Ok(ch) = connect_unix(&d.socket).await {
+            let mut rt = RuntimeServiceClient::new(ch);
+            if rt.version(VersionRequest::default()).await.is_ok() {
+                break rt;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "restart failed: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Recovery ran before the daemon served: nothing of the attempt is left.
+    assert!(
+        rt.list_pod_sandbox(ListPodSandboxRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .items
+            .is_empty()
+    );
+    assert!(
+        !pod.exists(),
+        "pod dir of the interrupted sandbox left behind"
+    );
+    let procs = processes_mentioning(&pod.display().to_string());
+    assert!(procs.is_empty(), "processes left behind: {procs:?}");
+    let name = pod.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(cgroups_named(&format!("vmpod-{name}")).is_empty());
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[tokio::test]
+async fn helper_killed_turns_not_ready() {
+    let d = Daemon::start().await.unwrap();
+    let mut rt = d.runtime().await.unwrap();
+    let id = run(&mut rt, pod_config("helperless", &[])).await.unwrap();
+    let dir = pod_dir(&d, &id);
+    let (pid, _) = processes_mentioning(&dir.display().to_string())
+        .into_iter()
+        .find(|(_, cmd)| cmd.contains("vhost-device-vsock"))
+        .expect("vhost-device-vsock runs for the pod");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::SIGKILL,
+    )
+    .unwrap();
+    let t0 = Instant::now();
+    loop {
+        let s = status(&mut rt, &id).await;
+        if state_of(&s) == PodSandboxState::SandboxNotready {
+            let reason = info(&s)["reason"].as_str().unwrap_or_default().to_string();
+            assert!(reason.contains("vhost-device-vsock"), "{reason}");
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(2),
+            "still READY 2 s after a helper died"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    rt.remove_pod_sandbox(RemovePodSandboxRequest {
+        pod_sandbox_id: id.clone(),
+    })
+    .await
+    .unwrap();
+    assert_no_traces(&d, &id);
+}
