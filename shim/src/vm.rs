@@ -210,6 +210,7 @@ impl Machine {
                 self.fail(reason).await
             }
             BootEvent::ChildExit(exit) => {
+                let exit = self.root_cause(exit).await;
                 let reason = self.exit_reason(&exit, "during boot");
                 self.fail(reason).await
             }
@@ -427,6 +428,31 @@ impl Machine {
 
     fn phase(&self) -> Phase {
         Phase::try_from(self.shared.state.borrow().phase).unwrap_or(Phase::Unspecified)
+    }
+
+    /// When the VMM dies, virtiofsd sees its client go and exits too, and
+    /// its exit can arrive first. A helper's exit therefore waits a moment
+    /// for a VMM exit, which is then the one reported.
+    async fn root_cause(&mut self, first: Exit) -> Exit {
+        let is_vmm = |e: &Exit, vmm: &Option<Box<dyn RunningVm>>| {
+            vmm.as_ref()
+                .is_some_and(|vm| vm.process_name() == e.name && vm.pid() == e.pid)
+        };
+        if is_vmm(&first, &self.vmm) {
+            return first;
+        }
+        let window = tokio::time::sleep(Duration::from_millis(200));
+        tokio::pin!(window);
+        loop {
+            tokio::select! {
+                Some(next) = self.exits_rx.recv() => {
+                    if is_vmm(&next, &self.vmm) {
+                        return next;
+                    }
+                }
+                _ = &mut window => return first,
+            }
+        }
     }
 
     fn exit_reason(&self, exit: &Exit, when: &str) -> String {
