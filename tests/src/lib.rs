@@ -4,3 +4,5 @@
 pub mod daemon;
 pub mod guest;
 pub mod host;
+pub mod proxy;
+pub mod registry;
