@@ -1,0 +1,1115 @@
+//! Unpacks one OCI image layer into a directory that overlayfs can use as a
+//! lower layer.
+//!
+//! # Threat model
+//!
+//! Layer blobs come from registries we do not control. The digest check the
+//! caller does proves we received the blob the manifest named, not that the
+//! blob is benign: anyone can push an image. The daemon unpacks as root on
+//! the host, so a single entry written outside `dest` is a host compromise,
+//! and a layer that makes us allocate or write without bound takes the node
+//! down. Everything in the tar header is therefore treated as hostile input.
+//!
+//! Why the defences are shaped the way they are:
+//!
+//! - **Names are normalised lexically, `..` is refused, and a leading `/` is
+//!   dropped.** Absolute names are common in real layers and harmless once
+//!   made relative; `..` has no legitimate use in a layer and refusing it is
+//!   simpler than reasoning about where it lands.
+//! - **No path is ever resolved by the kernel with symlink following.** A
+//!   lexical check is not enough on its own: an earlier entry may plant
+//!   `a -> /etc` (or `a -> ../..`) and a later one write `a/passwd`. Parents
+//!   are opened component by component with `O_NOFOLLOW | O_DIRECTORY`
+//!   relative to a directory fd, and every create/chown/utime/xattr call
+//!   names a single component relative to such an fd with the no-follow
+//!   flavour of the syscall. A symlink where a directory is expected is an
+//!   error, not something to resolve "safely": stored symlinks are for the
+//!   container to follow, never for us. (`openat2(RESOLVE_BENEATH)` would
+//!   give the same guarantee in one call, but the walk is needed anyway to
+//!   create missing parents, and it works on every kernel.)
+//! - **Files are unlinked and recreated with `O_EXCL`, never truncated in
+//!   place.** An earlier hard link in the layer would otherwise make a later
+//!   write land in another file's inode.
+//! - **Hard links must name an entry this layer already extracted**, found
+//!   by the same no-follow walk, because `linkat` to an arbitrary path would
+//!   hand the container a link to a host file.
+//! - **`trusted.overlay.*` (and `user.overlay.*`) xattrs from the layer are
+//!   dropped.** overlayfs trusts them (`redirect`, `metacopy`, `origin`) to
+//!   look up other paths; only our own whiteout translation sets them.
+//! - **Memory and disk are bounded.** The `tar` crate buffers PAX and GNU
+//!   long-name records whole, so the stream is metered and at most
+//!   [`MAX_METADATA_BYTES`] may be read between two entries; names and link
+//!   targets are capped at [`MAX_NAME_LEN`]; file data is streamed, never
+//!   held; GNU sparse entries, whose 512-byte header can declare exabytes of
+//!   holes, share a per-layer hole budget and are written with real holes.
+//! - **Device nodes are only made when running as root** (and skipped where
+//!   even root may not, such as in a user namespace), because a container
+//!   gets its `/dev` from the runtime anyway; whiteouts are the exception,
+//!   since dropping one would resurrect a file the image deleted.
+//!
+//! The diff_id is hashed over the decompressed bytes as they stream past,
+//! including the end-of-archive padding after the last entry, because the
+//! image config's `rootfs.diff_ids` hash the whole uncompressed tar and the
+//! caller compares against them. That comparison is not optional: an
+//! uncompressed layer cut exactly at an entry boundary parses as a shorter
+//! but valid archive (tar has no trailer checksum), and only the digest
+//! notices. Compressed layers also fail here, on the missing trailer.
+//!
+//! OCI whiteouts (`.wh.<name>`, `.wh..wh..opq`) are translated to overlayfs
+//! form (0:0 character device, `trusted.overlay.opaque=y`) here, so the
+//! result can be stacked directly with `lowerdir=`.
+
+mod fsops;
+#[cfg(test)]
+mod tests;
+
+use std::cell::Cell;
+use std::fmt::Write as _;
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag, openat};
+use nix::sys::stat::{
+    FchmodatFlags, Mode, SFlag, UtimensatFlags, fchmod, fchmodat, futimens, makedev, mkdirat,
+    mknodat, utimensat,
+};
+use nix::sys::time::TimeSpec;
+use nix::unistd::{Gid, Uid, fchown, fchownat, linkat, symlinkat, unlinkat};
+use sha2::{Digest, Sha256};
+use tar::EntryType;
+
+use fsops::WalkError;
+
+/// Longest entry name accepted, after PAX / GNU long-name expansion (PATH_MAX).
+pub const MAX_NAME_LEN: usize = 4096;
+/// Longest symlink or hard-link target accepted.
+pub const MAX_LINK_TARGET_LEN: usize = 4096;
+/// Most bytes the tar parser may consume between two entries: headers, PAX
+/// records and GNU long names. The `tar` crate reads those into memory whole.
+pub const MAX_METADATA_BYTES: u64 = 1 << 20;
+/// Most bytes of holes all GNU sparse entries of one layer may declare.
+pub const MAX_SPARSE_HOLE_BYTES: u64 = 64 << 30;
+
+const WHITEOUT_PREFIX: &[u8] = b".wh.";
+/// AUFS bookkeeping names (`.wh..wh.plnk`, ...) share this prefix.
+const WHITEOUT_META_PREFIX: &[u8] = b".wh..wh.";
+const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
+const OVERLAY_OPAQUE_XATTR: &[u8] = b"trusted.overlay.opaque";
+const PAX_XATTR_PREFIX: &[u8] = b"SCHILY.xattr.";
+const COPY_BUF: usize = 128 * 1024;
+
+/// How a layer blob is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+impl Compression {
+    /// From an OCI/Docker layer media type, e.g.
+    /// `application/vnd.oci.image.layer.v1.tar+gzip`,
+    /// `application/vnd.docker.image.rootfs.diff.tar.gzip`, `...tar+zstd`,
+    /// `...tar`. `None` for unknown types, so the caller can refuse a blob
+    /// it does not know how to read rather than guess.
+    pub fn from_media_type(media_type: &str) -> Option<Compression> {
+        // Media types are case-insensitive (RFC 6838); parameters are not
+        // used for layers.
+        let mt = media_type.trim().to_ascii_lowercase();
+        match mt.as_str() {
+            "application/vnd.oci.image.layer.v1.tar"
+            | "application/vnd.oci.image.layer.nondistributable.v1.tar"
+            | "application/vnd.docker.image.rootfs.diff.tar" => Some(Compression::None),
+            "application/vnd.oci.image.layer.v1.tar+gzip"
+            | "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
+            | "application/vnd.docker.image.rootfs.diff.tar.gzip"
+            | "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip" => {
+                Some(Compression::Gzip)
+            }
+            "application/vnd.oci.image.layer.v1.tar+zstd"
+            | "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd"
+            | "application/vnd.docker.image.rootfs.diff.tar.zstd" => Some(Compression::Zstd),
+            _ => None,
+        }
+    }
+}
+
+/// What one unpack produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unpacked {
+    /// `sha256:<hex>` of the uncompressed tar stream, to compare with the
+    /// image config's `rootfs.diff_ids`.
+    pub diff_id: String,
+    /// Tar entries processed (PAX and GNU long-name records not counted).
+    pub entries: u64,
+    /// File content bytes written.
+    pub bytes: u64,
+}
+
+/// Why a layer could not be unpacked. Entry paths are shown as in the
+/// archive (lossily decoded, Debug-quoted so control characters are visible).
+/// On any error `dest` holds a partial tree and should be discarded.
+#[derive(Debug, thiserror::Error)]
+pub enum UnpackError {
+    #[error("cannot open unpack destination {}: {source}", path.display())]
+    Destination {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// Decompression failed, the tar framing is corrupt, or the stream ended
+    /// early.
+    #[error("layer stream unreadable after {after}: {source}")]
+    Stream {
+        after: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "tar metadata (headers, PAX records, GNU long names) after {after} exceeds {MAX_METADATA_BYTES} bytes"
+    )]
+    MetadataTooLarge { after: String },
+    #[error("entry {path:?}: bad name: {reason}")]
+    BadName { path: String, reason: &'static str },
+    #[error("entry {path:?}: bad link target {target:?}: {reason}")]
+    BadLinkTarget {
+        path: String,
+        target: String,
+        reason: &'static str,
+    },
+    #[error("entry {path:?}: bad header field {field}: {source}")]
+    BadHeader {
+        path: String,
+        field: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("entry {path:?}: unsupported entry type {kind:?}")]
+    UnsupportedType { path: String, kind: char },
+    #[error("entry {path:?}: parent {component:?} is {what}; refusing to write through it")]
+    UnsafeParent {
+        path: String,
+        component: String,
+        what: &'static str,
+    },
+    #[error("entry {path:?}: hard link target {target:?} {reason}")]
+    BadHardLink {
+        path: String,
+        target: String,
+        reason: &'static str,
+    },
+    #[error("entry {path:?}: data ends after {got} of {expected} bytes")]
+    Truncated {
+        path: String,
+        expected: u64,
+        got: u64,
+    },
+    #[error(
+        "entry {path:?}: sparse holes exceed the layer budget of {MAX_SPARSE_HOLE_BYTES} bytes"
+    )]
+    SparseTooLarge { path: String },
+    #[error(
+        "entry {path:?}: {op} needs privileges this process lacks (the daemon must run as root): {source}"
+    )]
+    PrivilegeRequired {
+        path: String,
+        op: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("entry {path:?}: set xattr {name:?} ({len} bytes): {source}")]
+    Xattr {
+        path: String,
+        name: String,
+        len: usize,
+        #[source]
+        source: io::Error,
+    },
+    #[error("entry {path:?}: {op}: {source}")]
+    Io {
+        path: String,
+        op: &'static str,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Unpacks one layer into `dest`, an existing empty directory, as an
+/// overlayfs-ready diff.
+pub fn unpack(
+    reader: impl Read,
+    compression: Compression,
+    dest: &Path,
+) -> Result<Unpacked, UnpackError> {
+    let root = fsops::open_root(dest).map_err(|e| UnpackError::Destination {
+        path: dest.to_path_buf(),
+        source: e.into(),
+    })?;
+    let meter = Meter::default();
+    let mut u = Unpacker {
+        root,
+        privileged: nix::unistd::geteuid().is_root(),
+        meter: &meter,
+        dirs: Vec::new(),
+        entries: 0,
+        bytes: 0,
+        sparse_holes: 0,
+        last: None,
+        buf: vec![0; COPY_BUF],
+    };
+    let decoder = match compression {
+        Compression::None => Decoder::Plain(reader),
+        Compression::Gzip => Decoder::Gzip(flate2::read::MultiGzDecoder::new(reader)),
+        // The zstd decoder keeps its default window limit (128 MiB), which
+        // bounds what a hostile frame header can make it allocate.
+        Compression::Zstd => {
+            Decoder::Zstd(zstd::stream::read::Decoder::new(reader).map_err(|e| u.stream_error(e))?)
+        }
+    };
+    let mut stream = HashingReader {
+        inner: decoder,
+        hasher: Sha256::new(),
+        meter: &meter,
+    };
+
+    {
+        let mut archive = tar::Archive::new(&mut stream);
+        let entries = archive.entries().map_err(|e| u.stream_error(e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| u.stream_error(e))?;
+            meter.meta_bytes.set(0);
+            u.entries += 1;
+            u.entry(entry)?;
+        }
+    }
+
+    // The archive ends at the first zero block; the rest of the stream
+    // (the second zero block, blocking-factor padding, gzip trailer) is
+    // still part of what diff_id covers, and reading it is what surfaces a
+    // truncated or corrupt compressed stream.
+    meter.in_data.set(true);
+    io::copy(&mut stream, &mut io::sink()).map_err(|e| u.stream_error(e))?;
+
+    u.finish_dirs()?;
+    let digest = stream.hasher.finalize();
+    let mut diff_id = String::with_capacity(7 + 64);
+    diff_id.push_str("sha256:");
+    for b in digest {
+        let _ = write!(diff_id, "{b:02x}");
+    }
+    Ok(Unpacked {
+        diff_id,
+        entries: u.entries,
+        bytes: u.bytes,
+    })
+}
+
+enum Decoder<R: Read> {
+    Plain(R),
+    Gzip(flate2::read::MultiGzDecoder<R>),
+    Zstd(zstd::stream::read::Decoder<'static, io::BufReader<R>>),
+}
+
+impl<R: Read> Read for Decoder<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Decoder::Plain(r) => r.read(buf),
+            Decoder::Gzip(r) => r.read(buf),
+            Decoder::Zstd(r) => r.read(buf),
+        }
+    }
+}
+
+/// Tells the stream who is reading. Bytes read while `in_data` is false are
+/// the tar parser's own (headers, padding, PAX and long-name records); they
+/// are counted so a hostile record cannot make the parser buffer gigabytes.
+#[derive(Default)]
+struct Meter {
+    in_data: Cell<bool>,
+    meta_bytes: Cell<u64>,
+    tripped: Cell<bool>,
+}
+
+/// Hashes the decompressed stream for diff_id and enforces the metadata
+/// budget of [`Meter`].
+struct HashingReader<'m, R> {
+    inner: R,
+    hasher: Sha256,
+    meter: &'m Meter,
+}
+
+impl<R: Read> Read for HashingReader<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        if !self.meter.in_data.get() {
+            let total = self.meter.meta_bytes.get().saturating_add(n as u64);
+            self.meter.meta_bytes.set(total);
+            if total > MAX_METADATA_BYTES {
+                self.meter.tripped.set(true);
+                return Err(io::Error::other("tar metadata limit exceeded"));
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// Metadata of one entry, from its header and PAX records.
+struct Meta {
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime: TimeSpec,
+    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// A directory whose mode and mtime are applied after all entries: writing
+/// children changes a directory's mtime, and a read-only mode would block
+/// the children of an unprivileged unpack.
+struct DeferredDir {
+    comps: Vec<Vec<u8>>,
+    mode: u32,
+    mtime: TimeSpec,
+}
+
+struct Unpacker<'m> {
+    root: OwnedFd,
+    privileged: bool,
+    meter: &'m Meter,
+    dirs: Vec<DeferredDir>,
+    entries: u64,
+    bytes: u64,
+    sparse_holes: u64,
+    /// Name of the last entry seen, for errors about the stream itself.
+    last: Option<String>,
+    buf: Vec<u8>,
+}
+
+/// Which way to apply metadata to a non-directory.
+enum Target<'a> {
+    /// An fd we opened for writing (regular files).
+    Fd(BorrowedFd<'a>),
+    /// An entry we must not open: symlinks and special files.
+    At {
+        parent: &'a OwnedFd,
+        name: &'a [u8],
+        symlink: bool,
+    },
+}
+
+impl Unpacker<'_> {
+    fn stream_error(&self, source: io::Error) -> UnpackError {
+        let after = match &self.last {
+            Some(p) => format!("entry {p:?}"),
+            None => "(start of layer)".to_string(),
+        };
+        if self.meter.tripped.get() {
+            UnpackError::MetadataTooLarge { after }
+        } else {
+            UnpackError::Stream { after, source }
+        }
+    }
+
+    fn entry<R: Read>(&mut self, mut entry: tar::Entry<'_, R>) -> Result<(), UnpackError> {
+        let raw = entry.path_bytes().into_owned();
+        let path = show(&raw);
+        self.last = Some(path.clone());
+        let kind = entry.header().entry_type();
+        let comps = parse_name(&raw).map_err(|reason| UnpackError::BadName {
+            path: path.clone(),
+            reason,
+        })?;
+
+        if comps.last().is_some_and(|c| c.starts_with(WHITEOUT_PREFIX)) {
+            self.whiteout(&comps, &path)?;
+            return self.drain(&mut entry);
+        }
+        if comps.is_empty()
+            && !(kind.is_dir() || (kind == EntryType::Regular && raw.ends_with(b"/")))
+        {
+            return Err(UnpackError::BadName {
+                path,
+                reason: "a non-directory entry names the layer root",
+            });
+        }
+
+        match kind {
+            EntryType::Directory => self.directory(&mut entry, &comps, &path)?,
+            // Pre-POSIX archives mark directories only by a trailing slash.
+            EntryType::Regular if raw.ends_with(b"/") => {
+                self.directory(&mut entry, &comps, &path)?
+            }
+            EntryType::Regular | EntryType::Continuous => {
+                self.file(&mut entry, &comps, &path, false)?
+            }
+            EntryType::GNUSparse => self.file(&mut entry, &comps, &path, true)?,
+            EntryType::Symlink => self.symlink(&mut entry, &comps, &path)?,
+            EntryType::Link => self.hard_link(&entry, &comps, &path)?,
+            EntryType::Char | EntryType::Block | EntryType::Fifo => {
+                self.special(&mut entry, kind, &comps, &path)?
+            }
+            EntryType::XGlobalHeader => {
+                tracing::debug!(entry = %path, "ignoring PAX global header");
+            }
+            other => {
+                return Err(UnpackError::UnsupportedType {
+                    path,
+                    kind: other.as_byte() as char,
+                });
+            }
+        }
+        self.drain(&mut entry)
+    }
+
+    /// Reads whatever is left of an entry's data. Every data byte goes
+    /// through here or [`Self::copy_data`] with the meter in data mode, so
+    /// the parser's own reads are only ever metadata.
+    fn drain<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<(), UnpackError> {
+        loop {
+            match read_data(self.meter, entry, &mut self.buf) {
+                Ok(0) => return Ok(()),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(self.stream_error(e)),
+            }
+        }
+    }
+
+    fn directory<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        comps: &[Vec<u8>],
+        path: &str,
+    ) -> Result<(), UnpackError> {
+        let meta = read_meta(entry, path)?;
+        let mut opaque = false;
+        let fd = match comps.split_last() {
+            // "./" or "/": the layer's own root, which is `dest`.
+            None => self
+                .root
+                .try_clone()
+                .map_err(|e| io_err(path, "duplicate root fd", e))?,
+            Some((name, parents)) => {
+                let parent = self.walk(parents, true, comps, path)?;
+                let existing = fsops::stat_at(&parent, name)
+                    .map_err(|e| io_err(path, "stat existing entry", e))?;
+                match existing {
+                    // An existing directory keeps its contents, as tar does.
+                    Some(st) if fsops::file_type(&st) == SFlag::S_IFDIR => {}
+                    other => {
+                        if let Some(st) = other {
+                            // A directory replacing this layer's own whiteout
+                            // means "deleted, then recreated empty": in
+                            // overlay terms, an opaque directory.
+                            opaque = fsops::is_whiteout(&st);
+                            unlinkat(
+                                &parent,
+                                name.as_slice(),
+                                nix::unistd::UnlinkatFlags::NoRemoveDir,
+                            )
+                            .map_err(|e| io_err(path, "remove existing entry", e))?;
+                        }
+                        mkdirat(&parent, name.as_slice(), Mode::from_bits_truncate(0o700))
+                            .map_err(|e| io_err(path, "create directory", e))?;
+                    }
+                }
+                fsops::open_dir(&parent, name).map_err(|e| io_err(path, "open directory", e))?
+            }
+        };
+        if self.privileged {
+            fchown(
+                &fd,
+                Some(Uid::from_raw(meta.uid)),
+                Some(Gid::from_raw(meta.gid)),
+            )
+            .map_err(|e| io_err(path, "chown", e))?;
+        }
+        for (key, value) in &meta.xattrs {
+            apply_xattr(key, value, path, || {
+                fsops::fset_xattr(fd.as_fd(), key, value)
+            })?;
+        }
+        if opaque {
+            set_opaque(&fd, path)?;
+        }
+        self.dirs.push(DeferredDir {
+            comps: comps.to_vec(),
+            mode: meta.mode,
+            mtime: meta.mtime,
+        });
+        Ok(())
+    }
+
+    fn file<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        comps: &[Vec<u8>],
+        path: &str,
+        sparse: bool,
+    ) -> Result<(), UnpackError> {
+        let meta = read_meta(entry, path)?;
+        let expected = entry.size();
+        if sparse {
+            let stored = entry
+                .header()
+                .entry_size()
+                .map_err(|source| bad_header(path, "size", source))?;
+            self.sparse_holes = self
+                .sparse_holes
+                .saturating_add(expected.saturating_sub(stored));
+            if self.sparse_holes > MAX_SPARSE_HOLE_BYTES {
+                return Err(UnpackError::SparseTooLarge {
+                    path: path.to_string(),
+                });
+            }
+        }
+        let (parent, name) = self.parent_of(comps, path)?;
+        fsops::clear_slot(&parent, name).map_err(|e| io_err(path, "remove existing entry", e))?;
+        let fd = openat(
+            &parent,
+            name,
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o600),
+        )
+        .map_err(|e| io_err(path, "create file", e))?;
+        let mut file = File::from(fd);
+        let got = self.copy_data(entry, &mut file, sparse, path)?;
+        if got != expected {
+            return Err(UnpackError::Truncated {
+                path: path.to_string(),
+                expected,
+                got,
+            });
+        }
+        if sparse {
+            // Trailing holes were skipped with seek; set_len makes them real.
+            file.set_len(got)
+                .map_err(|e| io_err(path, "set sparse file length", e))?;
+        }
+        self.bytes = self.bytes.saturating_add(got);
+        self.apply_meta(Target::Fd(file.as_fd()), &meta, path)
+    }
+
+    /// Streams an entry's data into `file`. Sparse entries turn all-zero
+    /// chunks into holes, so their declared size costs no disk.
+    fn copy_data<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        file: &mut File,
+        sparse: bool,
+        path: &str,
+    ) -> Result<u64, UnpackError> {
+        let mut total = 0u64;
+        loop {
+            let n = match read_data(self.meter, entry, &mut self.buf) {
+                Ok(0) => return Ok(total),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(self.stream_error(e)),
+            };
+            let chunk = &self.buf[..n];
+            if sparse && chunk.iter().all(|&b| b == 0) {
+                file.seek(SeekFrom::Current(n as i64))
+                    .map_err(|e| io_err(path, "seek over sparse hole", e))?;
+            } else {
+                file.write_all(chunk)
+                    .map_err(|e| io_err(path, "write file", e))?;
+            }
+            total += n as u64;
+        }
+    }
+
+    fn symlink<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        comps: &[Vec<u8>],
+        path: &str,
+    ) -> Result<(), UnpackError> {
+        let meta = read_meta(entry, path)?;
+        let target = entry
+            .link_name_bytes()
+            .map(|t| t.into_owned())
+            .unwrap_or_default();
+        let bad = |reason| UnpackError::BadLinkTarget {
+            path: path.to_string(),
+            target: show(&target),
+            reason,
+        };
+        // The target is stored verbatim: absolute and `..` targets are normal
+        // in images and harmless here, since nothing in this module follows
+        // a symlink.
+        if target.is_empty() {
+            return Err(bad("empty symlink target"));
+        }
+        if target.len() > MAX_LINK_TARGET_LEN {
+            return Err(bad("longer than 4096 bytes"));
+        }
+        if target.contains(&0) {
+            return Err(bad("contains a NUL byte"));
+        }
+        let (parent, name) = self.parent_of(comps, path)?;
+        fsops::clear_slot(&parent, name).map_err(|e| io_err(path, "remove existing entry", e))?;
+        symlinkat(target.as_slice(), &parent, name)
+            .map_err(|e| io_err(path, "create symlink", e))?;
+        self.apply_meta(
+            Target::At {
+                parent: &parent,
+                name,
+                symlink: true,
+            },
+            &meta,
+            path,
+        )
+    }
+
+    fn hard_link<R: Read>(
+        &mut self,
+        entry: &tar::Entry<'_, R>,
+        comps: &[Vec<u8>],
+        path: &str,
+    ) -> Result<(), UnpackError> {
+        let raw = entry
+            .link_name_bytes()
+            .map(|t| t.into_owned())
+            .unwrap_or_default();
+        let target = show(&raw);
+        if raw.len() > MAX_LINK_TARGET_LEN {
+            return Err(UnpackError::BadLinkTarget {
+                path: path.to_string(),
+                target,
+                reason: "longer than 4096 bytes",
+            });
+        }
+        // Same rules as entry names: the target is a path inside this layer.
+        let tcomps = parse_name(&raw).map_err(|reason| UnpackError::BadLinkTarget {
+            path: path.to_string(),
+            target: target.clone(),
+            reason,
+        })?;
+        let bad = |reason| UnpackError::BadHardLink {
+            path: path.to_string(),
+            target: target.clone(),
+            reason,
+        };
+        let Some((tname, tparents)) = tcomps.split_last() else {
+            return Err(bad("names the layer root"));
+        };
+        let tparent = match fsops::walk(&self.root, tparents, false) {
+            Ok(fd) => fd,
+            Err(WalkError::NotDir { .. })
+            | Err(WalkError::Sys {
+                errno: Errno::ENOENT,
+                ..
+            }) => {
+                return Err(bad("is not an entry extracted earlier in this layer"));
+            }
+            Err(WalkError::Sys { op, errno }) => return Err(io_err(path, op, errno)),
+        };
+        match fsops::stat_at(&tparent, tname).map_err(|e| io_err(path, "stat link target", e))? {
+            None => return Err(bad("is not an entry extracted earlier in this layer")),
+            Some(st) if fsops::file_type(&st) == SFlag::S_IFDIR => {
+                return Err(bad("is a directory"));
+            }
+            Some(st) if fsops::is_whiteout(&st) => return Err(bad("is a whiteout")),
+            Some(_) => {}
+        }
+        if tcomps == comps {
+            tracing::debug!(entry = %path, "ignoring hard link to itself");
+            return Ok(());
+        }
+        let (parent, name) = self.parent_of(comps, path)?;
+        fsops::clear_slot(&parent, name).map_err(|e| io_err(path, "remove existing entry", e))?;
+        // Flags 0: if the target is a symlink, link the symlink itself.
+        linkat(&tparent, tname.as_slice(), &parent, name, AtFlags::empty())
+            .map_err(|e| io_err(path, "create hard link", e))
+    }
+
+    fn special<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        kind: EntryType,
+        comps: &[Vec<u8>],
+        path: &str,
+    ) -> Result<(), UnpackError> {
+        let meta = read_meta(entry, path)?;
+        let (sflag, dev) = match kind {
+            EntryType::Fifo => (SFlag::S_IFIFO, 0),
+            _ => {
+                let h = entry.header();
+                let major = h
+                    .device_major()
+                    .map_err(|source| bad_header(path, "device major", source))?
+                    .unwrap_or(0);
+                let minor = h
+                    .device_minor()
+                    .map_err(|source| bad_header(path, "device minor", source))?
+                    .unwrap_or(0);
+                let sflag = if kind == EntryType::Char {
+                    SFlag::S_IFCHR
+                } else {
+                    SFlag::S_IFBLK
+                };
+                (sflag, makedev(major.into(), minor.into()))
+            }
+        };
+        // A 0:0 character device is an overlay whiteout in its native form.
+        let whiteout = sflag == SFlag::S_IFCHR && dev == 0;
+        if sflag != SFlag::S_IFIFO && !self.privileged && !whiteout {
+            tracing::debug!(entry = %path, "not root: skipping device node");
+            return Ok(());
+        }
+        let (parent, name) = self.parent_of(comps, path)?;
+        fsops::clear_slot(&parent, name).map_err(|e| io_err(path, "remove existing entry", e))?;
+        match mknodat(&parent, name, sflag, Mode::from_bits_truncate(0o600), dev) {
+            Ok(()) => {}
+            // Root in a user namespace may not make devices; containers get
+            // their /dev from the runtime, so that is not fatal. A whiteout
+            // is: skipping it would resurrect a deleted file.
+            Err(Errno::EPERM) if sflag != SFlag::S_IFIFO && !whiteout => {
+                tracing::debug!(entry = %path, "mknod not permitted: skipping device node");
+                return Ok(());
+            }
+            Err(Errno::EPERM) => {
+                return Err(privilege_err(path, "create whiteout device", Errno::EPERM));
+            }
+            Err(e) => return Err(io_err(path, "mknod", e)),
+        }
+        self.apply_meta(
+            Target::At {
+                parent: &parent,
+                name,
+                symlink: false,
+            },
+            &meta,
+            path,
+        )
+    }
+
+    /// `.wh.<name>` becomes a 0:0 character device `<name>`; `.wh..wh..opq`
+    /// marks its directory opaque.
+    fn whiteout(&mut self, comps: &[Vec<u8>], path: &str) -> Result<(), UnpackError> {
+        let Some((last, parents)) = comps.split_last() else {
+            return Ok(());
+        };
+        if last == OPAQUE_MARKER {
+            let dir = self.walk(parents, true, comps, path)?;
+            return set_opaque(&dir, path);
+        }
+        if last.starts_with(WHITEOUT_META_PREFIX) {
+            tracing::debug!(entry = %path, "ignoring AUFS metadata entry");
+            return Ok(());
+        }
+        let hidden = &last[WHITEOUT_PREFIX.len()..];
+        if hidden.is_empty() || hidden == b"." || hidden == b".." {
+            return Err(UnpackError::BadName {
+                path: path.to_string(),
+                reason: "whiteout does not name a file",
+            });
+        }
+        let parent = self.walk(parents, true, comps, path)?;
+        match fsops::stat_at(&parent, hidden)
+            .map_err(|e| io_err(path, "stat whiteout target", e))?
+        {
+            // OCI: a whiteout only hides lower layers; an entry of this same
+            // layer stays, and it hides the lower one anyway.
+            Some(_) => {
+                tracing::debug!(entry = %path, "whiteout of an entry in the same layer: keeping the entry");
+                Ok(())
+            }
+            None => fsops::mknod_whiteout(&parent, hidden).map_err(|e| match e {
+                Errno::EPERM => privilege_err(path, "create whiteout device", e),
+                e => io_err(path, "create whiteout device", e),
+            }),
+        }
+    }
+
+    /// chown first, because chown clears setuid/setgid and chmod must put
+    /// them back; times last, so nothing after them bumps the mtime.
+    fn apply_meta(&self, target: Target<'_>, meta: &Meta, path: &str) -> Result<(), UnpackError> {
+        let (uid, gid) = (Some(Uid::from_raw(meta.uid)), Some(Gid::from_raw(meta.gid)));
+        let mode = Mode::from_bits_truncate(meta.mode);
+        match target {
+            Target::Fd(fd) => {
+                if self.privileged {
+                    fchown(fd, uid, gid).map_err(|e| io_err(path, "chown", e))?;
+                }
+                fchmod(fd, mode).map_err(|e| io_err(path, "chmod", e))?;
+                for (key, value) in &meta.xattrs {
+                    apply_xattr(key, value, path, || fsops::fset_xattr(fd, key, value))?;
+                }
+                futimens(fd, &meta.mtime, &meta.mtime).map_err(|e| io_err(path, "set times", e))
+            }
+            Target::At {
+                parent,
+                name,
+                symlink,
+            } => {
+                if self.privileged {
+                    fchownat(parent, name, uid, gid, AtFlags::AT_SYMLINK_NOFOLLOW)
+                        .map_err(|e| io_err(path, "chown", e))?;
+                }
+                if !symlink {
+                    // Linux has no no-follow chmod, but this name is the
+                    // device or FIFO we just created, not a symlink.
+                    fchmodat(parent, name, mode, FchmodatFlags::FollowSymlink)
+                        .map_err(|e| io_err(path, "chmod", e))?;
+                }
+                for (key, value) in &meta.xattrs {
+                    apply_xattr(key, value, path, || {
+                        fsops::lset_xattr_at(parent, name, key, value)
+                    })?;
+                }
+                utimensat(
+                    parent,
+                    name,
+                    &meta.mtime,
+                    &meta.mtime,
+                    UtimensatFlags::NoFollowSymlink,
+                )
+                .map_err(|e| io_err(path, "set times", e))
+            }
+        }
+    }
+
+    /// Applies deferred directory modes and mtimes. A directory that a later
+    /// entry replaced is skipped; the walk is the same no-follow walk, so a
+    /// symlink planted at a directory's path is not chmod-ed through.
+    fn finish_dirs(&mut self) -> Result<(), UnpackError> {
+        for d in std::mem::take(&mut self.dirs) {
+            let path = show(&d.comps.join(&b'/'));
+            let fd = match fsops::walk(&self.root, &d.comps, false) {
+                Ok(fd) => fd,
+                Err(WalkError::NotDir { .. })
+                | Err(WalkError::Sys {
+                    errno: Errno::ENOENT,
+                    ..
+                }) => {
+                    continue;
+                }
+                Err(WalkError::Sys { op, errno }) => return Err(io_err(&path, op, errno)),
+            };
+            fchmod(&fd, Mode::from_bits_truncate(d.mode)).map_err(|e| io_err(&path, "chmod", e))?;
+            futimens(&fd, &d.mtime, &d.mtime).map_err(|e| io_err(&path, "set times", e))?;
+        }
+        Ok(())
+    }
+
+    /// Opens the directory `comps` (relative to root) without following
+    /// symlinks; `full` is the whole entry name, for the error.
+    fn walk(
+        &self,
+        comps: &[Vec<u8>],
+        create: bool,
+        full: &[Vec<u8>],
+        path: &str,
+    ) -> Result<OwnedFd, UnpackError> {
+        fsops::walk(&self.root, comps, create).map_err(|e| match e {
+            WalkError::NotDir { index, what } => UnpackError::UnsafeParent {
+                path: path.to_string(),
+                component: show(&full[..=index].join(&b'/')),
+                what,
+            },
+            WalkError::Sys { op, errno } => io_err(path, op, errno),
+        })
+    }
+
+    /// The parent directory of a non-root entry, created if missing, and the
+    /// entry's last component.
+    fn parent_of<'c>(
+        &self,
+        comps: &'c [Vec<u8>],
+        path: &str,
+    ) -> Result<(OwnedFd, &'c [u8]), UnpackError> {
+        let Some((name, parents)) = comps.split_last() else {
+            return Err(UnpackError::BadName {
+                path: path.to_string(),
+                reason: "names the layer root",
+            });
+        };
+        Ok((self.walk(parents, true, comps, path)?, name.as_slice()))
+    }
+}
+
+/// Reads entry data with the meter in data mode.
+fn read_data<R: Read>(
+    meter: &Meter,
+    entry: &mut tar::Entry<'_, R>,
+    buf: &mut [u8],
+) -> io::Result<usize> {
+    meter.in_data.set(true);
+    let r = entry.read(buf);
+    meter.in_data.set(false);
+    r
+}
+
+/// Splits an entry name into components: `.` and empty components (from
+/// `./`, a leading `/`, or `//`) are dropped, so absolute names land inside
+/// `dest`; `..` anywhere is refused.
+fn parse_name(raw: &[u8]) -> Result<Vec<Vec<u8>>, &'static str> {
+    if raw.is_empty() {
+        return Err("empty name");
+    }
+    if raw.len() > MAX_NAME_LEN {
+        return Err("longer than 4096 bytes");
+    }
+    if raw.contains(&0) {
+        return Err("contains a NUL byte");
+    }
+    let mut comps = Vec::new();
+    for c in raw.split(|&b| b == b'/') {
+        match c {
+            b"" | b"." => {}
+            b".." => return Err("contains a `..` component"),
+            c => comps.push(c.to_vec()),
+        }
+    }
+    Ok(comps)
+}
+
+fn read_meta<R: Read>(entry: &mut tar::Entry<'_, R>, path: &str) -> Result<Meta, UnpackError> {
+    let h = entry.header();
+    let mode = h
+        .mode()
+        .map_err(|source| bad_header(path, "mode", source))?
+        & 0o7777;
+    // The tar crate has already applied PAX uid/gid overrides to the header.
+    let uid = h.uid().map_err(|source| bad_header(path, "uid", source))?;
+    let gid = h.gid().map_err(|source| bad_header(path, "gid", source))?;
+    let out_of_range = |field| move |_| bad_header(path, field, io::Error::other("out of range"));
+    let uid = u32::try_from(uid).map_err(out_of_range("uid"))?;
+    let gid = u32::try_from(gid).map_err(out_of_range("gid"))?;
+    let mtime = h
+        .mtime()
+        .map_err(|source| bad_header(path, "mtime", source))?;
+    let mut mtime = TimeSpec::new(i64::try_from(mtime).map_err(out_of_range("mtime"))?, 0);
+    let mut xattrs = Vec::new();
+    let pax = entry
+        .pax_extensions()
+        .map_err(|source| bad_header(path, "PAX records", source))?;
+    if let Some(pax) = pax {
+        for rec in pax {
+            let rec = rec.map_err(|source| bad_header(path, "PAX record", source))?;
+            let key = rec.key_bytes();
+            if key == b"mtime" {
+                mtime = parse_pax_time(rec.value_bytes()).ok_or_else(|| {
+                    bad_header(path, "PAX mtime", io::Error::other("not a decimal time"))
+                })?;
+            } else if let Some(name) = key.strip_prefix(PAX_XATTR_PREFIX) {
+                if name.starts_with(b"trusted.overlay.") || name.starts_with(b"user.overlay.") {
+                    tracing::debug!(entry = %path, xattr = %show(name), "dropping overlay xattr from layer");
+                    continue;
+                }
+                if name.is_empty() || name.contains(&0) {
+                    return Err(bad_header(
+                        path,
+                        "PAX xattr name",
+                        io::Error::other("empty or contains NUL"),
+                    ));
+                }
+                xattrs.push((name.to_vec(), rec.value_bytes().to_vec()));
+            }
+        }
+    }
+    Ok(Meta {
+        mode,
+        uid,
+        gid,
+        mtime,
+        xattrs,
+    })
+}
+
+/// Parses a PAX time (`[-]seconds[.fraction]`) to a timespec.
+fn parse_pax_time(v: &[u8]) -> Option<TimeSpec> {
+    let s = std::str::from_utf8(v).ok()?;
+    let (neg, s) = match s.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, s),
+    };
+    let (secs, frac) = s.split_once('.').unwrap_or((s, ""));
+    if secs.is_empty()
+        || !secs.bytes().all(|b| b.is_ascii_digit())
+        || !frac.bytes().all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    let mut sec: i64 = secs.parse().ok()?;
+    let mut nsec: i64 = 0;
+    for (i, d) in frac.bytes().take(9).enumerate() {
+        nsec += i64::from(d - b'0') * 10i64.pow(8 - i as u32);
+    }
+    if neg {
+        sec = -sec;
+        if nsec > 0 {
+            sec -= 1;
+            nsec = 1_000_000_000 - nsec;
+        }
+    }
+    Some(TimeSpec::new(sec, nsec))
+}
+
+/// Sets one layer-provided xattr. A filesystem without xattr support, or a
+/// `user.*` xattr on a file type that cannot carry one, loses the attribute
+/// with a warning rather than failing the image; anything else is an error.
+fn apply_xattr(
+    key: &[u8],
+    value: &[u8],
+    path: &str,
+    set: impl FnOnce() -> nix::Result<()>,
+) -> Result<(), UnpackError> {
+    match set() {
+        Ok(()) => Ok(()),
+        Err(Errno::EOPNOTSUPP) => {
+            tracing::warn!(entry = %path, xattr = %show(key), "filesystem does not support xattr; dropped");
+            Ok(())
+        }
+        Err(Errno::EPERM) if key.starts_with(b"user.") => {
+            tracing::warn!(entry = %path, xattr = %show(key), "user xattr not allowed on this file type; dropped");
+            Ok(())
+        }
+        Err(e) => Err(UnpackError::Xattr {
+            path: path.to_string(),
+            name: show(key),
+            len: value.len(),
+            source: e.into(),
+        }),
+    }
+}
+
+fn set_opaque(dir: &OwnedFd, path: &str) -> Result<(), UnpackError> {
+    fsops::fset_xattr(dir.as_fd(), OVERLAY_OPAQUE_XATTR, b"y").map_err(|e| match e {
+        Errno::EPERM => privilege_err(path, "set trusted.overlay.opaque", e),
+        e => io_err(path, "set trusted.overlay.opaque", e),
+    })
+}
+
+fn show(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn io_err(path: &str, op: &'static str, e: impl Into<io::Error>) -> UnpackError {
+    UnpackError::Io {
+        path: path.to_string(),
+        op,
+        source: e.into(),
+    }
+}
+
+fn privilege_err(path: &str, op: &'static str, e: Errno) -> UnpackError {
+    UnpackError::PrivilegeRequired {
+        path: path.to_string(),
+        op,
+        source: e.into(),
+    }
+}
+
+fn bad_header(path: &str, field: &'static str, source: io::Error) -> UnpackError {
+    UnpackError::BadHeader {
+        path: path.to_string(),
+        field,
+        source,
+    }
+}
