@@ -26,6 +26,7 @@ pub struct Config {
     pub vm: VmConfig,
     pub helpers: HelpersConfig,
     pub cni: CniConfig,
+    pub registry: RegistryConfig,
 }
 
 impl Default for Config {
@@ -39,7 +40,102 @@ impl Default for Config {
             vm: VmConfig::default(),
             helpers: HelpersConfig::default(),
             cni: CniConfig::default(),
+            registry: RegistryConfig::default(),
         }
+    }
+}
+
+/// How images are pulled. Per-host settings follow containerd's
+/// `hosts.toml` in spirit: mirrors tried in order, then the origin.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RegistryConfig {
+    /// Connect timeout, and the longest a registry may stay silent during a
+    /// transfer, before the pull fails.
+    #[serde(deserialize_with = "timeout_secs")]
+    pub timeout_secs: u64,
+    /// Images reported as pinned, so kubelet's image GC never removes them.
+    pub pinned_images: Vec<String>,
+    /// Settings per registry host (`docker.io`, `127.0.0.1:5000`, ...).
+    pub hosts: std::collections::BTreeMap<String, RegistryHost>,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        Self {
+            timeout_secs: 30,
+            pinned_images: Vec::new(),
+            hosts: Default::default(),
+        }
+    }
+}
+
+fn timeout_secs<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let v = u64::deserialize(d)?;
+    if !(1..=3600).contains(&v) {
+        return Err(serde::de::Error::custom(format!(
+            "{v} is out of range 1..=3600"
+        )));
+    }
+    Ok(v)
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RegistryHost {
+    /// Mirror URLs (`https://host[:port]` or `http://host[:port]`), tried in
+    /// order before the registry itself.
+    pub mirrors: Vec<MirrorUrl>,
+    /// Speak plain HTTP to this host.
+    pub plain_http: bool,
+    /// Accept any TLS certificate from this host.
+    pub skip_verify: bool,
+    /// Credentials used when the CRI request carries none.
+    pub username: Option<String>,
+    #[serde(skip_serializing)]
+    pub password: Option<String>,
+}
+
+/// A mirror: scheme plus `host[:port]`, no path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(into = "String")]
+pub struct MirrorUrl {
+    pub host: String,
+    pub plain_http: bool,
+}
+
+impl From<MirrorUrl> for String {
+    fn from(m: MirrorUrl) -> String {
+        format!(
+            "{}://{}",
+            if m.plain_http { "http" } else { "https" },
+            m.host
+        )
+    }
+}
+
+impl<'de> Deserialize<'de> for MirrorUrl {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let (plain_http, rest) = if let Some(r) = s.strip_prefix("http://") {
+            (true, r)
+        } else if let Some(r) = s.strip_prefix("https://") {
+            (false, r)
+        } else {
+            return Err(serde::de::Error::custom(format!(
+                "mirror {s:?} must start with http:// or https://"
+            )));
+        };
+        let host = rest.trim_end_matches('/');
+        if host.is_empty() || host.contains('/') || host.contains(char::is_whitespace) {
+            return Err(serde::de::Error::custom(format!(
+                "mirror {s:?} must be scheme://host[:port] without a path"
+            )));
+        }
+        Ok(MirrorUrl {
+            host: host.to_string(),
+            plain_http,
+        })
     }
 }
 
@@ -408,6 +504,23 @@ vhost-device-vsock = "vhost-device-vsock"
 bin-dirs = ["/opt/cni/bin", "/usr/lib/cni"]
 # Directory holding the CNI network configuration (*.conflist, *.conf).
 conf-dir = "/etc/cni/net.d"
+
+[registry]
+# Connect timeout, and the longest a registry may stay silent mid-transfer.
+timeout-secs = 30
+# Images reported as pinned: kubelet's image GC never removes them.
+pinned-images = []
+
+# Per registry host, in the spirit of containerd's hosts.toml. Mirrors are
+# tried in order, then the registry itself.
+# [registry.hosts."docker.io"]
+# mirrors = ["https://mirror.example.com", "http://10.0.0.5:5000"]
+#
+# [registry.hosts."registry.local:5000"]
+# plain-http = true        # speak HTTP, not HTTPS
+# skip-verify = false      # accept any TLS certificate
+# username = "puller"      # used when the CRI request has no credentials
+# password = "secret"
 "#;
 
 #[cfg(test)]
@@ -458,6 +571,33 @@ mod tests {
             parse("[vm]\nmemory-mib = 512\n").unwrap().vm.memory_mib,
             512
         );
+    }
+
+    #[test]
+    fn registry_hosts_and_mirrors() {
+        let c = parse(
+            "[registry.hosts.\"docker.io\"]\nmirrors = [\"http://127.0.0.1:5000\", \"https://m.example/\"]\n\
+             [registry.hosts.\"r:5000\"]\nplain-http = true\nusername = \"u\"\npassword = \"p\"\n",
+        )
+        .unwrap();
+        let dh = &c.registry.hosts["docker.io"];
+        assert_eq!(
+            dh.mirrors[0],
+            MirrorUrl {
+                host: "127.0.0.1:5000".into(),
+                plain_http: true
+            }
+        );
+        assert_eq!(dh.mirrors[1].host, "m.example");
+        assert!(c.registry.hosts["r:5000"].plain_http);
+        let msg = parse("[registry.hosts.x]\nmirrors = [\"ftp://m\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains(":2:") && msg.contains("http://"), "{msg}");
+        let msg = parse("[registry.hosts.x]\nmirors = []\n")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("registry.hosts.x.mirors"), "{msg}");
     }
 
     #[test]

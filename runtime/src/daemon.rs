@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::config::Config;
+use crate::image::ContentStore;
 use crate::sandbox::Registry;
 use crate::state::Store;
 
@@ -11,6 +12,7 @@ pub struct Daemon {
     pub config: Arc<Config>,
     pub store: Store,
     pub sandboxes: Registry,
+    pub content: ContentStore,
 }
 
 impl Daemon {

@@ -1,10 +1,13 @@
 //! `vmpod`: the CRI daemon and its operator commands.
 
+mod admin;
 mod bench;
+mod cli;
 mod config;
 mod cri;
 mod daemon;
 mod host;
+mod image;
 mod logging;
 mod network;
 mod sandbox;
@@ -47,6 +50,27 @@ enum Command {
     /// Configuration helpers.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Pull an image through the running daemon, with per-layer progress.
+    Pull {
+        image: String,
+        /// Registry credentials as USER:PASSWORD.
+        #[arg(long, value_name = "USER:PASSWORD")]
+        creds: Option<String>,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+    /// List the images in the daemon's store.
+    Images {
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+    /// Remove images by tag, digest or id.
+    Rmi {
+        #[arg(required = true)]
+        images: Vec<String>,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
     /// Benchmarks that print figures next to a peer measured in the same run.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -70,6 +94,30 @@ enum BenchCommand {
 enum ConfigCommand {
     /// Print the default configuration, with comments.
     Default,
+}
+
+/// How operator commands find the daemon.
+#[derive(Args)]
+struct ConnArgs {
+    /// Config file whose `socket` to use.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The daemon's socket (overrides the config).
+    #[arg(long, value_name = "PATH")]
+    socket: Option<AbsPath>,
+}
+
+impl ConnArgs {
+    fn socket(&self) -> Result<PathBuf, config::ConfigError> {
+        let overrides = Overrides {
+            socket: self.socket.clone(),
+            ..Default::default()
+        };
+        Ok(Config::load(self.config.as_deref(), &overrides)?
+            .socket
+            .as_path()
+            .to_path_buf())
+    }
 }
 
 #[derive(Args)]
@@ -104,10 +152,33 @@ impl ConfigArgs {
 }
 
 fn main() -> ExitCode {
+    // Registries are reached over rustls with the ring provider (no C
+    // crypto build); it must be chosen before the first TLS client exists.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(&args),
         Command::Check { config, json } => check(&config, json),
+        Command::Pull { image, creds, conn } => client(&conn, |socket| async move {
+            let creds = match creds {
+                Some(c) => Some(
+                    c.split_once(':')
+                        .map(|(u, p)| (u.to_string(), p.to_string()))
+                        .ok_or_else(|| anyhow::anyhow!("--creds must be USER:PASSWORD"))?,
+                ),
+                None => None,
+            };
+            cli::images::pull(&socket, &image, creds).await
+        }),
+        Command::Images { conn } => {
+            client(
+                &conn,
+                |socket| async move { cli::images::list(&socket).await },
+            )
+        }
+        Command::Rmi { images, conn } => client(&conn, |socket| async move {
+            cli::images::remove(&socket, &images).await
+        }),
         Command::Bench(BenchCommand::PodStart { count, config }) => bench_pod_start(count, config),
         Command::Config(ConfigCommand::Default) => {
             print!("{}", config::DEFAULT_CONFIG_TOML);
@@ -194,6 +265,38 @@ fn bench_pod_start(count: usize, config_file: Option<PathBuf>) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("vmpod bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs an operator command against the daemon's socket.
+fn client<F, Fut>(conn: &ConnArgs, f: F) -> ExitCode
+where
+    F: FnOnce(PathBuf) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let socket = match conn.socket() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("vmpod: {e}");
+            return ExitCode::from(EXIT_STARTUP);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("vmpod: cannot start async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(f(socket)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vmpod: {e:#}");
             ExitCode::FAILURE
         }
     }

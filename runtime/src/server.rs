@@ -102,10 +102,12 @@ pub async fn serve(config: Config) -> Result<(), StartupError> {
         "vmpod serving CRI v1"
     );
 
+    let admin = crate::admin::Admin::new(daemon.clone());
     let cri = Cri::new(daemon);
     let result = tonic::transport::Server::builder()
         .add_service(RuntimeServiceServer::new(cri.clone()))
         .add_service(ImageServiceServer::new(cri))
+        .add_service(crate::admin::v1::images_server::ImagesServer::new(admin))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown_signal())
         .await;
     drop(socket);
@@ -161,6 +163,8 @@ async fn start(
         config: Arc::new(config.clone()),
         store,
         sandboxes: Default::default(),
+        content: crate::image::ContentStore::open(&state_dir.join("images"))
+            .map_err(|e| anyhow!("image store: {e}"))?,
     });
     crate::sandbox::recover::recover(&daemon)
         .await

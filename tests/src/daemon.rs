@@ -84,9 +84,15 @@ impl Daemon {
     }
 
     pub async fn start_with_config(config: &str) -> Result<Daemon> {
+        Self::start_in(config, None).await
+    }
+
+    /// Like `start_with_config`, with the state dir at `state_dir` (say, on
+    /// a small tmpfs) instead of inside the daemon's temp dir.
+    pub async fn start_in(config: &str, state_dir: Option<PathBuf>) -> Result<Daemon> {
         let dir = tempfile::Builder::new().prefix("vmpod-test-").tempdir()?;
         let socket = dir.path().join("run/vmpod.sock");
-        let state_dir = dir.path().join("state");
+        let state_dir = state_dir.unwrap_or_else(|| dir.path().join("state"));
         let config_path = dir.path().join("config.toml");
         std::fs::write(&config_path, config)?;
         let log = dir.path().join("daemon.log");
@@ -140,6 +146,25 @@ impl Daemon {
 
     pub async fn images(&self) -> Result<ImageServiceClient<Channel>> {
         Ok(ImageServiceClient::new(connect_unix(&self.socket).await?))
+    }
+
+    /// Restarts the daemon on the same socket, state dir and config (after
+    /// SIGKILL if it is running), and waits until it serves again.
+    pub async fn restart(&mut self) -> Result<()> {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let log = self.dir.path().join("daemon-restarted.log");
+        let child = spawn_serve(
+            &self.dir.path().join("config.toml"),
+            &self.socket,
+            &self.state_dir,
+            &log,
+        )?;
+        self.child = Some(child);
+        self.log = log;
+        self.wait_serving(Duration::from_secs(20)).await
     }
 
     /// Sends `signal` and waits for the daemon to exit.

@@ -120,7 +120,7 @@ async fn status_network_ready_with_cni_config_and_verbose_info() {
         .expect("kernel version read from vmlinux");
     assert!(kv.starts_with("6.1"), "{kv}");
     let state: serde_json::Value = serde_json::from_str(&s.info["state"]).unwrap();
-    assert_eq!(state["schemaVersion"], 2);
+    assert_eq!(state["schemaVersion"], 3);
 }
 
 #[tokio::test]
@@ -201,18 +201,17 @@ async fn unimplemented_calls_name_the_method_and_daemon_stays_healthy() {
         e.message()
     );
 
+    let e = rt.exec_sync(ExecSyncRequest::default()).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unimplemented);
+    assert!(e.message().contains("ExecSync"), "{}", e.message());
+
+    // A bad request to an implemented call is a clear error, too.
     let e = img
         .pull_image(PullImageRequest::default())
         .await
         .unwrap_err();
-    assert_eq!(e.code(), Code::Unimplemented);
-    assert!(e.message().contains("PullImage"), "{}", e.message());
-
-    let e = img
-        .image_fs_info(ImageFsInfoRequest::default())
-        .await
-        .unwrap_err();
-    assert!(e.message().contains("ImageFsInfo"), "{}", e.message());
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("image"), "{}", e.message());
 
     // Still serving after the errors.
     rt.version(VersionRequest::default()).await.unwrap();

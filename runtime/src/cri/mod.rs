@@ -4,12 +4,14 @@
 //! call, so a kubelet log line like "RunPodSandbox failed" maps to one file.
 //! Request validation lives beside the call that needs it.
 
+mod image;
 mod runtime;
-mod sandbox;
+pub(crate) mod sandbox;
 mod service;
 
 use std::sync::Arc;
 
+pub(crate) use image::pull::pull as image_pull;
 pub use sandbox::run::RUNTIME_HANDLERS;
 
 use crate::daemon::Daemon;

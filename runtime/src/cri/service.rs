@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 use vmpod_cri_api::v1::*;
 use vmpod_cri_api::{ImageService, RuntimeService};
 
-use super::{Cri, runtime, sandbox, unimplemented};
+use super::{Cri, image, runtime, sandbox, unimplemented};
 
 type Rpc<T> = Result<Response<T>, Status>;
 
@@ -131,11 +131,33 @@ impl RuntimeService for Cri {
 
 #[tonic::async_trait]
 impl ImageService for Cri {
-    not_yet! {
-        list_images(ListImagesRequest) -> ListImagesResponse = "ListImages";
-        image_status(ImageStatusRequest) -> ImageStatusResponse = "ImageStatus";
-        pull_image(PullImageRequest) -> PullImageResponse = "PullImage";
-        remove_image(RemoveImageRequest) -> RemoveImageResponse = "RemoveImage";
-        image_fs_info(ImageFsInfoRequest) -> ImageFsInfoResponse = "ImageFsInfo";
+    async fn list_images(&self, r: Request<ListImagesRequest>) -> Rpc<ListImagesResponse> {
+        image::list::list_images(&self.daemon, r.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn image_status(&self, r: Request<ImageStatusRequest>) -> Rpc<ImageStatusResponse> {
+        image::status::image_status(&self.daemon, r.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn pull_image(&self, r: Request<PullImageRequest>) -> Rpc<PullImageResponse> {
+        image::pull::pull_image(&self.daemon, r.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn remove_image(&self, r: Request<RemoveImageRequest>) -> Rpc<RemoveImageResponse> {
+        image::remove::remove_image(&self.daemon, r.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn image_fs_info(&self, r: Request<ImageFsInfoRequest>) -> Rpc<ImageFsInfoResponse> {
+        image::fs_info::image_fs_info(&self.daemon, r.into_inner())
+            .await
+            .map(Response::new)
     }
 }

@@ -13,12 +13,14 @@ use std::path::{Path, PathBuf};
 use nix::fcntl::{Flock, FlockArg};
 use redb::{Database, ReadableDatabase, TableDefinition};
 
+pub mod images;
 pub mod sandboxes;
 
+pub use images::{ImageRecord, LayerRecord};
 pub use sandboxes::{Metadata, ReserveError, SandboxRecord, SandboxState, VmRecord};
 
 /// Bumped whenever a table's layout changes; see [`Store::migrate`].
-pub const SCHEMA_VERSION: u64 = 2;
+pub const SCHEMA_VERSION: u64 = 3;
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const SCHEMA_KEY: &str = "schema_version";
@@ -88,7 +90,7 @@ impl Store {
     }
 
     /// Brings the database to [`SCHEMA_VERSION`]. Version 0 is a fresh file;
-    /// version 1 had no sandbox tables. Every step only adds tables, so the
+    /// version 1 had no sandbox tables, version 2 no image tables. Every step only adds tables, so the
     /// migration creates whatever is missing.
     fn migrate(&self) -> Result<(), StoreError> {
         let found = self.schema_version()?;
@@ -109,6 +111,9 @@ impl Store {
             tx.open_table(sandboxes::SANDBOXES)
                 .map_err(|e| self.err(e))?;
             tx.open_table(sandboxes::SANDBOX_NAMES)
+                .map_err(|e| self.err(e))?;
+            tx.open_table(images::IMAGES).map_err(|e| self.err(e))?;
+            tx.open_table(images::IMAGE_NAMES)
                 .map_err(|e| self.err(e))?;
         }
         tx.commit().map_err(|e| self.err(e))?;

@@ -1,0 +1,12 @@
+//! Compiles vmpod's operator API (`proto/admin.proto`) with protox.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let proto = "proto/admin.proto";
+    println!("cargo:rerun-if-changed={proto}");
+    let fds = protox::compile([proto], ["proto"])?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(fds)?;
+    Ok(())
+}

@@ -1,0 +1,3 @@
+//! Operator commands that talk to a running `vmpod serve`.
+
+pub mod images;

@@ -1,0 +1,38 @@
+//! `RemoveImage` by tag, digest reference or id. Removing a tag of an image
+//! with other tags only untags it; removing by id (or the last tag) deletes
+//! the image and whatever content no other image shares. Absent images are
+//! not an error.
+
+use std::sync::Arc;
+
+use tonic::Status;
+use vmpod_cri_api::v1::{RemoveImageRequest, RemoveImageResponse};
+
+use crate::cri::sandbox::store_err;
+use crate::daemon::Daemon;
+
+pub async fn remove_image(
+    daemon: &Arc<Daemon>,
+    req: RemoveImageRequest,
+) -> Result<RemoveImageResponse, Status> {
+    let spec = req.image.map(|i| i.image).unwrap_or_default();
+    if spec.is_empty() {
+        return Err(Status::invalid_argument("image.image: is required"));
+    }
+    let Some((rec, name)) = crate::image::resolve(&daemon.store, &spec).map_err(store_err)? else {
+        return Ok(RemoveImageResponse {});
+    };
+    // By tag: untag (the image goes with its last tag). By id or digest:
+    // the image goes.
+    let by_tag = name.as_ref().is_some_and(|n| rec.repo_tags.contains(n));
+    let removed = daemon
+        .store
+        .remove_image_name(&rec.id, if by_tag { name.as_deref() } else { None })
+        .map_err(store_err)?;
+    if let Some(removed) = removed {
+        let content = &daemon.content;
+        crate::image::collect_garbage(&daemon.store, content, &removed).map_err(store_err)?;
+        tracing::info!(image = %spec, id = %removed.id, "image removed");
+    }
+    Ok(RemoveImageResponse {})
+}
