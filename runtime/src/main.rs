@@ -78,6 +78,19 @@ enum Command {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// Pull an image into an empty store, unpack included, against
+    /// `skopeo copy docker://IMAGE oci:DIR` in the same run.
+    Pull {
+        image: String,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Config file for the private daemon (registry hosts, plain-http).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Let skopeo use plain HTTP / skip TLS verification.
+        #[arg(long)]
+        insecure: bool,
+    },
     /// Sequential RunPodSandbox latency and boot phases, against a raw QEMU
     /// boot of the same kernel, initramfs and devices.
     PodStart {
@@ -179,6 +192,20 @@ fn main() -> ExitCode {
         Command::Rmi { images, conn } => client(&conn, |socket| async move {
             cli::images::remove(&socket, &images).await
         }),
+        Command::Bench(BenchCommand::Pull {
+            image,
+            runs,
+            config,
+            insecure,
+        }) => {
+            let opts = bench::pull::Options {
+                image,
+                runs,
+                config_file: config,
+                insecure,
+            };
+            block_on(bench::pull::run(opts))
+        }
         Command::Bench(BenchCommand::PodStart { count, config }) => bench_pod_start(count, config),
         Command::Config(ConfigCommand::Default) => {
             print!("{}", config::DEFAULT_CONFIG_TOML);
@@ -283,6 +310,11 @@ where
             return ExitCode::from(EXIT_STARTUP);
         }
     };
+    block_on(f(socket))
+}
+
+/// Runs a command's future; an error is one line on stderr and exit 1.
+fn block_on(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -293,7 +325,7 @@ where
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(f(socket)) {
+    match runtime.block_on(fut) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("vmpod: {e:#}");

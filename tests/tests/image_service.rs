@@ -307,7 +307,11 @@ async fn images_survive_a_daemon_restart() {
     let reg = Registry::start();
     reg.push_fixture(fixtures_dir(), "busybox", "busybox:latest");
     let addr = reg.addr().to_string();
-    let mut d = daemon_for(&[&addr], "").await;
+    let mut d = daemon_for(
+        &[&addr],
+        &format!("[registry]\npinned-images = [\"{addr}/busybox:latest\"]\n"),
+    )
+    .await;
     let mut c = d.images().await.unwrap();
     let id = pull(&mut c, &format!("{addr}/busybox:latest"))
         .await
@@ -319,6 +323,7 @@ async fn images_survive_a_daemon_restart() {
         .image
         .unwrap();
     assert_eq!(img.id, id);
+    assert!(img.pinned, "configured pinned image is reported pinned");
     let s = status(&mut c, &id).await;
     assert!(snapshot_dirs(&d, &s)[0].join("bin/busybox").exists());
 }

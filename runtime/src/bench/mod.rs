@@ -2,6 +2,75 @@
 //! run, never against a remembered number.
 
 pub mod pod_start;
+pub mod pull;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use tonic::transport::Channel;
+use vmpod_cri_api::RuntimeServiceClient;
+use vmpod_cri_api::v1::VersionRequest;
+
+/// A private daemon on a scratch socket and state dir, killed on drop.
+pub struct PrivateDaemon(Child);
+
+impl PrivateDaemon {
+    /// Starts `vmpod serve` on a socket and state dir inside `work`.
+    pub fn start(work: &Path, config: Option<&Path>) -> Result<(PrivateDaemon, PathBuf)> {
+        let socket = work.join("vmpod.sock");
+        let exe = std::env::current_exe().context("locating the vmpod binary")?;
+        let mut cmd = Command::new(exe);
+        cmd.arg("serve")
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--state-dir")
+            .arg(work.join("state"))
+            .arg("--log-level")
+            .arg("warn");
+        if let Some(c) = config {
+            cmd.arg("--config").arg(c);
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .spawn()
+            .context("starting a private vmpod serve")?;
+        Ok((PrivateDaemon(child), socket))
+    }
+}
+
+impl Drop for PrivateDaemon {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0.id() as i32),
+            nix::sys::signal::SIGTERM,
+        );
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits for the private daemon to answer Version, then hands out the channel.
+pub async fn connect(socket: &Path) -> Result<Channel> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if socket.exists()
+            && let Ok(ch) = crate::sandbox::shim::uds_channel(socket.to_path_buf()).await
+        {
+            let mut rt = RuntimeServiceClient::new(ch.clone());
+            if rt.version(VersionRequest::default()).await.is_ok() {
+                return Ok(ch);
+            }
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "private vmpod serve did not come up on {}",
+                socket.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
 
 /// Latencies in milliseconds.
 #[derive(Default)]

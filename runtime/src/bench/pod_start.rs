@@ -13,17 +13,16 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use tonic::transport::Channel;
 use vmpod_cri_api::RuntimeServiceClient;
 use vmpod_cri_api::v1::{
     PodSandboxConfig, PodSandboxMetadata, PodSandboxStatusRequest, RemovePodSandboxRequest,
-    RunPodSandboxRequest, StopPodSandboxRequest, VersionRequest,
+    RunPodSandboxRequest, StopPodSandboxRequest,
 };
 use vmpod_shim::hypervisor::qemu::{self, Accel};
 use vmpod_shim::hypervisor::{BASE_CMDLINE, VirtioFs, VmConfig, Vsock};
 use vmpod_shim::pod_dir::PodDir;
 
-use super::{Samples, print_table};
+use super::{PrivateDaemon, Samples, connect, print_table};
 use crate::config::Config;
 use crate::host::backend::{self, Backend, VirtFacts};
 
@@ -74,40 +73,9 @@ struct RuntimeSamples {
     total: Samples,
 }
 
-/// A private daemon on a scratch socket and state dir, killed on drop.
-struct PrivateDaemon(Child);
-
-impl Drop for PrivateDaemon {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.0.id() as i32),
-            nix::sys::signal::SIGTERM,
-        );
-        let _ = self.0.wait();
-    }
-}
-
 async fn measure_runtime(opts: &Options, work: &Path) -> Result<RuntimeSamples> {
-    let socket = work.join("vmpod.sock");
-    let state = work.join("state");
-    let exe = std::env::current_exe().context("locating the vmpod binary")?;
-    let mut cmd = Command::new(exe);
-    cmd.arg("serve")
-        .arg("--socket")
-        .arg(&socket)
-        .arg("--state-dir")
-        .arg(&state)
-        .arg("--log-level")
-        .arg("warn");
-    if let Some(c) = &opts.config_file {
-        cmd.arg("--config").arg(c);
-    }
-    let _daemon = PrivateDaemon(
-        cmd.stdin(Stdio::null())
-            .spawn()
-            .context("starting a private vmpod serve")?,
-    );
-    let mut rt = connect(&socket).await?;
+    let (_daemon, socket) = PrivateDaemon::start(work, opts.config_file.as_deref())?;
+    let mut rt = RuntimeServiceClient::new(connect(&socket).await?);
 
     let mut s = RuntimeSamples {
         vmm_spawned: Samples::default(),
@@ -171,27 +139,6 @@ async fn measure_runtime(opts: &Options, work: &Path) -> Result<RuntimeSamples> 
             .map_err(|e| anyhow!("RemovePodSandbox: {}", e.message()))?;
     }
     Ok(s)
-}
-
-async fn connect(socket: &Path) -> Result<RuntimeServiceClient<Channel>> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if socket.exists()
-            && let Ok(ch) = crate::sandbox::shim::uds_channel(socket.to_path_buf()).await
-        {
-            let mut rt = RuntimeServiceClient::new(ch);
-            if rt.version(VersionRequest::default()).await.is_ok() {
-                return Ok(rt);
-            }
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "private vmpod serve did not come up on {}",
-                socket.display()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Kills and reaps the raw boot's processes however the measurement ends.
