@@ -26,7 +26,7 @@ use crate::config::RegistryConfig;
 use crate::state::{ImageRecord, LayerRecord, Store};
 
 /// Layers downloaded and unpacked at once.
-const PARALLEL_LAYERS: usize = 3;
+const PARALLEL_LAYERS: usize = 6;
 /// Configs are small JSON documents; a bigger one is hostile.
 const MAX_CONFIG_BYTES: u64 = 8 << 20;
 
@@ -271,7 +271,7 @@ impl Puller<'_> {
         if u64::try_from(config_desc.size).unwrap_or(u64::MAX) > MAX_CONFIG_BYTES {
             return Err(bad(&shown, format!("config is {} bytes", config_desc.size)));
         }
-        self.fetch_blob(&client, &remote, config_desc, &ep.host, false)
+        self.fetch_blob(&client, &remote, config_desc, &ep.host, false, None)
             .await?;
         let config_path = self
             .content
@@ -353,16 +353,96 @@ impl Puller<'_> {
                 format!("unsupported layer media type {:?}", layer.media_type),
             )
         })?;
-        self.fetch_blob(client, remote, layer, host, true).await?;
-        self.ensure_snapshot(&layer.digest, compression, diff_id, chain_id, shown)
-            .await?;
-        Ok(LayerRecord {
+        let record = LayerRecord {
             digest: layer.digest.clone(),
             media_type: layer.media_type.clone(),
             size: u64::try_from(layer.size).unwrap_or(0),
             diff_id: diff_id.to_string(),
             chain_id: chain_id.to_string(),
-        })
+        };
+        let blob_path = self
+            .content
+            .blob_path(&layer.digest)
+            .map_err(|e| bad(shown, e))?;
+        let snap_path = self
+            .content
+            .snapshot_path(chain_id)
+            .map_err(|e| bad(shown, e))?;
+        if !blob_path.is_file() && !snap_path.is_dir() {
+            // Neither is here: unpack while downloading, so the two overlap.
+            // Lock order is chain, then blob (inside fetch_blob).
+            let _chain = self.content.lock(chain_id).await;
+            if !snap_path.is_dir() {
+                let tmp = self.content.snapshot_tmp().map_err(PullError::Store)?;
+                let dest = tmp.path().to_path_buf();
+                let (tx, rx) = tokio::sync::mpsc::channel(32);
+                let unpacking = tokio::task::spawn_blocking(move || {
+                    unpack::unpack(ChannelReader::new(rx), compression, &dest)
+                });
+                let fetched = self
+                    .fetch_blob(client, remote, layer, host, true, Some(tx))
+                    .await;
+                let unpacked = unpacking
+                    .await
+                    .map_err(|e| PullError::Store(format!("unpack task failed: {e}")))?;
+                // A failed download explains a failed unpack, not the reverse.
+                let downloaded = fetched?;
+                if downloaded {
+                    let unpacked = unpacked.map_err(|e| unpack_error(e, shown, &layer.digest))?;
+                    self.commit_snapshot(
+                        tmp,
+                        &snap_path,
+                        &unpacked,
+                        &layer.digest,
+                        diff_id,
+                        chain_id,
+                    )?;
+                    return Ok(record);
+                }
+                // Someone else stored the blob meanwhile: unpack from it.
+            }
+        }
+        self.fetch_blob(client, remote, layer, host, true, None)
+            .await?;
+        self.ensure_snapshot(&layer.digest, compression, diff_id, chain_id, shown)
+            .await?;
+        Ok(record)
+    }
+
+    /// Checks the unpacked diff against the config and makes it visible.
+    fn commit_snapshot(
+        &self,
+        tmp: tempfile::TempDir,
+        final_path: &std::path::Path,
+        unpacked: &unpack::Unpacked,
+        blob_digest: &str,
+        diff_id: &str,
+        chain_id: &str,
+    ) -> Result<(), PullError> {
+        if unpacked.diff_id != diff_id {
+            return Err(PullError::Digest {
+                registry: String::from("(layer content)"),
+                digest: blob_digest.to_string(),
+                detail: format!(
+                    "uncompressed layer hashes to {}, config says {diff_id}",
+                    unpacked.diff_id
+                ),
+            });
+        }
+        let tmp_path = tmp.keep();
+        if let Err(e) = std::fs::rename(&tmp_path, final_path) {
+            let _ = std::fs::remove_dir_all(&tmp_path);
+            return Err(PullError::Store(format!(
+                "storing snapshot {chain_id}: {e}"
+            )));
+        }
+        self.emit(Progress::Layer {
+            digest: blob_digest.to_string(),
+            done: 0,
+            total: 0,
+            phase: LayerPhase::Done,
+        });
+        Ok(())
     }
 
     fn emit(&self, p: Progress) {
@@ -379,7 +459,8 @@ impl Puller<'_> {
         desc: &OciDescriptor,
         host: &str,
         report: bool,
-    ) -> Result<(), PullError> {
+        tee: Option<tokio::sync::mpsc::Sender<bytes::Bytes>>,
+    ) -> Result<bool, PullError> {
         let digest = &desc.digest;
         let size = u64::try_from(desc.size).map_err(|_| PullError::Digest {
             registry: host.to_string(),
@@ -404,8 +485,9 @@ impl Puller<'_> {
                     phase: LayerPhase::Exists,
                 });
             }
-            return Ok(());
+            return Ok(false);
         }
+        let mut tee = tee;
         let tmp = tempfile::Builder::new()
             .prefix("blob-")
             .tempfile_in(self.content.ingest_dir())
@@ -456,6 +538,13 @@ impl Puller<'_> {
             file.write_all(&chunk)
                 .await
                 .map_err(|e| PullError::Store(format!("writing blob {digest}: {e}")))?;
+            // An unpacker that stopped early has its own error to report;
+            // the download still completes so the blob can be verified.
+            if let Some(t) = &tee
+                && t.send(chunk.clone()).await.is_err()
+            {
+                tee = None;
+            }
             if report && last_report.elapsed() > Duration::from_millis(100) {
                 last_report = Instant::now();
                 self.emit(Progress::Layer {
@@ -466,6 +555,9 @@ impl Puller<'_> {
                 });
             }
         }
+        // End of stream for the unpacker, which then finishes in parallel
+        // with the checks and the fsync below.
+        drop(tee);
         let actual = format!("sha256:{}", hex::encode(hasher.finalize()));
         if done != size || actual != *digest {
             return Err(PullError::Digest {
@@ -489,7 +581,7 @@ impl Puller<'_> {
                 phase: LayerPhase::Downloading,
             });
         }
-        Ok(())
+        Ok(true)
     }
 
     async fn ensure_snapshot(
@@ -526,54 +618,16 @@ impl Puller<'_> {
             .map_err(|e| bad(display, e))?;
         let tmp = self.content.snapshot_tmp().map_err(PullError::Store)?;
         let dest = tmp.path().to_path_buf();
+        let file = std::fs::File::open(&blob)
+            .map_err(|e| PullError::Store(format!("{}: {e}", blob.display())))?;
         let unpacked = tokio::task::spawn_blocking(move || {
-            let file = std::fs::File::open(&blob)
-                .map_err(|e| PullError::Store(format!("{}: {e}", blob.display())))?;
             let reader = std::io::BufReader::with_capacity(1 << 20, file);
-            unpack::unpack(reader, compression, &dest).map_err(|e| {
-                // Our disk filling up is not the image's fault.
-                if out_of_space(&e) {
-                    PullError::Store(format!("unpacking layer: {e}"))
-                } else {
-                    PullError::BadImage {
-                        reference: String::new(),
-                        detail: e.to_string(),
-                    }
-                }
-            })
+            unpack::unpack(reader, compression, &dest)
         })
         .await
         .map_err(|e| PullError::Store(format!("unpack task failed: {e}")))?
-        .map_err(|e| match e {
-            PullError::BadImage { detail, .. } => {
-                bad(display, format!("layer {blob_digest}: {detail}"))
-            }
-            other => other,
-        })?;
-        if unpacked.diff_id != diff_id {
-            return Err(PullError::Digest {
-                registry: String::from("(layer content)"),
-                digest: blob_digest.to_string(),
-                detail: format!(
-                    "uncompressed layer hashes to {}, config says {diff_id}",
-                    unpacked.diff_id
-                ),
-            });
-        }
-        let tmp_path = tmp.keep();
-        if let Err(e) = std::fs::rename(&tmp_path, &final_path) {
-            let _ = std::fs::remove_dir_all(&tmp_path);
-            return Err(PullError::Store(format!(
-                "storing snapshot {chain_id}: {e}"
-            )));
-        }
-        self.emit(Progress::Layer {
-            digest: blob_digest.to_string(),
-            done: 0,
-            total: 0,
-            phase: LayerPhase::Done,
-        });
-        Ok(())
+        .map_err(|e| unpack_error(e, display, blob_digest))?;
+        self.commit_snapshot(tmp, &final_path, &unpacked, blob_digest, diff_id, chain_id)
     }
 
     fn classify(&self, e: OciDistributionError, host: &str, image: &str) -> PullError {
@@ -652,6 +706,45 @@ impl Puller<'_> {
                 }
             }
         }
+    }
+}
+
+/// Our disk filling up is a store error, not the image's fault; anything
+/// else wrong with a layer is the image's.
+fn unpack_error(e: unpack::UnpackError, shown: &str, blob_digest: &str) -> PullError {
+    if out_of_space(&e) {
+        PullError::Store(format!("unpacking layer {blob_digest}: {e}"))
+    } else {
+        bad(shown, format!("layer {blob_digest}: {e}"))
+    }
+}
+
+/// Feeds a layer's bytes from the download to the blocking unpacker.
+struct ChannelReader {
+    rx: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+    current: bytes::Bytes,
+}
+
+impl ChannelReader {
+    fn new(rx: tokio::sync::mpsc::Receiver<bytes::Bytes>) -> Self {
+        Self {
+            rx,
+            current: bytes::Bytes::new(),
+        }
+    }
+}
+
+impl std::io::Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(chunk) => self.current = chunk,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current.split_to(n));
+        Ok(n)
     }
 }
 
