@@ -109,13 +109,14 @@ enum ConfigCommand {
     Default,
 }
 
-/// How operator commands find the daemon.
+/// The config file and the socket: all an operator command needs to find
+/// the daemon.
 #[derive(Args)]
 struct ConnArgs {
-    /// Config file whose `socket` to use.
+    /// Config file [default: /etc/vmpod/config.toml, if present].
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// The daemon's socket (overrides the config).
+    /// CRI socket path (config key `socket`).
     #[arg(long, value_name = "PATH")]
     socket: Option<AbsPath>,
 }
@@ -135,12 +136,8 @@ impl ConnArgs {
 
 #[derive(Args)]
 struct ConfigArgs {
-    /// Config file [default: /etc/vmpod/config.toml, if present].
-    #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// CRI socket path (config key `socket`).
-    #[arg(long, value_name = "PATH")]
-    socket: Option<AbsPath>,
+    #[command(flatten)]
+    conn: ConnArgs,
     /// State directory (config key `state-dir`).
     #[arg(long, value_name = "DIR")]
     state_dir: Option<AbsPath>,
@@ -155,12 +152,12 @@ struct ConfigArgs {
 impl ConfigArgs {
     fn load(&self) -> Result<Config, config::ConfigError> {
         let overrides = Overrides {
-            socket: self.socket.clone(),
+            socket: self.conn.socket.clone(),
             state_dir: self.state_dir.clone(),
             log_level: self.log_level,
             log_format: self.log_format,
         };
-        Config::load(self.config.as_deref(), &overrides)
+        Config::load(self.conn.config.as_deref(), &overrides)
     }
 }
 
@@ -214,13 +211,18 @@ fn main() -> ExitCode {
     }
 }
 
+/// A config that cannot be loaded is one line on stderr and exit code 2.
+fn loaded(config: Result<Config, config::ConfigError>) -> Result<Config, ExitCode> {
+    config.map_err(|e| {
+        eprintln!("vmpod: {e}");
+        ExitCode::from(EXIT_STARTUP)
+    })
+}
+
 fn serve(args: &ConfigArgs) -> ExitCode {
-    let config = match args.load() {
+    let config = match loaded(args.load()) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("vmpod: {e}");
-            return ExitCode::from(EXIT_STARTUP);
-        }
+        Err(code) => return code,
     };
     logging::init(config.log_level, config.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -243,12 +245,9 @@ fn serve(args: &ConfigArgs) -> ExitCode {
 }
 
 fn check(args: &ConfigArgs, json: bool) -> ExitCode {
-    let config = match args.load() {
+    let config = match loaded(args.load()) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("vmpod: {e}");
-            return ExitCode::from(EXIT_STARTUP);
-        }
+        Err(code) => return code,
     };
     let report = host::check::run(&config, host::check::Depth::Full);
     if json {
@@ -270,31 +269,12 @@ fn check(args: &ConfigArgs, json: bool) -> ExitCode {
 }
 
 fn bench_pod_start(count: usize, config_file: Option<PathBuf>) -> ExitCode {
-    let config = match Config::load(config_file.as_deref(), &Overrides::default()) {
+    let config = match loaded(Config::load(config_file.as_deref(), &Overrides::default())) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("vmpod: {e}");
-            return ExitCode::from(EXIT_STARTUP);
-        }
-    };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("vmpod: cannot start async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let opts = bench::pod_start::Options { count, config_file };
-    match runtime.block_on(bench::pod_start::run(opts, config)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("vmpod bench: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    block_on(bench::pod_start::run(opts, config))
 }
 
 /// Runs an operator command against the daemon's socket.

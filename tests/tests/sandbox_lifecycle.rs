@@ -11,7 +11,7 @@ use tonic::transport::Channel;
 use vmpod_cri_api::RuntimeServiceClient;
 use vmpod_cri_api::v1::*;
 use vmpod_shim_api::ShimClient;
-use vmpod_tests::daemon::{Daemon, connect_unix, spawn_serve, test_config};
+use vmpod_tests::daemon::{Daemon, connect_unix, test_config};
 use vmpod_tests::host::{cgroups_named, mounts_under, processes_mentioning};
 
 type Rt = RuntimeServiceClient<Channel>;
@@ -558,24 +558,8 @@ async fn daemon_kill_9_and_restart_keeps_pods() {
     drop(rt);
     d.stop_with(libc::SIGKILL, Duration::from_secs(5)).unwrap();
 
-    let config = d.dir.path().join("config.toml");
-    let log = d.dir.path().join("daemon-restarted.log");
-    let mut child = spawn_serve(&config, &d.socket, &d.state_dir, &log).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut rt = loop {
-        if let Ok(ch) = connect_unix(&d.socket).await {
-            let mut rt = RuntimeServiceClient::new(ch);
-            if rt.version(VersionRequest::default()).await.is_ok() {
-                break rt;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "restart failed: {}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    d.restart().await.unwrap();
+    let mut rt = d.runtime().await.unwrap();
     for id in [&a, &b] {
         let s = status(&mut rt, id).await;
         assert_eq!(
@@ -604,8 +588,6 @@ async fn daemon_kill_9_and_restart_keeps_pods() {
         .unwrap();
         assert_no_traces(&d, id);
     }
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 #[tokio::test]
@@ -705,24 +687,8 @@ async fn daemon_killed_mid_run_pod_sandbox_is_cleaned_on_restart() {
         "the shim outlives the daemon"
     );
 
-    let config_path = d.dir.path().join("config.toml");
-    let log = d.dir.path().join("daemon-restarted.log");
-    let mut child = spawn_serve(&config_path, &d.socket, &d.state_dir, &log).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut rt = loop {
-        if let Ok(ch) = connect_unix(&d.socket).await {
-            let mut rt = RuntimeServiceClient::new(ch);
-            if rt.version(VersionRequest::default()).await.is_ok() {
-                break rt;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "restart failed: {}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    d.restart().await.unwrap();
+    let mut rt = d.runtime().await.unwrap();
     // Recovery ran before the daemon served: nothing of the attempt is left.
     assert!(
         rt.list_pod_sandbox(ListPodSandboxRequest::default())
@@ -740,8 +706,6 @@ async fn daemon_killed_mid_run_pod_sandbox_is_cleaned_on_restart() {
     assert!(procs.is_empty(), "processes left behind: {procs:?}");
     let name = pod.file_name().unwrap().to_string_lossy().into_owned();
     assert!(cgroups_named(&format!("vmpod-{name}")).is_empty());
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 #[tokio::test]

@@ -9,7 +9,7 @@
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use super::{Store, StoreError};
+use super::{Store, StoreError, decode, encode};
 
 pub(super) const IMAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("images");
 pub(super) const IMAGE_NAMES: TableDefinition<&str, &str> = TableDefinition::new("image_names");
@@ -67,7 +67,7 @@ impl Store {
                     .map_err(|e| self.err(e))?
                     .map(|v| v.value().to_string());
                 if let Some(old_id) = previous.filter(|old| *old != rec.id) {
-                    let old = images
+                    let old: Option<ImageRecord> = images
                         .get(old_id.as_str())
                         .map_err(|e| self.err(e))?
                         .map(|v| decode(v.value()))
@@ -107,14 +107,7 @@ impl Store {
     }
 
     pub fn get_image(&self, id: &str) -> Result<Option<ImageRecord>, StoreError> {
-        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
-        let table = match tx.open_table(IMAGES) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(self.err(e)),
-        };
-        let v = table.get(id).map_err(|e| self.err(e))?;
-        v.map(|v| decode(v.value())).transpose()
+        self.get_json(IMAGES, id)
     }
 
     /// The image id a name points at.
@@ -132,18 +125,7 @@ impl Store {
     }
 
     pub fn list_images(&self) -> Result<Vec<ImageRecord>, StoreError> {
-        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
-        let table = match tx.open_table(IMAGES) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(self.err(e)),
-        };
-        let mut out = Vec::new();
-        for entry in table.iter().map_err(|e| self.err(e))? {
-            let (_, v) = entry.map_err(|e| self.err(e))?;
-            out.push(decode(v.value())?);
-        }
-        Ok(out)
+        self.list_json(IMAGES)
     }
 
     /// Removes `name` from its image; when it was the image's last name, or
@@ -158,7 +140,7 @@ impl Store {
         let removed = {
             let mut images = tx.open_table(IMAGES).map_err(|e| self.err(e))?;
             let mut names = tx.open_table(IMAGE_NAMES).map_err(|e| self.err(e))?;
-            let rec = images
+            let rec: Option<ImageRecord> = images
                 .get(id)
                 .map_err(|e| self.err(e))?
                 .map(|v| decode(v.value()))
@@ -195,16 +177,6 @@ impl Store {
         tx.commit().map_err(|e| self.err(e))?;
         Ok(removed)
     }
-}
-
-fn encode(rec: &ImageRecord) -> Result<Vec<u8>, StoreError> {
-    serde_json::to_vec(rec)
-        .map_err(|e| StoreError::Corrupt(format!("encoding image {}: {e}", rec.id)))
-}
-
-fn decode(bytes: &[u8]) -> Result<ImageRecord, StoreError> {
-    serde_json::from_slice(bytes)
-        .map_err(|e| StoreError::Corrupt(format!("decoding an image record: {e}")))
 }
 
 #[cfg(test)]

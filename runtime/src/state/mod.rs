@@ -11,7 +11,9 @@ use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
-use redb::{Database, ReadableDatabase, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 pub mod images;
 pub mod sandboxes;
@@ -121,12 +123,58 @@ impl Store {
         Ok(())
     }
 
+    /// One JSON record of a `key → JSON` table; a missing table is empty.
+    pub(crate) fn get_json<T: DeserializeOwned>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        key: &str,
+    ) -> Result<Option<T>, StoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let t = match tx.open_table(table) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(self.err(e)),
+        };
+        let v = t.get(key).map_err(|e| self.err(e))?;
+        v.map(|v| decode(v.value())).transpose()
+    }
+
+    /// Every JSON record of a `key → JSON` table.
+    pub(crate) fn list_json<T: DeserializeOwned>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+    ) -> Result<Vec<T>, StoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let t = match tx.open_table(table) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(self.err(e)),
+        };
+        let mut out = Vec::new();
+        for entry in t.iter().map_err(|e| self.err(e))? {
+            let (_, v) = entry.map_err(|e| self.err(e))?;
+            out.push(decode(v.value())?);
+        }
+        Ok(out)
+    }
+
     pub(crate) fn err(&self, e: impl Into<redb::Error>) -> StoreError {
         StoreError::Db {
             path: self.path.clone(),
             source: e.into(),
         }
     }
+}
+
+/// Records are stored as JSON: readable with any redb tool, and a new
+/// optional field needs no migration.
+pub(crate) fn encode<T: Serialize>(rec: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(rec).map_err(|e| StoreError::Corrupt(format!("encoding a record: {e}")))
+}
+
+pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| StoreError::Corrupt(format!("decoding a record: {e}")))
 }
 
 /// Takes the exclusive state-dir lock and records our pid in it, so the

@@ -8,10 +8,10 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use super::{Store, StoreError};
+use super::{Store, StoreError, decode, encode};
 
 pub(super) const SANDBOXES: TableDefinition<&str, &[u8]> = TableDefinition::new("sandboxes");
 pub(super) const SANDBOX_NAMES: TableDefinition<&str, &str> = TableDefinition::new("sandbox_names");
@@ -155,29 +155,11 @@ impl Store {
     }
 
     pub fn get_sandbox(&self, id: &str) -> Result<Option<SandboxRecord>, StoreError> {
-        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
-        let table = match tx.open_table(SANDBOXES) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(self.err(e)),
-        };
-        let v = table.get(id).map_err(|e| self.err(e))?;
-        v.map(|v| decode(v.value())).transpose()
+        self.get_json(SANDBOXES, id)
     }
 
     pub fn list_sandboxes(&self) -> Result<Vec<SandboxRecord>, StoreError> {
-        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
-        let table = match tx.open_table(SANDBOXES) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(self.err(e)),
-        };
-        let mut out = Vec::new();
-        for entry in table.iter().map_err(|e| self.err(e))? {
-            let (_, v) = entry.map_err(|e| self.err(e))?;
-            out.push(decode(v.value())?);
-        }
-        Ok(out)
+        self.list_json(SANDBOXES)
     }
 
     /// Deletes the record and frees its name. Absent ids are fine.
@@ -187,7 +169,7 @@ impl Store {
             let mut table = tx.open_table(SANDBOXES).map_err(|e| self.err(e))?;
             let old = table.remove(id).map_err(|e| self.err(e))?;
             if let Some(old) = old {
-                let rec = decode(old.value())?;
+                let rec: SandboxRecord = decode(old.value())?;
                 drop(old);
                 let mut names = tx.open_table(SANDBOX_NAMES).map_err(|e| self.err(e))?;
                 names
@@ -197,16 +179,6 @@ impl Store {
         }
         tx.commit().map_err(|e| self.err(e))
     }
-}
-
-fn encode(rec: &SandboxRecord) -> Result<Vec<u8>, StoreError> {
-    serde_json::to_vec(rec)
-        .map_err(|e| StoreError::Corrupt(format!("encoding sandbox {}: {e}", rec.id)))
-}
-
-fn decode(bytes: &[u8]) -> Result<SandboxRecord, StoreError> {
-    serde_json::from_slice(bytes)
-        .map_err(|e| StoreError::Corrupt(format!("decoding a sandbox record: {e}")))
 }
 
 #[cfg(test)]
