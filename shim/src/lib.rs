@@ -6,6 +6,7 @@ pub mod agent;
 pub mod console;
 pub mod helpers;
 pub mod hypervisor;
+pub mod logs;
 pub mod pod_dir;
 pub mod process;
 pub mod service;
