@@ -1,6 +1,7 @@
 //! `vmpod`: the CRI daemon and its operator commands.
 
 mod admin;
+mod authority;
 mod bench;
 mod cli;
 mod config;

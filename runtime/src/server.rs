@@ -12,6 +12,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result, anyhow};
 use tokio::net::UnixListener;
 use tokio::signal::unix::{SignalKind, signal};
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::UnixListenerStream;
 use vmpod_cri_api::{ImageServiceServer, RuntimeServiceServer};
 
@@ -108,7 +109,10 @@ pub async fn serve(config: Config) -> Result<(), StartupError> {
         .add_service(RuntimeServiceServer::new(cri.clone()))
         .add_service(ImageServiceServer::new(cri))
         .add_service(crate::admin::v1::images_server::ImagesServer::new(admin))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown_signal())
+        .serve_with_incoming_shutdown(
+            UnixListenerStream::new(listener).map(|conn| conn.map(crate::authority::relay)),
+            shutdown_signal(),
+        )
         .await;
     drop(socket);
     match result {

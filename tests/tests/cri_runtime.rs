@@ -260,3 +260,76 @@ async fn malformed_and_oversized_requests_get_errors_and_daemon_stays_healthy() 
         .into_inner();
     assert_eq!(v.runtime_name, "vmpod");
 }
+
+/// grpc-go clients before kubelet 1.27 (crictl 1.26 among them) send the
+/// socket path as `:authority`; the h2 server under tonic would reset such
+/// streams. This speaks raw HTTP/2 the way those clients do.
+#[tokio::test]
+async fn socket_path_authority_from_old_grpc_go_clients_is_accepted() {
+    use prost::Message;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let d = Daemon::start().await.unwrap();
+    let mut s = tokio::net::UnixStream::connect(&d.socket).await.unwrap();
+    let frame = |kind: u8, flags: u8, stream: u32, payload: &[u8]| {
+        let len = payload.len();
+        let mut v = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+        v.extend_from_slice(&stream.to_be_bytes());
+        v.extend_from_slice(payload);
+        v
+    };
+    let socket_path = d.socket.display().to_string();
+    let mut enc = loona_hpack::Encoder::new();
+    let block = enc.encode(vec![
+        (&b":method"[..], &b"POST"[..]),
+        (&b":scheme"[..], &b"http"[..]),
+        (&b":authority"[..], socket_path.as_bytes()),
+        (&b":path"[..], &b"/runtime.v1.RuntimeService/Version"[..]),
+        (&b"content-type"[..], &b"application/grpc"[..]),
+        (&b"te"[..], &b"trailers"[..]),
+    ]);
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(4, 0, 0, &[]));
+    out.extend(frame(1, 0x4, 1, &block));
+    let msg = VersionRequest {
+        version: "v1".into(),
+    }
+    .encode_to_vec();
+    let mut grpc = vec![0u8];
+    grpc.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    grpc.extend_from_slice(&msg);
+    out.extend(frame(0, 0x1, 1, &grpc));
+    s.write_all(&out).await.unwrap();
+
+    let mut dec = loona_hpack::Decoder::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut body = Vec::new();
+    let mut grpc_status = None;
+    while grpc_status.is_none() {
+        let mut head = [0u8; 9];
+        tokio::time::timeout_at(deadline, s.read_exact(&mut head))
+            .await
+            .expect("server answered in time")
+            .expect("connection stays open");
+        let len = (head[0] as usize) << 16 | (head[1] as usize) << 8 | head[2] as usize;
+        let mut payload = vec![0u8; len];
+        s.read_exact(&mut payload).await.unwrap();
+        match head[3] {
+            // SETTINGS from the server: acknowledge.
+            4 if head[4] & 1 == 0 => s.write_all(&frame(4, 1, 0, &[])).await.unwrap(),
+            // RST_STREAM: the bug this guards against.
+            3 => panic!("server reset the stream (error code {payload:?})"),
+            0 => body.extend_from_slice(&payload),
+            1 => {
+                for (n, v) in dec.decode(&payload).unwrap() {
+                    if n == b"grpc-status" {
+                        grpc_status = Some(String::from_utf8(v).unwrap());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(grpc_status.as_deref(), Some("0"));
+    let resp = VersionResponse::decode(&body[5..]).unwrap();
+    assert_eq!(resp.runtime_name, "vmpod");
+}
