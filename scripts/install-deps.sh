@@ -15,7 +15,7 @@ APT_PACKAGES=(
   linux-source-6.1 build-essential flex bison bc libelf-dev libssl-dev cpio xz-utils
   libcap-ng-dev libseccomp-dev pkg-config
   containernetworking-plugins iproute2
-  docker-registry busybox-static skopeo apache2-utils zstd jq
+  docker-registry busybox-static skopeo apache2-utils zstd jq file
 )
 
 missing=()
