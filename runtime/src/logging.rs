@@ -9,8 +9,11 @@ pub fn init(level: LogLevel, format: LogFormat) {
     let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| {
         EnvFilter::new(format!("{},h2=warn,hyper=warn,tower=warn", level.as_str()))
     });
+    // Colours only for a person at a terminal, not in journald or files.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     // A second init (unit tests) keeps the first subscriber.
     let _ = match format {
