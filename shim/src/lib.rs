@@ -10,5 +10,6 @@ pub mod logs;
 pub mod pod_dir;
 pub mod process;
 pub mod service;
+pub mod share;
 pub mod spec;
 pub mod vm;

@@ -424,6 +424,7 @@ impl Machine {
             // The VMM is gone, so the console is at EOF; this only flushes.
             let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
         }
+        crate::share::release(&self.pod.share());
     }
 
     fn phase(&self) -> Phase {
@@ -522,7 +523,7 @@ pub fn prepare_dirs(pod: &PodDir) -> Result<()> {
     for dir in [pod.run(), pod.share()] {
         create_dir(&dir)?;
     }
-    Ok(())
+    crate::share::make_propagating(&pod.share())
 }
 
 fn create_dir(dir: &Path) -> Result<()> {

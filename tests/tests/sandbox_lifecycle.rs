@@ -177,6 +177,33 @@ async fn run_status_guest_info_stop_remove() {
         );
     }
 
+    // A mount made under the share now (as container root filesystems will
+    // be) reaches virtiofsd's own mount namespace, hence the guest.
+    let probe = pod_dir(&d, &id).join("share/probe");
+    std::fs::create_dir(&probe).unwrap();
+    nix::mount::mount(
+        Some("tmpfs"),
+        &probe,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .expect("mount tmpfs (root)");
+    let virtiofsd: Vec<u32> = processes_mentioning(&pod_dir(&d, &id).display().to_string())
+        .into_iter()
+        .filter(|(_, cmd)| cmd.contains("virtiofsd"))
+        .map(|(pid, _)| pid)
+        .collect();
+    assert!(!virtiofsd.is_empty());
+    let seen = virtiofsd.iter().any(|pid| {
+        std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+            .is_ok_and(|m| m.contains("/probe "))
+    });
+    assert!(
+        seen,
+        "a mount under the share did not propagate into virtiofsd"
+    );
+
     // Stop: NOTREADY, no VM or helper left; idempotent.
     rt.stop_pod_sandbox(StopPodSandboxRequest {
         pod_sandbox_id: id.clone(),

@@ -111,6 +111,9 @@ pub fn remove_pod_dir(state_dir: &Path, rec: &SandboxRecord) -> Result<(), Strin
             expected.display()
         ));
     }
+    // A shim that was killed cannot have released its mounts (the share's
+    // bind mount, anything under it); deleting through them must not happen.
+    vmpod_shim::share::release(&expected);
     match std::fs::remove_dir_all(&expected) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
