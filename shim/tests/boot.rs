@@ -260,6 +260,44 @@ async fn shutdown_and_check(client: &mut ShimClient<Channel>, shim: &mut Child, 
     assert!(!pod.join("shim.pid").exists(), "shim.pid still there");
 }
 
+/// A shim whose VM reached READY, for tests that start from there.
+struct Booted {
+    _dir: tempfile::TempDir,
+    pod: PathBuf,
+    shim: ShimProcess,
+    client: ShimClient<Channel>,
+    state: VmState,
+}
+
+async fn boot_to_ready() -> Booted {
+    let (kernel, initramfs) = guest_image();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pod = dir.path().to_owned();
+    write_spec(&pod, &kernel, &initramfs, 90_000);
+    let shim = start_shim(&pod);
+    let mut client = connect(&pod).await;
+    let state = watch_until(
+        &mut client,
+        &[Phase::Ready, Phase::Failed],
+        Duration::from_secs(120),
+    )
+    .await;
+    assert_eq!(
+        state.phase(),
+        Phase::Ready,
+        "error: {}\nshim.log:\n{}",
+        state.error,
+        shim_log(&pod)
+    );
+    Booted {
+        _dir: dir,
+        pod,
+        shim,
+        client,
+        state,
+    }
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn boots_to_ready_then_shuts_down_cleanly() {
     let _one = SERIAL.lock().await;
@@ -326,25 +364,13 @@ async fn boots_to_ready_then_shuts_down_cleanly() {
 #[tokio::test(flavor = "current_thread")]
 async fn killed_vmm_is_failed_within_two_seconds() {
     let _one = SERIAL.lock().await;
-    let (kernel, initramfs) = guest_image();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let pod = dir.path().to_owned();
-    write_spec(&pod, &kernel, &initramfs, 90_000);
-    let mut shim = start_shim(&pod);
-    let mut client = connect(&pod).await;
-    let state = watch_until(
-        &mut client,
-        &[Phase::Ready, Phase::Failed],
-        Duration::from_secs(120),
-    )
-    .await;
-    assert_eq!(
-        state.phase(),
-        Phase::Ready,
-        "error: {}\nshim.log:\n{}",
-        state.error,
-        shim_log(&pod)
-    );
+    let Booted {
+        _dir: _tmp,
+        pod,
+        mut shim,
+        mut client,
+        state,
+    } = boot_to_ready().await;
 
     let mut stream = client
         .watch(WatchRequest {})
@@ -488,25 +514,13 @@ async fn boot_timeout_fails_with_reason_and_cleans_up() {
 #[tokio::test(flavor = "current_thread")]
 async fn keep_running_then_sigterm() {
     let _one = SERIAL.lock().await;
-    let (kernel, initramfs) = guest_image();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let pod = dir.path().to_owned();
-    write_spec(&pod, &kernel, &initramfs, 90_000);
-    let mut shim = start_shim(&pod);
-    let mut client = connect(&pod).await;
-    let state = watch_until(
-        &mut client,
-        &[Phase::Ready, Phase::Failed],
-        Duration::from_secs(120),
-    )
-    .await;
-    assert_eq!(
-        state.phase(),
-        Phase::Ready,
-        "error: {}\nshim.log:\n{}",
-        state.error,
-        shim_log(&pod)
-    );
+    let Booted {
+        _dir: _tmp,
+        pod,
+        mut shim,
+        mut client,
+        state: _,
+    } = boot_to_ready().await;
     let info = client
         .guest_info(GuestInfoRequest {})
         .await

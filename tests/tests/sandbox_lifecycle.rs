@@ -70,6 +70,25 @@ fn info(s: &PodSandboxStatusResponse) -> serde_json::Value {
     serde_json::from_str(&s.info["info"]).unwrap()
 }
 
+/// Polls until the sandbox is NOTREADY, failing past `limit`; returns the
+/// reason the daemon recorded.
+async fn not_ready_within(rt: &mut Rt, id: &str, limit: Duration) -> String {
+    let t0 = Instant::now();
+    loop {
+        let s = status(rt, id).await;
+        if state_of(&s) == PodSandboxState::SandboxNotready {
+            let reason = info(&s)["reason"].as_str().unwrap_or_default().to_string();
+            eprintln!("NOTREADY after {:?}: {reason}", t0.elapsed());
+            return reason;
+        }
+        assert!(
+            t0.elapsed() < limit,
+            "still READY {limit:?} after the failure"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn pod_dir(d: &Daemon, id: &str) -> PathBuf {
     // The daemon names pod dirs by the first 16 hex digits of the id.
     d.state_dir.join("pods").join(&id[..16])
@@ -550,19 +569,8 @@ async fn vm_killed_turns_not_ready_within_2s() {
         nix::sys::signal::SIGKILL,
     )
     .unwrap();
-    let t0 = Instant::now();
-    loop {
-        let s = status(&mut rt, &id).await;
-        if state_of(&s) == PodSandboxState::SandboxNotready {
-            eprintln!("NOTREADY after {:?}: {}", t0.elapsed(), info(&s)["reason"]);
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(2),
-            "still READY 2 s after the VM was killed"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let reason = not_ready_within(&mut rt, &id, Duration::from_secs(2)).await;
+    assert!(reason.contains("qemu"), "{reason}");
     rt.stop_pod_sandbox(StopPodSandboxRequest {
         pod_sandbox_id: id.clone(),
     })
@@ -750,20 +758,8 @@ async fn helper_killed_turns_not_ready() {
         nix::sys::signal::SIGKILL,
     )
     .unwrap();
-    let t0 = Instant::now();
-    loop {
-        let s = status(&mut rt, &id).await;
-        if state_of(&s) == PodSandboxState::SandboxNotready {
-            let reason = info(&s)["reason"].as_str().unwrap_or_default().to_string();
-            assert!(reason.contains("vhost-device-vsock"), "{reason}");
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(2),
-            "still READY 2 s after a helper died"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let reason = not_ready_within(&mut rt, &id, Duration::from_secs(2)).await;
+    assert!(reason.contains("vhost-device-vsock"), "{reason}");
     rt.remove_pod_sandbox(RemovePodSandboxRequest {
         pod_sandbox_id: id.clone(),
     })
