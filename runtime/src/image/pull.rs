@@ -493,7 +493,10 @@ impl Puller<'_> {
             .tempfile_in(self.content.ingest_dir())
             .map_err(|e| PullError::Store(format!("cannot create a download file: {e}")))?;
         let (std_file, tmp_path) = tmp.into_parts();
-        let mut file = tokio::fs::File::from_std(std_file);
+        // Each tokio file write is a trip to the blocking pool; batching
+        // registry chunks into 1 MiB writes keeps that off the hot path.
+        let mut file =
+            tokio::io::BufWriter::with_capacity(1 << 20, tokio::fs::File::from_std(std_file));
         let mut stream = client
             .pull_blob_stream(remote, desc)
             .await
@@ -566,7 +569,11 @@ impl Puller<'_> {
                 detail: format!("got {done} bytes hashing to {actual}, expected {size} bytes"),
             });
         }
-        file.sync_all()
+        file.flush()
+            .await
+            .map_err(|e| PullError::Store(format!("writing blob {digest}: {e}")))?;
+        file.get_ref()
+            .sync_data()
             .await
             .map_err(|e| PullError::Store(format!("syncing blob {digest}: {e}")))?;
         drop(file);
