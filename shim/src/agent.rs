@@ -14,7 +14,7 @@ use tokio::net::UnixStream;
 use tokio::time::{Instant, timeout_at};
 use tonic::transport::{Channel, Endpoint, Uri};
 use vmpod_agent_proto::AgentClient;
-use vmpod_agent_proto::v1::{HealthRequest, SetupSandboxRequest};
+use vmpod_agent_proto::v1::SetupSandboxRequest;
 
 /// A reply line longer than this is not a handshake reply.
 const MAX_REPLY: usize = 64;
@@ -99,12 +99,14 @@ pub async fn connect_ready(
     uds: &Path,
     port: u32,
     deadline: Instant,
-) -> Result<AgentClient<Channel>> {
+    setup: &SetupSandboxRequest,
+) -> Result<(AgentClient<Channel>, String)> {
     let mut last: Option<anyhow::Error> = None;
     loop {
-        match timeout_at(deadline, try_ready(uds, port)).await {
-            Ok(Ok(client)) => return Ok(client),
-            Ok(Err(e)) => {
+        match timeout_at(deadline, try_ready(uds, port, setup)).await {
+            Ok(Ok(ready)) => return Ok(ready),
+            Ok(Err(Attempt::Fatal(e))) => return Err(e),
+            Ok(Err(Attempt::Retry(e))) => {
                 tracing::debug!("agent not ready yet: {e:#}");
                 last = Some(e);
             }
@@ -122,34 +124,41 @@ pub async fn connect_ready(
     }
 }
 
-async fn try_ready(uds: &Path, port: u32) -> Result<AgentClient<Channel>> {
-    let mut client = AgentClient::new(channel(uds.to_owned(), port).await?);
-    let health = tokio::time::timeout(RPC_TIMEOUT, client.health(HealthRequest {}))
-        .await
-        .context("Health timed out")?
-        .context("Health")?
-        .into_inner();
-    if !health.ready {
-        bail!(
-            "agent {} answered Health but is not ready",
-            health.agent_version
-        );
-    }
-    tracing::info!(agent_version = %health.agent_version, "agent ready");
-    Ok(client)
+enum Attempt {
+    /// The guest is not there yet: try again.
+    Retry(anyhow::Error),
+    /// The agent answered and refused: trying again cannot help.
+    Fatal(anyhow::Error),
 }
 
-/// Asks the agent to prepare the guest for the pod.
-pub async fn setup_sandbox(
-    client: &mut AgentClient<Channel>,
-    req: SetupSandboxRequest,
-) -> Result<String> {
-    let resp = tokio::time::timeout(RPC_TIMEOUT, client.setup_sandbox(req))
+/// One connection attempt. SetupSandbox doubles as the readiness probe:
+/// the agent serves only once its own setup is done, and at TCG speed a
+/// separate Health round trip costs tens of milliseconds of pod start.
+async fn try_ready(
+    uds: &Path,
+    port: u32,
+    setup: &SetupSandboxRequest,
+) -> Result<(AgentClient<Channel>, String), Attempt> {
+    let mut client = AgentClient::new(
+        channel(uds.to_owned(), port)
+            .await
+            .map_err(Attempt::Retry)?,
+    );
+    let resp = tokio::time::timeout(RPC_TIMEOUT, client.setup_sandbox(setup.clone()))
         .await
-        .context("SetupSandbox timed out")?
-        .context("SetupSandbox")?
-        .into_inner();
-    Ok(resp.share_mountpoint)
+        .map_err(|_| Attempt::Retry(anyhow::anyhow!("SetupSandbox timed out")))?;
+    match resp {
+        Ok(r) => Ok((client, r.into_inner().share_mountpoint)),
+        Err(status) => {
+            let e = anyhow::anyhow!("SetupSandbox: {}", status.message());
+            match status.code() {
+                tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled => {
+                    Err(Attempt::Retry(e))
+                }
+                _ => Err(Attempt::Fatal(e)),
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -234,9 +243,14 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("missing.vsock");
         let start = Instant::now();
-        let e = connect_ready(&path, 1024, start + Duration::from_millis(300))
-            .await
-            .unwrap_err();
+        let e = connect_ready(
+            &path,
+            1024,
+            start + Duration::from_millis(300),
+            &SetupSandboxRequest::default(),
+        )
+        .await
+        .unwrap_err();
         assert!(start.elapsed() >= Duration::from_millis(300));
         assert!(start.elapsed() < Duration::from_secs(2));
         assert!(format!("{e:#}").contains("deadline"), "{e:#}");

@@ -322,20 +322,16 @@ impl Machine {
                 .await
                 .map_err(|_| anyhow::anyhow!("the agent's banner never appeared on the console"))?;
         }
-        let mut client =
-            agent::connect_ready(&pod.hybrid_vsock(), AGENT_VSOCK_PORT, deadline).await?;
         let guest = &self.spec.guest;
-        let mountpoint = agent::setup_sandbox(
-            &mut client,
-            SetupSandboxRequest {
-                hostname: guest.hostname.clone(),
-                dns_servers: guest.dns_servers.clone(),
-                dns_searches: guest.dns_searches.clone(),
-                dns_options: guest.dns_options.clone(),
-                share_tag: SHARE_TAG.to_owned(),
-            },
-        )
-        .await?;
+        let setup = SetupSandboxRequest {
+            hostname: guest.hostname.clone(),
+            dns_servers: guest.dns_servers.clone(),
+            dns_searches: guest.dns_searches.clone(),
+            dns_options: guest.dns_options.clone(),
+            share_tag: SHARE_TAG.to_owned(),
+        };
+        let (client, mountpoint) =
+            agent::connect_ready(&pod.hybrid_vsock(), AGENT_VSOCK_PORT, deadline, &setup).await?;
         tracing::info!(%mountpoint, "sandbox set up in the guest");
         Ok(client)
     }
