@@ -9,6 +9,7 @@ pub mod hypervisor;
 pub mod logs;
 pub mod pod_dir;
 pub mod process;
+pub mod rootfs;
 pub mod service;
 pub mod share;
 pub mod spec;
