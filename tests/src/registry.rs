@@ -4,7 +4,7 @@
 //!
 //! Typical use:
 //!
-//! ```ignore
+//! ```text
 //! let reg = Registry::start();
 //! reg.push_fixture(fixtures_dir(), "busybox", "busybox:latest");
 //! let digest = reg.manifest_digest("busybox", "latest");
