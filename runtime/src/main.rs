@@ -4,6 +4,7 @@ mod admin;
 mod authority;
 mod bench;
 mod cli;
+mod clock;
 mod config;
 mod cri;
 mod daemon;

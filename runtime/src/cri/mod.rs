@@ -34,9 +34,3 @@ impl Cri {
 fn unimplemented(method: &str) -> tonic::Status {
     tonic::Status::unimplemented(format!("{method} is not implemented by vmpod yet"))
 }
-
-/// Restart recovery's teardown of a sandbox whose RunPodSandbox was cut
-/// short; the same steps as a failed boot.
-pub async fn teardown_interrupted(daemon: &Daemon, rec: &crate::state::SandboxRecord) {
-    sandbox::run::teardown(daemon, rec).await;
-}

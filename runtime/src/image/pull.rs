@@ -318,7 +318,7 @@ impl Puller<'_> {
                 .as_str()
                 .unwrap_or_default()
                 .to_string(),
-            pulled_at: now_ns(),
+            pulled_at: crate::clock::unix_nanos(),
         };
         let rec = self
             .store
@@ -700,7 +700,7 @@ impl Puller<'_> {
             other => {
                 // reqwest reports a read timeout deep in the source chain.
                 let text = error_chain(&other);
-                if text.contains("timed out") || text.contains("operation timed out") {
+                if text.contains("timed out") {
                     PullError::Timeout {
                         registry,
                         secs: self.config.timeout_secs,
@@ -818,10 +818,4 @@ fn diff_ids(
         return Err(format!("image is for {os}, pods run linux"));
     }
     Ok(ids)
-}
-
-fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::daemon::Daemon;
 use crate::state::{SandboxRecord, SandboxState, Store};
 
 /// Where pod dirs live under the state dir.
@@ -119,6 +120,22 @@ pub fn remove_pod_dir(state_dir: &Path, rec: &SandboxRecord) -> Result<(), Strin
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(format!("cannot remove {}: {e}", expected.display())),
     }
+}
+
+/// Undoes a sandbox that never became ready, after a failed boot or one
+/// cut short by a daemon crash: VM, cgroups, pod dir, record. Failures are
+/// logged; there is no caller left to report them to.
+pub async fn teardown(daemon: &Daemon, rec: &SandboxRecord) {
+    for e in stop_vm(rec).await {
+        tracing::warn!(sandbox = %rec.id, error = %e, "teardown");
+    }
+    if let Err(e) = remove_pod_dir(daemon.config.state_dir.as_path(), rec) {
+        tracing::warn!(sandbox = %rec.id, error = %e, "teardown");
+    }
+    if let Err(e) = daemon.store.delete_sandbox(&rec.id) {
+        tracing::error!(sandbox = %rec.id, error = %e, "teardown: cannot delete record");
+    }
+    daemon.sandboxes.forget(&rec.id);
 }
 
 /// Marks a sandbox NOTREADY unless it is gone or already not ready.

@@ -22,7 +22,7 @@ pub async fn recover(daemon: &Arc<Daemon>) -> Result<(), String> {
         match rec.state {
             SandboxState::Creating => {
                 tracing::warn!(sandbox = %rec.id, "cleaning up a sandbox whose creation was interrupted");
-                crate::cri::teardown_interrupted(daemon, &rec).await;
+                super::teardown(daemon, &rec).await;
             }
             SandboxState::Ready if shim::is_shim_of(rec.vm.shim_pid, &rec.pod_dir) => {
                 tracing::info!(sandbox = %rec.id, pid = rec.vm.shim_pid, "reconnecting to shim");

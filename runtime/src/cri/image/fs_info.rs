@@ -18,9 +18,7 @@ pub async fn image_fs_info(
     let (bytes, inodes) = tokio::task::spawn_blocking(move || d.content.usage())
         .await
         .map_err(|e| Status::internal(format!("usage task failed: {e}")))?;
-    let timestamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |t| i64::try_from(t.as_nanos()).unwrap_or(i64::MAX));
+    let timestamp = crate::clock::unix_nanos();
     let usage = FilesystemUsage {
         timestamp,
         fs_id: Some(FilesystemIdentifier {

@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Component, Path};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tonic::Status;
 use vmpod_cri_api::v1::{PodSandboxConfig, RunPodSandboxRequest, RunPodSandboxResponse};
@@ -53,9 +53,7 @@ pub async fn run_pod_sandbox(
     let plan = plan_vm(daemon)?;
 
     let id = new_id()?;
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+    let now = crate::clock::unix_nanos();
     let linux = config.linux.as_ref();
     let ns = linux
         .and_then(|l| l.security_context.as_ref())
@@ -124,7 +122,7 @@ pub async fn run_pod_sandbox(
             }
             Err(status) => {
                 tracing::warn!(sandbox = %rec.id, error = %status.message(), "sandbox boot failed; tearing down");
-                teardown(&d, &rec).await;
+                sandbox::teardown(&d, &rec).await;
                 Err(status)
             }
         }
@@ -452,20 +450,6 @@ fn with_shim_log(rec: &SandboxRecord, msg: String) -> String {
         let tail: Vec<&str> = tail.into_iter().rev().collect();
         format!("{msg}; shim log: {}", tail.join(" | "))
     }
-}
-
-/// Undoes a failed RunPodSandbox: VM, cgroups, pod dir, record.
-pub(crate) async fn teardown(daemon: &Daemon, rec: &SandboxRecord) {
-    for e in sandbox::stop_vm(rec).await {
-        tracing::warn!(sandbox = %rec.id, error = %e, "teardown");
-    }
-    if let Err(e) = sandbox::remove_pod_dir(daemon.config.state_dir.as_path(), rec) {
-        tracing::warn!(sandbox = %rec.id, error = %e, "teardown");
-    }
-    if let Err(e) = daemon.store.delete_sandbox(&rec.id) {
-        tracing::error!(sandbox = %rec.id, error = %e, "teardown: cannot delete record");
-    }
-    daemon.sandboxes.forget(&rec.id);
 }
 
 /// 256 random bits, hex: the same shape as containerd's ids, so tools that

@@ -50,14 +50,8 @@ pub async fn pod_sandbox_status(
         }),
         info,
         containers_statuses: Vec::new(),
-        timestamp: now_ns(),
+        timestamp: crate::clock::unix_nanos(),
     })
-}
-
-fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
 /// Boot phases as milliseconds after the shim started, the way people read
