@@ -1,5 +1,5 @@
-//! What PID 1 does for the guest: pseudo filesystems, the console, reaping
-//! orphans, and turning the VM off.
+//! What PID 1 does for the guest: pseudo filesystems, the console, and
+//! turning the VM off. Reaping orphans is [`crate::reaper`]'s job.
 
 use std::fs;
 use std::io::Write;
@@ -7,14 +7,11 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use nix::errno::Errno;
 use nix::fcntl::{OFlag, open};
 use nix::mount::{MsFlags, mount};
 use nix::sys::reboot::{RebootMode, reboot};
 use nix::sys::stat::Mode;
-use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
-use nix::unistd::{Pid, dup2_stderr, dup2_stdin, dup2_stdout};
-use tracing::{debug, warn};
+use nix::unistd::{dup2_stderr, dup2_stdin, dup2_stdout};
 
 use crate::mounts;
 
@@ -116,6 +113,7 @@ const DEV_LINKS: &[(&str, &str)] = &[
 /// Prepares the guest. Runs before logging is set up: errors are returned
 /// and printed by [`fatal`].
 pub fn setup() -> Result<()> {
+    make_root_pivotable().context("cannot move the root off the initramfs")?;
     for spec in MOUNTS {
         mount_once(spec)?;
         if spec.target == "/dev" {
@@ -129,6 +127,43 @@ pub fn setup() -> Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+/// Where the root is bound while it is moved; removed again at once.
+const ROOT_BIND: &str = "/.vmpod-root";
+
+/// Makes `/` a bind mount of the initramfs instead of the initramfs itself.
+///
+/// pivot_root(2) refuses to move away from the initial rootfs (it has no
+/// parent mount), and every container init pivots into its rootfs: with
+/// `chroot` instead, a process holding CAP_SYS_CHROOT (a default
+/// capability) could climb out of its container. This is what
+/// switch_root does, without deleting anything: bind the root onto a
+/// directory, move that mount onto `/` and chroot into it. Later mount
+/// namespaces then have a root with a parent, and pivot_root works.
+fn make_root_pivotable() -> Result<()> {
+    use nix::unistd::{chdir, chroot};
+    match fs::create_dir(ROOT_BIND) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot create {ROOT_BIND}")),
+    }
+    mount(
+        Some("/"),
+        ROOT_BIND,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .with_context(|| format!("cannot bind / onto {ROOT_BIND}"))?;
+    chdir(ROOT_BIND).with_context(|| format!("cannot chdir to {ROOT_BIND}"))?;
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+        .context("cannot move the root bind mount onto /")?;
+    chroot(".").context("cannot chroot into the root bind mount")?;
+    chdir("/").context("cannot chdir to /")?;
+    // The same directory, now uncovered, inside the bind mount.
+    let _ = fs::remove_dir(ROOT_BIND);
     Ok(())
 }
 
@@ -191,41 +226,6 @@ pub fn console_line(line: &str) {
     let mut out = std::io::stdout().lock();
     // Nothing sensible can be done if the console is gone.
     let _ = writeln!(out, "{line}").and_then(|()| out.flush());
-}
-
-/// Reaps every exited child whenever SIGCHLD arrives.
-///
-/// As PID 1 the agent inherits every orphan in the guest; without this they
-/// would stay zombies. When the agent starts supervising containers, exit
-/// statuses of the processes it tracks must be handed to their owners from
-/// here rather than with a separate `waitpid(pid)`, which this would race.
-pub fn spawn_reaper() -> Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut sigchld = signal(SignalKind::child()).context("cannot handle SIGCHLD")?;
-    tokio::spawn(async move {
-        loop {
-            reap_all();
-            if sigchld.recv().await.is_none() {
-                warn!("SIGCHLD stream ended; orphans will no longer be reaped");
-                return;
-            }
-        }
-    });
-    Ok(())
-}
-
-fn reap_all() {
-    loop {
-        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return,
-            Ok(status) => debug!(?status, "reaped child"),
-            Err(Errno::EINTR) => {}
-            Err(err) => {
-                warn!("waitpid failed: {err}");
-                return;
-            }
-        }
-    }
 }
 
 /// Prints a fatal error to the console and shuts the VM down.

@@ -12,26 +12,22 @@
 //! Run as any other PID (e.g. on a host, for debugging) it skips the guest
 //! setup and simply serves.
 
-mod init;
-mod logging;
-mod mounts;
-mod sandbox;
-mod server;
-mod sysinfo;
-mod vsock;
-
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use tracing::{info, warn};
+use vmpod_agent::container::{self, Containers};
+use vmpod_agent::server::{AgentService, BootTimes};
+use vmpod_agent::{VERSION, init, logging, reaper, sysinfo, vsock};
 use vmpod_agent_proto::{AGENT_VSOCK_PORT, AgentServer, BANNER_PREFIX};
 
-use crate::server::{AgentService, BootTimes};
-
-/// The agent's crate version, reported in the banner and over gRPC.
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
-
 fn main() -> ExitCode {
+    // The agent re-executes itself as a single-threaded helper to set up
+    // containers (see `container::helper`); those modes never return here.
+    if let Some(code) = container::helper::run_if_requested() {
+        return ExitCode::from(code);
+    }
     let agent_start_ns = sysinfo::boottime_ns();
     let pid1 = std::process::id() == 1;
     let result = run(pid1, agent_start_ns);
@@ -67,9 +63,10 @@ fn run(pid1: bool, agent_start_ns: u64) -> Result<()> {
 }
 
 async fn serve(pid1: bool, agent_start_ns: u64, mounts_done_ns: u64) -> Result<()> {
-    if pid1 {
-        init::spawn_reaper().context("cannot install the SIGCHLD reaper")?;
-    }
+    // Containers need exit statuses everywhere, not only as PID 1 (off the
+    // guest the reaper makes the agent a child subreaper).
+    reaper::install().context("cannot install the SIGCHLD reaper")?;
+    let containers = Arc::new(Containers::new(container::Config::default()));
     let incoming = vsock::listen(AGENT_VSOCK_PORT)?;
     let boot = BootTimes {
         agent_start_ns,
@@ -94,7 +91,7 @@ async fn serve(pid1: bool, agent_start_ns: u64, mounts_done_ns: u64) -> Result<(
     );
 
     tonic::transport::Server::builder()
-        .add_service(AgentServer::new(AgentService::new(boot, pid1)))
+        .add_service(AgentServer::new(AgentService::new(boot, pid1, containers)))
         .serve_with_incoming_shutdown(incoming, shutdown_requested())
         .await
         .context("the gRPC server failed")?;

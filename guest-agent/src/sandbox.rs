@@ -20,6 +20,7 @@ use crate::mounts;
 
 pub const RESOLV_CONF: &str = "/etc/resolv.conf";
 pub const HOSTS: &str = "/etc/hosts";
+pub const HOSTNAME: &str = "/etc/hostname";
 
 /// Longest virtio-fs tag (the `tag` field of the device config is 36 bytes).
 const MAX_TAG_LEN: usize = 36;
@@ -36,6 +37,8 @@ pub struct SandboxSetup {
     resolv_conf: String,
     hosts: String,
     share_tag: Option<String>,
+    /// The host's clock at the time of the request, to set the guest's.
+    host_time_ns: Option<i64>,
 }
 
 impl SandboxSetup {
@@ -59,6 +62,7 @@ impl SandboxSetup {
             hosts: render_hosts(hostname.as_deref()),
             hostname,
             share_tag,
+            host_time_ns: (req.host_time_ns > 0).then_some(req.host_time_ns),
         })
     }
 
@@ -66,10 +70,19 @@ impl SandboxSetup {
     /// (empty if there is none). Blocking: call it off the async runtime.
     pub fn apply(&self) -> Result<String> {
         let _guard = SETUP_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(ns) = self.host_time_ns {
+            set_clock(ns)?;
+        }
         if let Some(hostname) = &self.hostname {
             nix::unistd::sethostname(hostname)
                 .with_context(|| format!("cannot set the hostname to {hostname:?}"))?;
         }
+        // Containers get it bound in, as they do hosts and resolv.conf.
+        let current = nix::unistd::gethostname().context("cannot read the hostname")?;
+        write_atomically(
+            Path::new(HOSTNAME),
+            &format!("{}\n", current.to_string_lossy()),
+        )?;
         write_atomically(Path::new(HOSTS), &self.hosts)?;
         write_atomically(Path::new(RESOLV_CONF), &self.resolv_conf)?;
         match &self.share_tag {
@@ -80,6 +93,15 @@ impl SandboxSetup {
             None => Ok(String::new()),
         }
     }
+}
+
+/// Steps the guest's wall clock to the host's. A few milliseconds of
+/// transit are not worth correcting for: nothing compares times that
+/// finely across the VM boundary.
+fn set_clock(ns: i64) -> Result<()> {
+    let ts = nix::sys::time::TimeSpec::new(ns / 1_000_000_000, ns % 1_000_000_000);
+    nix::time::clock_settime(nix::time::ClockId::CLOCK_REALTIME, ts)
+        .context("cannot set the guest clock to the host's")
 }
 
 fn validate_hostname(name: &str) -> Result<()> {
@@ -229,6 +251,7 @@ mod tests {
             ],
             dns_options: vec!["ndots:5".into()],
             share_tag: "vmpod".into(),
+            host_time_ns: 0,
         }
     }
 

@@ -1,13 +1,24 @@
-//! The `Agent` gRPC service.
+//! The `Agent` gRPC service: a thin table from each RPC to the module that
+//! does it (guest facts here, SetupSandbox in `sandbox`, containers in
+//! `container`).
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use vmpod_agent_proto::Agent;
 use vmpod_agent_proto::v1::{
-    BootTimestamps, GuestInfoRequest, GuestInfoResponse, HealthRequest, HealthResponse,
-    SetupSandboxRequest, SetupSandboxResponse,
+    BootTimestamps, ContainerRef, ContainerStatus, CreateContainerRequest, ExecSyncRequest,
+    ExecSyncResponse, GuestInfoRequest, GuestInfoResponse, HealthRequest, HealthResponse,
+    ListContainersRequest, ListContainersResponse, OutputChunk, RemoveContainerResponse,
+    SetupSandboxRequest, SetupSandboxResponse, SignalContainerRequest, SignalContainerResponse,
+    StatsRequest, StatsResponse, UpdateContainerRequest, UpdateContainerResponse,
+    WaitContainerRequest,
 };
 
 use crate::VERSION;
+use crate::container::Containers;
 use crate::sandbox::{self, SandboxSetup};
 use crate::sysinfo::{self, KernelInfo};
 
@@ -24,11 +35,16 @@ pub struct AgentService {
     /// Whether this is the guest's PID 1. SetupSandbox changes machine-wide
     /// state (hostname, /etc), so it refuses to run anywhere else.
     pid1: bool,
+    containers: Arc<Containers>,
 }
 
 impl AgentService {
-    pub fn new(boot: BootTimes, pid1: bool) -> Self {
-        Self { boot, pid1 }
+    pub fn new(boot: BootTimes, pid1: bool, containers: Arc<Containers>) -> Self {
+        Self {
+            boot,
+            pid1,
+            containers,
+        }
     }
 }
 
@@ -70,6 +86,9 @@ impl Agent for AgentService {
             resolv_conf: sandbox::read_optional(sandbox::RESOLV_CONF).map_err(internal)?,
             hosts: sandbox::read_optional(sandbox::HOSTS).map_err(internal)?,
             virtiofs_mounts: sandbox::virtiofs_mounts().map_err(internal)?,
+            wall_clock_ns: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)),
         }))
     }
 
@@ -91,6 +110,104 @@ impl Agent for AgentService {
         tracing::info!(%share_mountpoint, "sandbox set up");
         Ok(Response::new(SetupSandboxResponse { share_mountpoint }))
     }
+
+    async fn create_container(
+        &self,
+        request: Request<CreateContainerRequest>,
+    ) -> Result<Response<ContainerStatus>, Status> {
+        let spec = request
+            .into_inner()
+            .spec
+            .ok_or_else(|| Status::invalid_argument("spec: is required"))?;
+        self.containers.create(spec).await.map(Response::new)
+    }
+
+    async fn start_container(
+        &self,
+        request: Request<ContainerRef>,
+    ) -> Result<Response<ContainerStatus>, Status> {
+        self.containers
+            .start(&request.get_ref().id)
+            .await
+            .map(Response::new)
+    }
+
+    async fn signal_container(
+        &self,
+        request: Request<SignalContainerRequest>,
+    ) -> Result<Response<SignalContainerResponse>, Status> {
+        let r = request.get_ref();
+        self.containers.signal(&r.id, r.signal)?;
+        Ok(Response::new(SignalContainerResponse {}))
+    }
+
+    async fn wait_container(
+        &self,
+        request: Request<WaitContainerRequest>,
+    ) -> Result<Response<ContainerStatus>, Status> {
+        let r = request.get_ref();
+        self.containers
+            .wait(&r.id, Duration::from_millis(r.timeout_ms))
+            .await
+            .map(Response::new)
+    }
+
+    async fn remove_container(
+        &self,
+        request: Request<ContainerRef>,
+    ) -> Result<Response<RemoveContainerResponse>, Status> {
+        self.containers.remove(&request.get_ref().id).await?;
+        Ok(Response::new(RemoveContainerResponse {}))
+    }
+
+    async fn list_containers(
+        &self,
+        _request: Request<ListContainersRequest>,
+    ) -> Result<Response<ListContainersResponse>, Status> {
+        Ok(Response::new(ListContainersResponse {
+            containers: self.containers.list(),
+        }))
+    }
+
+    type ReadOutputStream = ReceiverStream<Result<OutputChunk, Status>>;
+
+    async fn read_output(
+        &self,
+        request: Request<ContainerRef>,
+    ) -> Result<Response<Self::ReadOutputStream>, Status> {
+        self.containers
+            .read_output(&request.get_ref().id)
+            .map(Response::new)
+    }
+
+    async fn exec_sync(
+        &self,
+        request: Request<ExecSyncRequest>,
+    ) -> Result<Response<ExecSyncResponse>, Status> {
+        self.containers
+            .exec_sync(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn update_container(
+        &self,
+        request: Request<UpdateContainerRequest>,
+    ) -> Result<Response<UpdateContainerResponse>, Status> {
+        let r = request.get_ref();
+        self.containers.update(&r.id, r.resources.as_ref())?;
+        Ok(Response::new(UpdateContainerResponse {}))
+    }
+
+    async fn stats(
+        &self,
+        request: Request<StatsRequest>,
+    ) -> Result<Response<StatsResponse>, Status> {
+        self.containers
+            .stats(&request.get_ref().ids)
+            .await
+            .map(Response::new)
+    }
 }
 
 fn internal(err: anyhow::Error) -> Status {
@@ -109,6 +226,7 @@ mod tests {
                 serving_ns: 3,
             },
             false,
+            Arc::new(Containers::new(crate::container::Config::default())),
         )
     }
 
@@ -151,5 +269,24 @@ mod tests {
         })))
         .unwrap_err();
         assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    }
+
+    #[test]
+    fn container_calls_name_unknown_ids() {
+        let svc = service();
+        let err = block_on(svc.start_container(Request::new(ContainerRef { id: "nope".into() })))
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::NotFound);
+        let err = block_on(svc.remove_container(Request::new(ContainerRef { id: "nope".into() })))
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::NotFound);
+        let err =
+            block_on(svc.create_container(Request::new(CreateContainerRequest { spec: None })))
+                .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        let list = block_on(svc.list_containers(Request::new(ListContainersRequest {})))
+            .unwrap()
+            .into_inner();
+        assert!(list.containers.is_empty());
     }
 }

@@ -157,7 +157,7 @@ PASSWD = (b"root:x:0:0:root:/root:/bin/sh\n"
           b"nobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"
           b"app:x:1000:1000::/home/app:/bin/sh\n")
 GROUP = b"root:x:0:\nnogroup:x:65534:\napp:x:1000:\n"
-APPLETS = ["cat", "echo", "env", "false", "id", "ls", "pwd", "sh", "sleep", "true"]
+APPLETS = ["cat", "dd", "echo", "env", "false", "grep", "head", "hostname", "id", "kill", "ls", "mkdir", "ps", "pwd", "readlink", "rm", "sh", "sleep", "touch", "true", "uname", "wc"]
 
 busybox_tar = make_tar(
     [entry("dir", "bin", 0o755), entry("file", "bin/busybox", 0o755, busybox_bin)]

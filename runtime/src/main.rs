@@ -6,6 +6,7 @@ mod bench;
 mod cli;
 mod clock;
 mod config;
+mod container;
 mod cri;
 mod daemon;
 mod host;
@@ -100,6 +101,21 @@ enum BenchCommand {
         #[arg(long, default_value_t = 10)]
         count: usize,
         /// Config file for the private daemon the benchmark starts.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// CreateContainer+StartContainer until the first log line, and
+    /// ExecSync round trips, next to the boot time of the pods they run in.
+    Container {
+        /// A busybox-like image (sh, echo, sleep, true) the daemon can pull.
+        image: String,
+        /// Containers started (and ExecSync calls made).
+        #[arg(long, default_value_t = 20)]
+        count: usize,
+        /// Pods booted for the sandbox figure; containers run in the last.
+        #[arg(long, default_value_t = 3)]
+        pods: usize,
+        /// Config file for the private daemon (registry hosts, plain-http).
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
@@ -206,6 +222,17 @@ fn main() -> ExitCode {
             block_on(bench::pull::run(opts))
         }
         Command::Bench(BenchCommand::PodStart { count, config }) => bench_pod_start(count, config),
+        Command::Bench(BenchCommand::Container {
+            image,
+            count,
+            pods,
+            config,
+        }) => block_on(bench::container::run(bench::container::Options {
+            image,
+            count,
+            pods,
+            config_file: config,
+        })),
         Command::Config(ConfigCommand::Default) => {
             print!("{}", config::DEFAULT_CONFIG_TOML);
             ExitCode::SUCCESS

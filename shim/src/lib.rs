@@ -4,12 +4,13 @@
 
 pub mod agent;
 pub mod console;
+pub mod container;
 pub mod helpers;
 pub mod hypervisor;
 pub mod logs;
 pub mod pod_dir;
 pub mod process;
-pub mod rootfs;
+pub mod relay;
 pub mod service;
 pub mod share;
 pub mod spec;

@@ -17,6 +17,7 @@ use tokio_stream::wrappers::UnixListenerStream;
 use vmpod_shim_api::ShimServer;
 use vmpod_shim_api::spec::{BackendSpec, VmSpec};
 
+use vmpod_shim::container::Containers;
 use vmpod_shim::hypervisor::Hypervisor;
 use vmpod_shim::hypervisor::qemu::{Accel, Qemu};
 use vmpod_shim::pod_dir::PodDir;
@@ -108,10 +109,18 @@ async fn run(
     let listener = bind_private(&pod.shim_socket())?;
 
     let hypervisor = hypervisor_for(&spec);
-    let (machine, handle) = Machine::new(spec, pod.clone(), hypervisor, shim_start_ns, started);
+    let containers = Containers::new(pod.share());
+    let (machine, handle) = Machine::new(
+        spec,
+        pod.clone(),
+        hypervisor,
+        containers.clone(),
+        shim_start_ns,
+        started,
+    );
     let (exit_tx, mut exit_rx) = mpsc::unbounded_channel();
     let (exiting_tx, exiting_rx) = watch::channel(false);
-    let service = ShimService::new(handle.clone(), exit_tx, exiting_rx);
+    let service = ShimService::new(handle.clone(), containers, exit_tx, exiting_rx);
     let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(
         tonic::transport::Server::builder()

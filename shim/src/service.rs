@@ -1,14 +1,25 @@
-//! The `Shim` gRPC service on `shim.sock`: a thin layer over `VmHandle`.
+//! The `Shim` gRPC service on `shim.sock`: a thin layer over `VmHandle`
+//! (the VM) and `Containers` (everything about containers).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
-use vmpod_agent_proto::v1::{GuestInfoRequest, GuestInfoResponse};
+use vmpod_agent_proto::v1::{
+    ContainerRef, ContainerStatus, ExecSyncRequest, ExecSyncResponse, GuestInfoRequest,
+    GuestInfoResponse, ListContainersRequest, ListContainersResponse, RemoveContainerResponse,
+    StatsRequest, StatsResponse, UpdateContainerRequest, UpdateContainerResponse,
+};
 use vmpod_shim_api::Shim;
-use vmpod_shim_api::v1::{ShutdownRequest, ShutdownResponse, StateRequest, VmState, WatchRequest};
+use vmpod_shim_api::v1::{
+    CreateContainerRequest, ReopenContainerLogResponse, ShutdownRequest, ShutdownResponse,
+    StateRequest, StopContainerRequest, VmState, WatchRequest,
+};
 
+use crate::container::Containers;
+use crate::relay::{self, AgentSource};
 use crate::vm::{DEFAULT_STOP_GRACE, VmHandle};
 
 /// Relayed agent calls must not hang a daemon request on a wedged guest.
@@ -18,6 +29,7 @@ const EXIT_DELAY: Duration = Duration::from_millis(100);
 
 pub struct ShimService {
     vm: VmHandle,
+    containers: Arc<Containers>,
     /// Asks main to exit the shim.
     exit: mpsc::UnboundedSender<()>,
     /// Turns true when the shim is about to exit, ending Watch streams
@@ -28,10 +40,16 @@ pub struct ShimService {
 impl ShimService {
     pub fn new(
         vm: VmHandle,
+        containers: Arc<Containers>,
         exit: mpsc::UnboundedSender<()>,
         exiting: watch::Receiver<bool>,
     ) -> Self {
-        ShimService { vm, exit, exiting }
+        ShimService {
+            vm,
+            containers,
+            exit,
+            exiting,
+        }
     }
 }
 
@@ -67,23 +85,15 @@ impl Shim for ShimService {
         &self,
         _: Request<GuestInfoRequest>,
     ) -> Result<Response<GuestInfoResponse>, Status> {
-        let Some(mut agent) = self.vm.agent() else {
-            let phase = self.vm.state().phase().as_str_name();
-            return Err(Status::unavailable(format!(
-                "guest agent not ready (phase {phase})"
-            )));
-        };
-        match tokio::time::timeout(AGENT_CALL_TIMEOUT, agent.guest_info(GuestInfoRequest {})).await
-        {
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(status)) => Err(Status::unavailable(format!(
-                "agent GuestInfo: {}",
-                status.message()
-            ))),
-            Err(_) => Err(Status::deadline_exceeded(format!(
-                "agent GuestInfo took longer than {AGENT_CALL_TIMEOUT:?}"
-            ))),
-        }
+        let mut agent = self.vm.client()?;
+        relay::call(
+            &self.vm,
+            "GuestInfo",
+            Some(AGENT_CALL_TIMEOUT),
+            agent.guest_info(GuestInfoRequest {}),
+        )
+        .await
+        .map(Response::new)
     }
 
     async fn shutdown(
@@ -104,5 +114,74 @@ impl Shim for ShimService {
             });
         }
         Ok(Response::new(ShutdownResponse {}))
+    }
+
+    async fn create_container(
+        &self,
+        req: Request<CreateContainerRequest>,
+    ) -> Result<Response<ContainerStatus>, Status> {
+        let r = self.containers.create(&self.vm, req.into_inner()).await;
+        r.map(Response::new)
+    }
+
+    async fn start_container(
+        &self,
+        req: Request<ContainerRef>,
+    ) -> Result<Response<ContainerStatus>, Status> {
+        let r = self.containers.start(&self.vm, req.into_inner()).await;
+        r.map(Response::new)
+    }
+
+    async fn stop_container(
+        &self,
+        req: Request<StopContainerRequest>,
+    ) -> Result<Response<ContainerStatus>, Status> {
+        let r = self.containers.stop(&self.vm, req.into_inner()).await;
+        r.map(Response::new)
+    }
+
+    async fn remove_container(
+        &self,
+        req: Request<ContainerRef>,
+    ) -> Result<Response<RemoveContainerResponse>, Status> {
+        let r = self.containers.remove(&self.vm, req.into_inner()).await;
+        r.map(Response::new)
+    }
+
+    async fn list_containers(
+        &self,
+        req: Request<ListContainersRequest>,
+    ) -> Result<Response<ListContainersResponse>, Status> {
+        let r = self.containers.list(&self.vm, req.into_inner()).await;
+        r.map(Response::new)
+    }
+
+    async fn exec_sync(
+        &self,
+        req: Request<ExecSyncRequest>,
+    ) -> Result<Response<ExecSyncResponse>, Status> {
+        let r = self.containers.exec_sync(&self.vm, req.into_inner()).await;
+        r.map(Response::new)
+    }
+
+    async fn update_container(
+        &self,
+        req: Request<UpdateContainerRequest>,
+    ) -> Result<Response<UpdateContainerResponse>, Status> {
+        let r = self.containers.update(&self.vm, req.into_inner()).await;
+        r.map(Response::new)
+    }
+
+    async fn stats(&self, req: Request<StatsRequest>) -> Result<Response<StatsResponse>, Status> {
+        let r = self.containers.stats(&self.vm, req.into_inner()).await;
+        r.map(Response::new)
+    }
+
+    async fn reopen_container_log(
+        &self,
+        req: Request<ContainerRef>,
+    ) -> Result<Response<ReopenContainerLogResponse>, Status> {
+        let r = self.containers.reopen_log(&self.vm, req.into_inner()).await;
+        r.map(Response::new)
     }
 }

@@ -22,6 +22,7 @@ use vmpod_shim_api::v1::{BootTimes, Phase, VmState};
 
 use crate::agent;
 use crate::console::{self, ConsoleTail};
+use crate::container::Containers;
 use crate::helpers;
 use crate::hypervisor::{BASE_CMDLINE, Hypervisor, RunningVm, VirtioFs, VmConfig, Vsock};
 use crate::pod_dir::PodDir;
@@ -110,6 +111,8 @@ pub struct Machine {
     pod: PodDir,
     hypervisor: Box<dyn Hypervisor + Send + Sync>,
     shared: Arc<Shared>,
+    /// Their host mounts live under the share and go before it does.
+    containers: Arc<Containers>,
     /// Set at shim start: the boot deadline counts from there.
     started: Instant,
     helpers: Vec<Process>,
@@ -134,6 +137,7 @@ impl Machine {
         spec: VmSpec,
         pod: PodDir,
         hypervisor: Box<dyn Hypervisor + Send + Sync>,
+        containers: Arc<Containers>,
         shim_start_ns: u64,
         started: Instant,
     ) -> (Machine, VmHandle) {
@@ -165,6 +169,7 @@ impl Machine {
             pod,
             hypervisor,
             shared,
+            containers,
             started,
             helpers: Vec::new(),
             vmm: None,
@@ -329,6 +334,7 @@ impl Machine {
             dns_searches: guest.dns_searches.clone(),
             dns_options: guest.dns_options.clone(),
             share_tag: SHARE_TAG.to_owned(),
+            host_time_ns: i64::try_from(now_ns()).unwrap_or(0),
         };
         let (client, mountpoint) =
             agent::connect_ready(&pod.hybrid_vsock(), AGENT_VSOCK_PORT, deadline, &setup).await?;
@@ -420,6 +426,9 @@ impl Machine {
             // The VMM is gone, so the console is at EOF; this only flushes.
             let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
         }
+        // The guest is gone, and so are its containers: only their host
+        // side (relays, root overlays, volume binds) is left to undo.
+        self.containers.teardown_all().await;
         crate::share::release(&self.pod.share());
     }
 

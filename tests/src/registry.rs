@@ -23,13 +23,20 @@ use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::rt::TokioIo;
+use ring::rand::SystemRandom;
+use ring::signature::{
+    ECDSA_P256_SHA256_ASN1_SIGNING, ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _,
+};
 use tempfile::TempDir;
 
 use crate::daemon::repo_root;
@@ -47,9 +54,19 @@ pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
 pub struct Registry {
     child: Option<Child>,
     addr: String,
-    creds: Option<(String, String)>,
+    auth: Auth,
     log: PathBuf,
     dir: TempDir,
+}
+
+/// How a [`Registry`] authenticates clients.
+#[derive(Clone)]
+enum Auth {
+    Open,
+    /// htpasswd: HTTP basic auth with these credentials.
+    Basic(String, String),
+    /// `auth: token:`: bearer JWTs from this token server.
+    Token(Arc<TokenState>),
 }
 
 /// One line of the registry's access log.
@@ -65,18 +82,28 @@ impl Registry {
     /// Starts an open registry (no auth). Panics with the registry's log if
     /// it does not come up.
     pub fn start() -> Registry {
-        Self::try_start(None).unwrap_or_else(|e| panic!("starting docker-registry: {e:#}"))
+        Self::try_start(Auth::Open).unwrap_or_else(|e| panic!("starting docker-registry: {e:#}"))
     }
 
     /// Starts a registry that demands HTTP basic auth as `user`/`pass`
     /// (htpasswd backend). Anonymous requests get 401 with
     /// `WWW-Authenticate: Basic realm="vmpod-test"`.
     pub fn start_with_htpasswd(user: &str, pass: &str) -> Registry {
-        Self::try_start(Some((user, pass)))
+        Self::try_start(Auth::Basic(user.to_string(), pass.to_string()))
             .unwrap_or_else(|e| panic!("starting docker-registry with htpasswd: {e:#}"))
     }
 
-    fn try_start(creds: Option<(&str, &str)>) -> Result<Registry> {
+    /// Starts a registry in distribution's token mode (`auth: token:`),
+    /// trusting JWTs signed by `tokens`: a request without a valid bearer
+    /// token gets 401 with `WWW-Authenticate: Bearer realm="<tokens
+    /// realm>",service="...",scope="repository:NAME:pull"`. Fixtures are
+    /// pushed with the token server's credentials.
+    pub fn start_with_token_auth(tokens: &TokenServer) -> Registry {
+        Self::try_start(Auth::Token(tokens.state.clone()))
+            .unwrap_or_else(|e| panic!("starting docker-registry with token auth: {e:#}"))
+    }
+
+    fn try_start(auth_mode: Auth) -> Result<Registry> {
         if !Path::new(REGISTRY_BIN).exists() {
             bail!(
                 "{REGISTRY_BIN} not found; run scripts/install-deps.sh (package docker-registry)"
@@ -91,9 +118,20 @@ impl Registry {
         let storage = dir.path().join("storage");
         std::fs::create_dir(&storage).context("cannot create registry storage dir")?;
 
-        let auth = match creds {
-            None => String::new(),
-            Some((user, pass)) => {
+        let auth = match &auth_mode {
+            Auth::Open => String::new(),
+            Auth::Token(t) => {
+                let bundle = dir.path().join("token-ca.pem");
+                std::fs::write(&bundle, &t.cert_pem).context("cannot write token cert bundle")?;
+                format!(
+                    "auth:\n  token:\n    realm: {}\n    service: {}\n    issuer: {}\n    rootcertbundle: {}\n",
+                    yaml_text(&t.realm),
+                    yaml_text(&t.service),
+                    yaml_text(TOKEN_ISSUER),
+                    yaml_str(&bundle)
+                )
+            }
+            Auth::Basic(user, pass) => {
                 let out = Command::new("htpasswd")
                     .args(["-Bbn", user, pass])
                     .stdin(Stdio::null())
@@ -156,7 +194,7 @@ impl Registry {
         let mut reg = Registry {
             child: Some(child),
             addr,
-            creds: creds.map(|(u, p)| (u.to_string(), p.to_string())),
+            auth: auth_mode,
             log,
             dir,
         };
@@ -195,9 +233,14 @@ impl Registry {
         &self.addr
     }
 
-    /// The credentials given to `start_with_htpasswd`, if any.
+    /// The credentials clients must present: those given to
+    /// `start_with_htpasswd`, or the token server's for token auth.
     pub fn creds(&self) -> Option<(&str, &str)> {
-        self.creds.as_ref().map(|(u, p)| (u.as_str(), p.as_str()))
+        match &self.auth {
+            Auth::Open => None,
+            Auth::Basic(u, p) => Some((u.as_str(), p.as_str())),
+            Auth::Token(t) => Some((t.user.as_str(), t.pass.as_str())),
+        }
     }
 
     /// The registry's combined stdout/stderr (app log and access log).
@@ -231,7 +274,7 @@ impl Registry {
             "--preserve-digests",
             "--dest-tls-verify=false",
         ]);
-        if let Some((user, pass)) = &self.creds {
+        if let Some((user, pass)) = self.creds() {
             cmd.arg("--dest-creds").arg(format!("{user}:{pass}"));
         }
         cmd.arg(&src).arg(&dst).stdin(Stdio::null());
@@ -296,7 +339,10 @@ impl Registry {
             .to_string()
     }
 
-    /// A request to this registry, with basic auth when it has credentials.
+    /// A request to this registry, with basic auth when it has credentials,
+    /// or, in token mode, a bearer token for the repository `path` names
+    /// (`/v2/<repo>/manifests/...` or `/v2/<repo>/blobs/...`), minted
+    /// directly by the token server.
     pub fn request(
         &self,
         method: &str,
@@ -305,8 +351,26 @@ impl Registry {
     ) -> Result<HttpResponse> {
         let mut all: Vec<(&str, String)> =
             headers.iter().map(|(k, v)| (*k, v.to_string())).collect();
-        if let Some((user, pass)) = &self.creds {
-            all.push(("Authorization", basic_auth(user, pass)));
+        match &self.auth {
+            Auth::Open => {}
+            Auth::Basic(user, pass) => all.push(("Authorization", basic_auth(user, pass))),
+            Auth::Token(t) => {
+                let repo = path
+                    .strip_prefix("/v2/")
+                    .and_then(|rest| {
+                        ["/manifests/", "/blobs/", "/tags/"]
+                            .iter()
+                            .find_map(|sep| rest.split_once(sep).map(|(repo, _)| repo))
+                    })
+                    .unwrap_or("");
+                let access = if repo.is_empty() {
+                    Vec::new()
+                } else {
+                    vec![(repo.to_string(), vec!["pull".to_string()])]
+                };
+                let token = t.mint(&t.user, &access)?;
+                all.push(("Authorization", format!("Bearer {token}")));
+            }
         }
         let refs: Vec<(&str, &str)> = all.iter().map(|(k, v)| (*k, v.as_str())).collect();
         http_request(&self.addr, method, path, &refs, Duration::from_secs(10))
@@ -320,6 +384,520 @@ impl Drop for Registry {
             let _ = child.wait();
         }
     }
+}
+
+/// `iss` of every token the [`TokenServer`] signs, and the registry's
+/// `auth.token.issuer`.
+const TOKEN_ISSUER: &str = "vmpod-test-token-issuer";
+/// How long a minted token is valid.
+const TOKEN_TTL_SECS: u64 = 300;
+
+/// A Docker token-auth server (the `realm` of a registry in token mode, see
+/// <https://distribution.github.io/distribution/spec/auth/token/>) on
+/// 127.0.0.1, for [`Registry::start_with_token_auth`].
+///
+/// `GET /token?service=S&scope=repository:NAME:ACTIONS[&scope=...]`:
+/// - with HTTP basic auth matching the server's one account, answers 200
+///   `{"token": JWT, "access_token": JWT, ...}` granting every action asked
+///   for on `repository` scopes;
+/// - anonymously, answers 200 with a token that grants nothing (what public
+///   token servers do), so the registry then refuses the request itself;
+/// - with wrong credentials, or for another service, answers 401.
+///
+/// The JWT is what distribution 2.8 verifies: ES256, header `kid` = the
+/// libtrust key id of the key in the certificate written to the registry's
+/// `rootcertbundle`, claims `iss`, `sub`, `aud` (= service), `exp`, `nbf`,
+/// `iat`, `jti` and `access`. The key and its self-signed certificate are
+/// made fresh per server with `ring`, so no openssl CLI is needed.
+///
+/// Every request is recorded ([`TokenServer::requests`]) so a test can tell
+/// whether a client went through the realm and with which credentials.
+pub struct TokenServer {
+    state: Arc<TokenState>,
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+struct TokenState {
+    key: EcdsaKeyPair,
+    rng: SystemRandom,
+    kid: String,
+    cert_pem: String,
+    realm: String,
+    service: String,
+    user: String,
+    pass: String,
+    serial: AtomicU64,
+    requests: Mutex<Vec<TokenRequest>>,
+}
+
+/// One request the token server answered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenRequest {
+    /// The basic-auth user presented; `None` for an anonymous request.
+    pub user: Option<String>,
+    /// `scope` parameters, in order.
+    pub scopes: Vec<String>,
+    pub status: u16,
+}
+
+impl TokenServer {
+    /// Starts a token server whose one account is `user`/`pass`.
+    pub fn start(user: &str, pass: &str) -> TokenServer {
+        Self::try_start(user, pass).unwrap_or_else(|e| panic!("starting token server: {e:#}"))
+    }
+
+    fn try_start(user: &str, pass: &str) -> Result<TokenServer> {
+        let rng = SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+            .map_err(|_| anyhow!("cannot generate a P-256 key"))?;
+        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
+            .map_err(|e| anyhow!("cannot load the generated key: {e}"))?;
+        let cert_key =
+            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref(), &rng)
+                .map_err(|e| anyhow!("cannot load the generated key: {e}"))?;
+        let spki = p256_spki(key.public_key().as_ref());
+        let cert = self_signed_cert(&cert_key, &rng, &spki)?;
+        let listener = TcpListener::bind("127.0.0.1:0").context("token server: bind")?;
+        listener
+            .set_nonblocking(true)
+            .context("token server: set_nonblocking")?;
+        let addr = listener.local_addr().context("token server: local_addr")?;
+        let state = Arc::new(TokenState {
+            key,
+            rng,
+            kid: libtrust_key_id(&spki),
+            cert_pem: pem("CERTIFICATE", &cert),
+            realm: format!("http://{addr}/token"),
+            service: format!("vmpod-test-registry-{}", addr.port()),
+            user: user.to_string(),
+            pass: pass.to_string(),
+            serial: AtomicU64::new(0),
+            requests: Mutex::new(Vec::new()),
+        });
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("token-server")
+            .enable_all()
+            .build()
+            .context("token server: build tokio runtime")?;
+        let st = state.clone();
+        rt.spawn(async move {
+            let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+                return;
+            };
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let st = st.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(
+                        move |req: http::Request<hyper::body::Incoming>| {
+                            let st = st.clone();
+                            async move {
+                                let resp = if req.method() == http::Method::POST {
+                                    let body = req
+                                        .into_body()
+                                        .collect()
+                                        .await
+                                        .map(|b| b.to_bytes())
+                                        .unwrap_or_default();
+                                    st.answer_refresh(&String::from_utf8_lossy(&body))
+                                } else {
+                                    st.answer(&req)
+                                };
+                                Ok::<_, std::convert::Infallible>(resp)
+                            }
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Ok(TokenServer {
+            state,
+            rt: Some(rt),
+        })
+    }
+
+    /// `http://127.0.0.1:PORT/token`, the realm registries send clients to.
+    pub fn realm(&self) -> &str {
+        &self.state.realm
+    }
+
+    /// The `service` the registry names in its challenge (and `aud`).
+    pub fn service(&self) -> &str {
+        &self.state.service
+    }
+
+    /// A token for `subject` granting `actions` on repository `repo`,
+    /// signed like the ones the server hands out: what a client that got
+    /// its token elsewhere (CRI `registry_token`) would hold.
+    pub fn mint(&self, subject: &str, repo: &str, actions: &[&str]) -> String {
+        let access = vec![(
+            repo.to_string(),
+            actions.iter().map(|a| a.to_string()).collect(),
+        )];
+        self.state
+            .mint(subject, &access)
+            .unwrap_or_else(|e| panic!("minting a token: {e:#}"))
+    }
+
+    /// The refresh token (CRI `identity_token`) of the server's account,
+    /// as `docker login` would have stored it: exchanged by
+    /// `POST /token grant_type=refresh_token`.
+    pub fn identity_token(&self) -> String {
+        self.state.refresh_token()
+    }
+
+    /// Every request answered so far, in order.
+    pub fn requests(&self) -> Vec<TokenRequest> {
+        self.state
+            .requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+impl Drop for TokenServer {
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl TokenState {
+    fn refresh_token(&self) -> String {
+        format!("refresh-{}-{}", self.user, self.kid.len())
+    }
+
+    /// `POST /token` with an OAuth2 refresh-token grant (form encoded).
+    fn answer_refresh(&self, form: &str) -> http::Response<Full<Bytes>> {
+        let mut fields = BTreeMap::new();
+        let mut scopes = Vec::new();
+        for pair in form.split('&') {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let v = percent_decode(&v.replace('+', " "));
+            if k == "scope" {
+                scopes.extend(v.split(' ').map(str::to_string));
+            } else {
+                fields.insert(k.to_string(), v);
+            }
+        }
+        let field = |k: &str| fields.get(k).map(String::as_str).unwrap_or_default();
+        let (status, body) =
+            if field("grant_type") != "refresh_token" || field("service") != self.service {
+                (400, r#"{"error":"unsupported_grant_type"}"#.to_string())
+            } else if field("refresh_token") != self.refresh_token() {
+                (401, r#"{"error":"invalid_grant"}"#.to_string())
+            } else {
+                let access: Vec<(String, Vec<String>)> =
+                    scopes.iter().filter_map(|s| parse_scope(s)).collect();
+                match self.mint(&self.user, &access) {
+                    Ok(token) => (
+                        200,
+                        serde_json::json!({"access_token": token, "expires_in": TOKEN_TTL_SECS})
+                            .to_string(),
+                    ),
+                    Err(e) => (500, format!("{{\"error\": {:?}}}", format!("{e:#}"))),
+                }
+            };
+        self.requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(TokenRequest {
+                user: Some(format!("refresh:{}", field("client_id"))),
+                scopes,
+                status,
+            });
+        let mut resp = http::Response::new(Full::new(Bytes::from(body)));
+        *resp.status_mut() =
+            http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+        resp
+    }
+
+    fn answer(&self, req: &http::Request<hyper::body::Incoming>) -> http::Response<Full<Bytes>> {
+        let mut scopes = Vec::new();
+        let mut service = None;
+        for pair in req.uri().query().unwrap_or("").split('&') {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let v = percent_decode(v);
+            match k {
+                "scope" => scopes.push(v),
+                "service" => service = Some(v),
+                _ => {}
+            }
+        }
+        let user = req
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(parse_basic);
+        let (status, body) = self.decide(req, service.as_deref(), &scopes, user.as_ref());
+        self.requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(TokenRequest {
+                user: user.map(|u| u.map_or_else(|| "(malformed)".to_string(), |(u, _)| u)),
+                scopes,
+                status,
+            });
+        let mut resp = http::Response::new(Full::new(Bytes::from(body)));
+        *resp.status_mut() =
+            http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+        resp.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        resp
+    }
+
+    /// The status and body for one token request. `user` is `None` without
+    /// an Authorization header, `Some(None)` for one that is not basic auth.
+    fn decide(
+        &self,
+        req: &http::Request<hyper::body::Incoming>,
+        service: Option<&str>,
+        scopes: &[String],
+        user: Option<&Option<(String, String)>>,
+    ) -> (u16, String) {
+        let deny = |status: u16, msg: &str| {
+            let body = serde_json::json!({"errors": [{"code": "UNAUTHORIZED", "message": msg}]});
+            (status, body.to_string())
+        };
+        if req.uri().path() != "/token" || req.method() != http::Method::GET {
+            return deny(404, "only GET /token is served");
+        }
+        if service != Some(self.service.as_str()) {
+            return deny(400, "unknown service");
+        }
+        let subject = match user {
+            None => String::new(),
+            Some(Some((u, p))) if *u == self.user && *p == self.pass => u.clone(),
+            Some(_) => return deny(401, "invalid username or password"),
+        };
+        // Anonymous callers get a token that grants nothing.
+        let access: Vec<(String, Vec<String>)> = if subject.is_empty() {
+            Vec::new()
+        } else {
+            scopes.iter().filter_map(|s| parse_scope(s)).collect()
+        };
+        match self.mint(&subject, &access) {
+            Ok(token) => {
+                let body = serde_json::json!({
+                    "token": token,
+                    "access_token": token,
+                    "expires_in": TOKEN_TTL_SECS,
+                });
+                (200, body.to_string())
+            }
+            Err(e) => (500, format!("{{\"error\": {:?}}}", format!("{e:#}"))),
+        }
+    }
+
+    /// An ES256 JWT as distribution's token verifier expects it.
+    fn mint(&self, subject: &str, access: &[(String, Vec<String>)]) -> Result<String> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .context("clock before 1970")?
+            .as_secs();
+        let header = serde_json::json!({"typ": "JWT", "alg": "ES256", "kid": self.kid});
+        let access: Vec<_> = access
+            .iter()
+            .map(|(name, actions)| {
+                serde_json::json!({"type": "repository", "name": name, "actions": actions})
+            })
+            .collect();
+        let claims = serde_json::json!({
+            "iss": TOKEN_ISSUER,
+            "sub": subject,
+            "aud": self.service,
+            "exp": now + TOKEN_TTL_SECS,
+            "nbf": now.saturating_sub(10),
+            "iat": now,
+            "jti": format!("vmpod-test-{}", self.serial.fetch_add(1, AtomicOrdering::SeqCst)),
+            "access": access,
+        });
+        let b64 = |v: &serde_json::Value| URL_SAFE_NO_PAD.encode(v.to_string());
+        let signing_input = format!("{}.{}", b64(&header), b64(&claims));
+        let sig = self
+            .key
+            .sign(&self.rng, signing_input.as_bytes())
+            .map_err(|_| anyhow!("ES256 signing failed"))?;
+        Ok(format!(
+            "{signing_input}.{}",
+            URL_SAFE_NO_PAD.encode(sig.as_ref())
+        ))
+    }
+}
+
+/// `Basic base64(user:pass)` → `Some((user, pass))`; anything else `None`.
+fn parse_basic(header: &str) -> Option<(String, String)> {
+    let b64 = header.strip_prefix("Basic ")?;
+    let raw = STANDARD.decode(b64.trim()).ok()?;
+    let text = String::from_utf8(raw).ok()?;
+    let (u, p) = text.split_once(':')?;
+    Some((u.to_string(), p.to_string()))
+}
+
+/// `repository:NAME:a,b` → `(NAME, [a, b])`; other resource types `None`.
+fn parse_scope(scope: &str) -> Option<(String, Vec<String>)> {
+    let rest = scope.strip_prefix("repository:")?;
+    let (name, actions) = rest.rsplit_once(':')?;
+    Some((
+        name.to_string(),
+        actions.split(',').map(str::to_string).collect(),
+    ))
+}
+
+/// Decodes `%XX` escapes and `+` (form encoding) in a query value.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let hex = |c: u8| char::from(c).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(hi), Some(lo)) => {
+                out.push(hi << 4 | lo);
+                i += 3;
+            }
+            (b'+', ..) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (c, ..) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A DER TLV.
+fn der(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    let len = content.len();
+    if len < 0x80 {
+        out.push(len as u8);
+    } else {
+        let bytes: Vec<u8> = len
+            .to_be_bytes()
+            .iter()
+            .copied()
+            .skip_while(|&b| b == 0)
+            .collect();
+        out.push(0x80 | bytes.len() as u8);
+        out.extend_from_slice(&bytes);
+    }
+    out.extend_from_slice(content);
+    out
+}
+
+/// SubjectPublicKeyInfo of an uncompressed P-256 point.
+fn p256_spki(point: &[u8]) -> Vec<u8> {
+    // SEQUENCE { OID id-ecPublicKey, OID prime256v1 }
+    let alg = der(
+        0x30,
+        &[
+            &der(0x06, &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01])[..],
+            &der(0x06, &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07])[..],
+        ]
+        .concat(),
+    );
+    let mut bits = vec![0u8];
+    bits.extend_from_slice(point);
+    der(0x30, &[alg, der(0x03, &bits)].concat())
+}
+
+/// A minimal self-signed X.509 v3 certificate (no extensions) for `spki`,
+/// enough for distribution to load from `rootcertbundle`.
+fn self_signed_cert(key: &EcdsaKeyPair, rng: &SystemRandom, spki: &[u8]) -> Result<Vec<u8>> {
+    // ecdsa-with-SHA256
+    let sig_alg = der(
+        0x30,
+        &der(0x06, &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02]),
+    );
+    // SEQUENCE { SET { SEQUENCE { OID commonName, UTF8String } } }
+    let name = der(
+        0x30,
+        &der(
+            0x31,
+            &der(
+                0x30,
+                &[
+                    der(0x06, &[0x55, 0x04, 0x03]),
+                    der(0x0c, b"vmpod test token issuer"),
+                ]
+                .concat(),
+            ),
+        ),
+    );
+    let validity = der(
+        0x30,
+        &[der(0x17, b"200101000000Z"), der(0x17, b"491231235959Z")].concat(),
+    );
+    let tbs = der(
+        0x30,
+        &[
+            der(0xa0, &der(0x02, &[2])), // version v3
+            der(0x02, &[1]),             // serial
+            sig_alg.clone(),
+            name.clone(),
+            validity,
+            name,
+            spki.to_vec(),
+        ]
+        .concat(),
+    );
+    let sig = key
+        .sign(rng, &tbs)
+        .map_err(|_| anyhow!("cannot sign the certificate"))?;
+    let mut bits = vec![0u8];
+    bits.extend_from_slice(sig.as_ref());
+    Ok(der(0x30, &[tbs, sig_alg, der(0x03, &bits)].concat()))
+}
+
+/// libtrust's key id, which distribution matches against a token's `kid`:
+/// the first 240 bits of SHA-256(SPKI DER), base32, in groups of four
+/// joined by `:`.
+fn libtrust_key_id(spki: &[u8]) -> String {
+    const ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let hash = ring::digest::digest(&ring::digest::SHA256, spki);
+    let bytes = &hash.as_ref()[..30];
+    let mut b32 = String::with_capacity(48);
+    // 30 bytes = 240 bits = 48 five-bit groups, no padding.
+    for chunk in bytes.chunks(5) {
+        let n = chunk.iter().fold(0u64, |acc, &b| (acc << 8) | u64::from(b));
+        for i in (0..8).rev() {
+            b32.push(ALPHABET[((n >> (5 * i)) & 31) as usize] as char);
+        }
+    }
+    b32.as_bytes()
+        .chunks(4)
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+fn pem(label: &str, der: &[u8]) -> String {
+    let b64 = STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(line));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
 }
 
 /// Parses a combined-log-format line:
@@ -345,8 +923,12 @@ fn parse_access_line(line: &str) -> Option<AccessLogEntry> {
 }
 
 fn yaml_str(p: &Path) -> String {
+    yaml_text(&p.to_string_lossy())
+}
+
+fn yaml_text(s: &str) -> String {
     // JSON strings are valid YAML double-quoted scalars.
-    serde_json::to_string(&p.to_string_lossy()).expect("a string serializes")
+    serde_json::to_string(s).expect("a string serializes")
 }
 
 /// A TCP port on 127.0.0.1 that was free a moment ago.
@@ -555,6 +1137,35 @@ mod tests {
         ] {
             assert_eq!(base64(input.as_bytes()), want);
         }
+    }
+
+    #[test]
+    fn token_server_helpers() {
+        assert_eq!(
+            percent_decode("repository%3Aa%2Fb%3Apull%2Cpush+x%zz"),
+            "repository:a/b:pull,push x%zz"
+        );
+        assert_eq!(
+            parse_scope("repository:a/b:pull,push"),
+            Some(("a/b".to_string(), vec!["pull".into(), "push".into()]))
+        );
+        assert_eq!(parse_scope("registry:catalog:*"), None);
+        assert_eq!(
+            parse_basic("Basic cHVsbGVyOnMzY3JldA=="),
+            Some(("puller".into(), "s3cret".into()))
+        );
+        assert_eq!(parse_basic("Bearer x"), None);
+        // Long DER lengths use the 0x8N form.
+        assert_eq!(&der(0x04, &[0; 300])[..4], &[0x04, 0x82, 0x01, 0x2c]);
+        // libtrust ids: 12 groups of 4 base32 characters.
+        let id = libtrust_key_id(b"any key");
+        let groups: Vec<&str> = id.split(':').collect();
+        assert_eq!(groups.len(), 12, "{id}");
+        assert!(groups.iter().all(|g| {
+            g.len() == 4
+                && g.bytes()
+                    .all(|b| b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b))
+        }));
     }
 
     #[test]

@@ -120,7 +120,7 @@ async fn status_network_ready_with_cni_config_and_verbose_info() {
         .expect("kernel version read from vmlinux");
     assert!(kv.starts_with("6.1"), "{kv}");
     let state: serde_json::Value = serde_json::from_str(&s.info["state"]).unwrap();
-    assert_eq!(state["schemaVersion"], 3);
+    assert_eq!(state["schemaVersion"], 4);
 }
 
 #[tokio::test]
@@ -171,24 +171,21 @@ async fn runtime_config_reports_configured_cgroup_driver() {
 }
 
 #[tokio::test]
-async fn unimplemented_calls_name_the_method_and_daemon_stays_healthy() {
+async fn unimplemented_and_bad_calls_get_clear_errors_and_daemon_stays_healthy() {
     let d = Daemon::start().await.unwrap();
     let mut rt = d.runtime().await.unwrap();
     let mut img = d.images().await.unwrap();
 
-    let e = rt
-        .create_container(CreateContainerRequest::default())
-        .await
-        .unwrap_err();
+    let e = rt.exec(ExecRequest::default()).await.unwrap_err();
     assert_eq!(e.code(), Code::Unimplemented);
-    assert!(e.message().contains("CreateContainer"), "{}", e.message());
+    assert!(e.message().contains("Exec"), "{}", e.message());
 
     let e = rt
-        .list_containers(ListContainersRequest::default())
+        .port_forward(PortForwardRequest::default())
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::Unimplemented);
-    assert!(e.message().contains("ListContainers"), "{}", e.message());
+    assert!(e.message().contains("PortForward"), "{}", e.message());
 
     let e = rt
         .get_container_events(GetEventsRequest::default())
@@ -201,11 +198,31 @@ async fn unimplemented_calls_name_the_method_and_daemon_stays_healthy() {
         e.message()
     );
 
+    // Bad requests to implemented calls are clear errors, too.
+    let e = rt
+        .create_container(CreateContainerRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().starts_with("config:"), "{}", e.message());
     let e = rt.exec_sync(ExecSyncRequest::default()).await.unwrap_err();
-    assert_eq!(e.code(), Code::Unimplemented);
-    assert!(e.message().contains("ExecSync"), "{}", e.message());
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().starts_with("cmd:"), "{}", e.message());
+    let e = rt
+        .container_status(ContainerStatusRequest {
+            container_id: "nope".into(),
+            verbose: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    let listed = rt
+        .list_containers(ListContainersRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.containers.is_empty());
 
-    // A bad request to an implemented call is a clear error, too.
     let e = img
         .pull_image(PullImageRequest::default())
         .await

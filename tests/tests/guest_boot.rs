@@ -12,6 +12,15 @@ use vmpod_agent_proto::{AGENT_VSOCK_PORT, SHARE_MOUNTPOINT};
 use vmpod_tests::daemon::repo_root;
 use vmpod_tests::guest::{GuestConfig, GuestVm};
 
+/// SetupSandbox sets the guest clock; a day off shows it really does.
+const DAY_NS: i64 = 86_400 * 1_000_000_000;
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
+}
+
 /// TCG boots in about a second here; the margin is for loaded CI machines.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -146,6 +155,8 @@ async fn setup_sandbox_mounts_the_share_and_writes_etc() {
             dns_searches: vec!["default.svc.cluster.local".into()],
             dns_options: vec!["ndots:5".into()],
             share_tag: vmpod_agent_proto::SHARE_TAG.into(),
+            // A day ahead of the host: the guest must take whatever it is given.
+            host_time_ns: now_ns() + DAY_NS,
         };
         // The second call must be a no-op that still succeeds.
         for attempt in 1..=2 {
@@ -166,6 +177,12 @@ async fn setup_sandbox_mounts_the_share_and_writes_etc() {
             .context("GuestInfo")?
             .into_inner();
         ensure!(info.hostname == "pod-a", "hostname {:?}", info.hostname);
+        let skew = info.wall_clock_ns - (now_ns() + DAY_NS);
+        ensure!(
+            skew.abs() < 60_000_000_000,
+            "guest clock {} is not the host's time given to SetupSandbox (off by {skew} ns)",
+            info.wall_clock_ns
+        );
         ensure!(
             info.resolv_conf
                 == "nameserver 10.96.0.10\nsearch default.svc.cluster.local\noptions ndots:5\n",

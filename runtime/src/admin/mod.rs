@@ -75,7 +75,7 @@ impl v1::images_server::Images for Admin {
         let creds = (!req.username.is_empty()).then(|| Credentials {
             username: req.username.clone(),
             password: req.password.clone(),
-            bearer: String::new(),
+            ..Default::default()
         });
         let (progress_tx, mut progress_rx) = tokio::sync::mpsc::unbounded_channel();
         let (out_tx, out_rx) = tokio::sync::mpsc::channel(64);

@@ -1,6 +1,7 @@
 //! `vmpod bench`: performance figures measured against a peer in the same
 //! run, never against a remembered number.
 
+pub mod container;
 pub mod pod_start;
 pub mod pull;
 

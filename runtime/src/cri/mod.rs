@@ -4,6 +4,7 @@
 //! call, so a kubelet log line like "RunPodSandbox failed" maps to one file.
 //! Request validation lives beside the call that needs it.
 
+mod container;
 mod image;
 mod runtime;
 pub(crate) mod sandbox;
@@ -11,6 +12,7 @@ mod service;
 
 use std::sync::Arc;
 
+pub(crate) use container::stats::forget as container_stats_forget;
 pub(crate) use image::pull::pull as image_pull;
 pub use sandbox::run::RUNTIME_HANDLERS;
 

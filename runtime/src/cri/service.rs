@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 use vmpod_cri_api::v1::*;
 use vmpod_cri_api::{ImageService, RuntimeService};
 
-use super::{Cri, image, runtime, sandbox, unimplemented};
+use super::{Cri, container, image, runtime, sandbox, unimplemented};
 
 type Rpc<T> = Result<Response<T>, Status>;
 
@@ -94,6 +94,133 @@ impl RuntimeService for Cri {
             .map(Response::new)
     }
 
+    async fn create_container(
+        &self,
+        r: Request<CreateContainerRequest>,
+    ) -> Rpc<CreateContainerResponse> {
+        container::create::create_container(&self.daemon, r.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn start_container(
+        &self,
+        r: Request<StartContainerRequest>,
+    ) -> Rpc<StartContainerResponse> {
+        container::start::start_container(&self.daemon, r.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn stop_container(&self, r: Request<StopContainerRequest>) -> Rpc<StopContainerResponse> {
+        container::stop::stop_container(&self.daemon, r.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn remove_container(
+        &self,
+        r: Request<RemoveContainerRequest>,
+    ) -> Rpc<RemoveContainerResponse> {
+        container::remove::remove_container(&self.daemon, r.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_containers(
+        &self,
+        r: Request<ListContainersRequest>,
+    ) -> Rpc<ListContainersResponse> {
+        container::list::list_containers(&self.daemon, r.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn container_status(
+        &self,
+        r: Request<ContainerStatusRequest>,
+    ) -> Rpc<ContainerStatusResponse> {
+        container::status::container_status(&self.daemon, r.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn update_container_resources(
+        &self,
+        r: Request<UpdateContainerResourcesRequest>,
+    ) -> Rpc<UpdateContainerResourcesResponse> {
+        container::update::update_container_resources(&self.daemon, r.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn reopen_container_log(
+        &self,
+        r: Request<ReopenContainerLogRequest>,
+    ) -> Rpc<ReopenContainerLogResponse> {
+        container::reopen_log::reopen_container_log(&self.daemon, r.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn exec_sync(&self, r: Request<ExecSyncRequest>) -> Rpc<ExecSyncResponse> {
+        container::exec_sync::exec_sync(&self.daemon, r.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn container_stats(
+        &self,
+        r: Request<ContainerStatsRequest>,
+    ) -> Rpc<ContainerStatsResponse> {
+        container::stats::container_stats_call(&self.daemon, r.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_container_stats(
+        &self,
+        r: Request<ListContainerStatsRequest>,
+    ) -> Rpc<ListContainerStatsResponse> {
+        container::stats::list_container_stats(&self.daemon, r.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn pod_sandbox_stats(
+        &self,
+        r: Request<PodSandboxStatsRequest>,
+    ) -> Rpc<PodSandboxStatsResponse> {
+        container::stats::pod_sandbox_stats(&self.daemon, r.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_pod_sandbox_stats(
+        &self,
+        r: Request<ListPodSandboxStatsRequest>,
+    ) -> Rpc<ListPodSandboxStatsResponse> {
+        container::stats::list_pod_sandbox_stats(&self.daemon, r.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_metric_descriptors(
+        &self,
+        _: Request<ListMetricDescriptorsRequest>,
+    ) -> Rpc<ListMetricDescriptorsResponse> {
+        Ok(Response::new(container::stats::list_metric_descriptors()))
+    }
+
+    async fn list_pod_sandbox_metrics(
+        &self,
+        _: Request<ListPodSandboxMetricsRequest>,
+    ) -> Rpc<ListPodSandboxMetricsResponse> {
+        container::stats::list_pod_sandbox_metrics(&self.daemon)
+            .await
+            .map(Response::new)
+    }
+
     type GetContainerEventsStream =
         Pin<Box<dyn Stream<Item = Result<ContainerEventResponse, Status>> + Send + 'static>>;
 
@@ -105,26 +232,11 @@ impl RuntimeService for Cri {
     }
 
     not_yet! {
-        create_container(CreateContainerRequest) -> CreateContainerResponse = "CreateContainer";
-        start_container(StartContainerRequest) -> StartContainerResponse = "StartContainer";
-        stop_container(StopContainerRequest) -> StopContainerResponse = "StopContainer";
-        remove_container(RemoveContainerRequest) -> RemoveContainerResponse = "RemoveContainer";
-        list_containers(ListContainersRequest) -> ListContainersResponse = "ListContainers";
-        container_status(ContainerStatusRequest) -> ContainerStatusResponse = "ContainerStatus";
-        update_container_resources(UpdateContainerResourcesRequest) -> UpdateContainerResourcesResponse = "UpdateContainerResources";
-        reopen_container_log(ReopenContainerLogRequest) -> ReopenContainerLogResponse = "ReopenContainerLog";
-        exec_sync(ExecSyncRequest) -> ExecSyncResponse = "ExecSync";
         exec(ExecRequest) -> ExecResponse = "Exec";
         attach(AttachRequest) -> AttachResponse = "Attach";
         port_forward(PortForwardRequest) -> PortForwardResponse = "PortForward";
-        container_stats(ContainerStatsRequest) -> ContainerStatsResponse = "ContainerStats";
-        list_container_stats(ListContainerStatsRequest) -> ListContainerStatsResponse = "ListContainerStats";
-        pod_sandbox_stats(PodSandboxStatsRequest) -> PodSandboxStatsResponse = "PodSandboxStats";
-        list_pod_sandbox_stats(ListPodSandboxStatsRequest) -> ListPodSandboxStatsResponse = "ListPodSandboxStats";
         update_runtime_config(UpdateRuntimeConfigRequest) -> UpdateRuntimeConfigResponse = "UpdateRuntimeConfig";
         checkpoint_container(CheckpointContainerRequest) -> CheckpointContainerResponse = "CheckpointContainer";
-        list_metric_descriptors(ListMetricDescriptorsRequest) -> ListMetricDescriptorsResponse = "ListMetricDescriptors";
-        list_pod_sandbox_metrics(ListPodSandboxMetricsRequest) -> ListPodSandboxMetricsResponse = "ListPodSandboxMetrics";
         update_pod_sandbox_resources(UpdatePodSandboxResourcesRequest) -> UpdatePodSandboxResourcesResponse = "UpdatePodSandboxResources";
     }
 }

@@ -1,16 +1,25 @@
 //! The content store on disk: verified blobs and unpacked layer snapshots.
 //!
 //! ```text
-//! <state>/images/blobs/sha256/<hex>       compressed layers, configs
+//! <state>/images/blobs/sha256/<hex>       image configs (and compressed layers
+//!                                         that an older vmpod kept)
 //! <state>/images/snapshots/<chain hex>/   one layer's diff, overlayfs lowerdir format
 //! <state>/images/ingest/                  downloads in progress
 //! ```
 //!
+//! Compressed layers are not kept: a layer streams from the registry
+//! straight into its unpack, verified on the way, and only its snapshot is
+//! stored (see `pull.rs`).
+//!
 //! Nothing becomes visible under `blobs/` or `snapshots/` until it is
-//! complete and verified: downloads land in `ingest/` and unpacks in
-//! `snapshots/.tmp-*`, and are renamed into place. Leftovers of a crash are
-//! removed when the store opens. Per-key async locks make concurrent pulls
-//! that share a blob or a snapshot wait for one download or unpack.
+//! complete, verified and durable: downloads land in `ingest/` and unpacks
+//! in `snapshots/.tmp-*`, their data is flushed to disk (fsync for a blob,
+//! [`sync_filesystem`] for a snapshot), and only then are they renamed into
+//! place; [`ContentStore::sync_dirs`] makes the renames durable before the
+//! image record that names them is written. A crash therefore leaves either
+//! a complete entry or a leftover, and leftovers are removed when the store
+//! opens. Per-key async locks make concurrent pulls that share a blob or a
+//! snapshot wait for one download or unpack.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -88,6 +97,22 @@ impl ContentStore {
             .map_err(|e| format!("cannot create an unpack dir: {e}"))
     }
 
+    /// Makes renames into `blobs/` and `snapshots/` durable (fsync of both
+    /// directories), for before a record names what was renamed.
+    pub async fn sync_dirs(&self) -> std::io::Result<()> {
+        let dirs = [self.root.join("blobs/sha256"), self.root.join("snapshots")];
+        tokio::task::spawn_blocking(move || {
+            for d in &dirs {
+                std::fs::File::open(d)
+                    .and_then(|f| f.sync_all())
+                    .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", d.display())))?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(std::io::Error::other)?
+    }
+
     /// Serializes work on one blob or snapshot across concurrent pulls.
     pub async fn lock(&self, key: &str) -> tokio::sync::OwnedMutexGuard<()> {
         let m = {
@@ -136,6 +161,18 @@ impl ContentStore {
         walk(&self.root, &mut bytes, &mut inodes);
         (bytes, inodes)
     }
+}
+
+/// Flushes all dirty data and metadata of the filesystem holding `dir` to
+/// disk (`syncfs(2)`): one call that makes a whole unpacked tree durable.
+pub fn sync_filesystem(dir: &Path) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let d = std::fs::File::open(dir)?;
+    // SAFETY: syncfs takes a valid open fd and touches no memory of ours.
+    if unsafe { libc::syncfs(d.as_raw_fd()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// `chain_id(n) = sha256(chain_id(n-1) + " " + diff_id(n))`, the OCI rule

@@ -4,6 +4,7 @@
 pub mod content;
 pub mod pull;
 pub mod reference;
+pub mod token;
 pub mod unpack;
 
 use crate::state::{ImageRecord, Store, StoreError};

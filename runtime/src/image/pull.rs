@@ -1,11 +1,14 @@
 //! Pulling an image: resolve, download, verify, unpack, record.
 //!
 //! Everything from a registry is untrusted. Digests are validated before
-//! they name files; every blob is hashed and sized while it streams to disk
-//! and only renamed into the store when both match the manifest; every
-//! layer's uncompressed stream must hash to the config's diff_id before its
-//! snapshot becomes visible. A pull that fails at any point leaves the store
-//! as it was, minus nothing and plus only complete, verified content.
+//! they name files; every blob is hashed and sized while it streams in, and
+//! nothing made from it becomes visible unless both match the manifest: a
+//! config is renamed into `blobs/`, a layer (which streams straight into
+//! its unpack and is not kept compressed) must also hash to the config's
+//! diff_id before its snapshot is renamed into `snapshots/`. Data is
+//! durable before each rename, and the renames before the image record. A
+//! pull that fails at any point leaves the store as it was, minus nothing
+//! and plus only complete, verified content.
 
 use std::time::{Duration, Instant};
 
@@ -36,6 +39,8 @@ pub struct Credentials {
     pub username: String,
     pub password: String,
     pub bearer: String,
+    /// A refresh token, exchanged at the registry's realm ([`super::token`]).
+    pub identity_token: String,
 }
 
 impl Credentials {
@@ -45,10 +50,11 @@ impl Credentials {
         let mut c = Credentials {
             username: a.username.clone(),
             password: a.password.clone(),
-            bearer: if a.registry_token.is_empty() {
+            bearer: a.registry_token.clone(),
+            identity_token: if a.registry_token.is_empty() {
                 a.identity_token.clone()
             } else {
-                a.registry_token.clone()
+                String::new()
             },
         };
         if !a.auth.is_empty() && c.username.is_empty() {
@@ -131,6 +137,8 @@ struct Endpoint {
     plain_http: bool,
     skip_verify: bool,
     auth: RegistryAuth,
+    /// Exchanged for `auth` just before the pull.
+    identity_token: Option<String>,
 }
 
 pub struct Puller<'a> {
@@ -183,6 +191,7 @@ impl Puller<'_> {
                         username: u.clone(),
                         password: h.password.clone().unwrap_or_default(),
                         bearer: String::new(),
+                        identity_token: String::new(),
                     })
                 })
                 .map_or(RegistryAuth::Anonymous, |c| c.registry_auth())
@@ -196,6 +205,7 @@ impl Puller<'_> {
                 plain_http: m.plain_http || mcfg.is_some_and(|c| c.plain_http),
                 skip_verify: mcfg.is_some_and(|c| c.skip_verify),
                 auth: host_auth(&m.host),
+                identity_token: None,
             });
         }
         out.push(Endpoint {
@@ -203,6 +213,9 @@ impl Puller<'_> {
             plain_http: origin_cfg.is_some_and(|c| c.plain_http),
             skip_verify: origin_cfg.is_some_and(|c| c.skip_verify),
             auth: creds.map_or_else(|| host_auth(registry), Credentials::registry_auth),
+            identity_token: creds
+                .map(|c| c.identity_token.clone())
+                .filter(|t| !t.is_empty()),
         });
         out
     }
@@ -226,6 +239,29 @@ impl Puller<'_> {
 
     async fn pull_from(&self, ep: &Endpoint, origin: &Reference) -> Result<ImageRecord, PullError> {
         let started = Instant::now();
+        let exchanged;
+        let ep = match &ep.identity_token {
+            Some(refresh) => {
+                let access = super::token::exchange(
+                    &ep.host,
+                    ep.plain_http,
+                    ep.skip_verify,
+                    Duration::from_secs(self.config.timeout_secs),
+                    origin.repository(),
+                    refresh,
+                )
+                .await?;
+                exchanged = Endpoint {
+                    host: ep.host.clone(),
+                    plain_http: ep.plain_http,
+                    skip_verify: ep.skip_verify,
+                    auth: RegistryAuth::Bearer(access),
+                    identity_token: None,
+                };
+                &exchanged
+            }
+            None => ep,
+        };
         let client = self.client(ep);
         let remote = match origin.digest() {
             Some(d) => Reference::with_digest(
@@ -271,7 +307,7 @@ impl Puller<'_> {
         if u64::try_from(config_desc.size).unwrap_or(u64::MAX) > MAX_CONFIG_BYTES {
             return Err(bad(&shown, format!("config is {} bytes", config_desc.size)));
         }
-        self.fetch_blob(&client, &remote, config_desc, &ep.host, false, None)
+        self.fetch_blob(&client, &remote, config_desc, &ep.host)
             .await?;
         let config_path = self
             .content
@@ -320,6 +356,12 @@ impl Puller<'_> {
                 .to_string(),
             pulled_at: crate::clock::unix_nanos(),
         };
+        // Every blob and snapshot is durable before its rename; the renames
+        // themselves are before the record that names them.
+        self.content
+            .sync_dirs()
+            .await
+            .map_err(|e| PullError::Store(format!("syncing the image store: {e}")))?;
         let rec = self
             .store
             .put_image(&rec)
@@ -335,7 +377,17 @@ impl Puller<'_> {
         Ok(rec)
     }
 
-    /// Downloads, verifies and unpacks one layer.
+    /// Downloads, verifies and unpacks one layer into its snapshot.
+    ///
+    /// The compressed blob is not kept (containerd's
+    /// `discard_unpacked_layers`): nothing in vmpod reads a layer blob once
+    /// its snapshot exists, and writing it would double the disk traffic of
+    /// every pull. The bytes are hashed as they stream to the unpacker, and
+    /// the snapshot is committed only when both the blob digest (and size)
+    /// and the uncompressed diff_id match. A later image with the same
+    /// stack of layers reuses the snapshot by chain id; one that has the
+    /// same layer on another parent downloads it again, as it would have to
+    /// unpack it again anyway.
     #[allow(clippy::too_many_arguments)]
     async fn layer(
         &self,
@@ -353,10 +405,15 @@ impl Puller<'_> {
                 format!("unsupported layer media type {:?}", layer.media_type),
             )
         })?;
+        let size = u64::try_from(layer.size).map_err(|_| PullError::Digest {
+            registry: host.to_string(),
+            digest: layer.digest.clone(),
+            detail: format!("negative size {}", layer.size),
+        })?;
         let record = LayerRecord {
             digest: layer.digest.clone(),
             media_type: layer.media_type.clone(),
-            size: u64::try_from(layer.size).unwrap_or(0),
+            size,
             diff_id: diff_id.to_string(),
             chain_id: chain_id.to_string(),
         };
@@ -368,48 +425,73 @@ impl Puller<'_> {
             .content
             .snapshot_path(chain_id)
             .map_err(|e| bad(shown, e))?;
-        if !blob_path.is_file() && !snap_path.is_dir() {
-            // Neither is here: unpack while downloading, so the two overlap.
-            // Lock order is chain, then blob (inside fetch_blob).
-            let _chain = self.content.lock(chain_id).await;
-            if !snap_path.is_dir() {
-                let tmp = self.content.snapshot_tmp().map_err(PullError::Store)?;
-                let dest = tmp.path().to_path_buf();
-                let (tx, rx) = tokio::sync::mpsc::channel(32);
-                let unpacking = tokio::task::spawn_blocking(move || {
-                    unpack::unpack(ChannelReader::new(rx), compression, &dest)
-                });
-                let fetched = self
-                    .fetch_blob(client, remote, layer, host, true, Some(tx))
-                    .await;
-                let unpacked = unpacking
-                    .await
-                    .map_err(|e| PullError::Store(format!("unpack task failed: {e}")))?;
-                // A failed download explains a failed unpack, not the reverse.
-                let downloaded = fetched?;
-                if downloaded {
-                    let unpacked = unpacked.map_err(|e| unpack_error(e, shown, &layer.digest))?;
-                    self.commit_snapshot(
-                        tmp,
-                        &snap_path,
-                        &unpacked,
-                        &layer.digest,
-                        diff_id,
-                        chain_id,
-                    )?;
-                    return Ok(record);
-                }
-                // Someone else stored the blob meanwhile: unpack from it.
-            }
+        // Concurrent pulls of images that share this stack wait here for one
+        // download and unpack, then find the snapshot.
+        let _chain = self.content.lock(chain_id).await;
+        if snap_path.is_dir() {
+            self.emit(Progress::Layer {
+                digest: layer.digest.clone(),
+                done: size,
+                total: size,
+                phase: LayerPhase::Exists,
+            });
+            return Ok(record);
         }
-        self.fetch_blob(client, remote, layer, host, true, None)
-            .await?;
-        self.ensure_snapshot(&layer.digest, compression, diff_id, chain_id, shown)
-            .await?;
+        let tmp = self.content.snapshot_tmp().map_err(PullError::Store)?;
+        let dest = tmp.path().to_path_buf();
+        let unpacked = if blob_path.is_file() {
+            // A verified blob that a store written by an older vmpod kept:
+            // unpack it instead of downloading it again.
+            self.emit(Progress::Layer {
+                digest: layer.digest.clone(),
+                done: 0,
+                total: 0,
+                phase: LayerPhase::Unpacking,
+            });
+            let file = std::fs::File::open(&blob_path)
+                .map_err(|e| PullError::Store(format!("{}: {e}", blob_path.display())))?;
+            tokio::task::spawn_blocking(move || {
+                let reader = std::io::BufReader::with_capacity(1 << 20, file);
+                unpack_durably(reader, compression, &dest)
+            })
+            .await
+            .map_err(|e| PullError::Store(format!("unpack task failed: {e}")))?
+        } else {
+            // Unpack while downloading, so the two overlap.
+            let (tx, rx) = tokio::sync::mpsc::channel(32);
+            let unpacking = tokio::task::spawn_blocking(move || {
+                unpack_durably(ChannelReader::new(rx), compression, &dest)
+            });
+            let fetched = self
+                .download(
+                    client,
+                    remote,
+                    layer,
+                    host,
+                    &mut Sink::Unpacker(Some(tx)),
+                    true,
+                )
+                .await;
+            let unpacked = unpacking
+                .await
+                .map_err(|e| PullError::Store(format!("unpack task failed: {e}")))?;
+            // A failed download explains a failed unpack, not the reverse.
+            fetched?;
+            unpacked
+        };
+        let unpacked = unpacked.map_err(|e| match e {
+            Durability::Unpack(e) => unpack_error(e, shown, &layer.digest),
+            Durability::Sync(e) => {
+                PullError::Store(format!("syncing snapshot of layer {}: {e}", layer.digest))
+            }
+        })?;
+        self.commit_snapshot(tmp, &snap_path, &unpacked, &layer.digest, diff_id, chain_id)?;
         Ok(record)
     }
 
     /// Checks the unpacked diff against the config and makes it visible.
+    /// Its data is already durable ([`unpack_durably`]), so the rename can
+    /// only ever expose a complete snapshot.
     fn commit_snapshot(
         &self,
         tmp: tempfile::TempDir,
@@ -451,22 +533,16 @@ impl Puller<'_> {
         }
     }
 
-    /// Downloads a blob into the store unless it is there already.
+    /// Downloads a blob that is kept (the config) into the store unless it
+    /// is there already: into `ingest/`, verified, fsync-ed, then renamed.
     async fn fetch_blob(
         &self,
         client: &Client,
         remote: &Reference,
         desc: &OciDescriptor,
         host: &str,
-        report: bool,
-        tee: Option<tokio::sync::mpsc::Sender<bytes::Bytes>>,
-    ) -> Result<bool, PullError> {
+    ) -> Result<(), PullError> {
         let digest = &desc.digest;
-        let size = u64::try_from(desc.size).map_err(|_| PullError::Digest {
-            registry: host.to_string(),
-            digest: digest.clone(),
-            detail: format!("negative size {}", desc.size),
-        })?;
         let final_path = self
             .content
             .blob_path(digest)
@@ -477,17 +553,8 @@ impl Puller<'_> {
             })?;
         let _guard = self.content.lock(digest).await;
         if final_path.is_file() {
-            if report {
-                self.emit(Progress::Layer {
-                    digest: digest.clone(),
-                    done: size,
-                    total: size,
-                    phase: LayerPhase::Exists,
-                });
-            }
-            return Ok(false);
+            return Ok(());
         }
-        let mut tee = tee;
         let tmp = tempfile::Builder::new()
             .prefix("blob-")
             .tempfile_in(self.content.ingest_dir())
@@ -495,80 +562,15 @@ impl Puller<'_> {
         let (std_file, tmp_path) = tmp.into_parts();
         // Each tokio file write is a trip to the blocking pool; batching
         // registry chunks into 1 MiB writes keeps that off the hot path.
-        let mut file =
-            tokio::io::BufWriter::with_capacity(1 << 20, tokio::fs::File::from_std(std_file));
-        let mut stream = client
-            .pull_blob_stream(remote, desc)
-            .await
-            .map_err(|e| self.classify(e, host, &remote.whole()))?;
-        let mut hasher = Sha256::new();
-        let mut done: u64 = 0;
-        let mut last_report = Instant::now();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| {
-                let text = error_chain(&e);
-                if text.contains("Invalid digest")
-                    || text.contains("digest") && text.contains("Expected")
-                {
-                    PullError::Digest {
-                        registry: host.to_string(),
-                        digest: digest.clone(),
-                        detail: text,
-                    }
-                } else if text.contains("timed out") {
-                    PullError::Timeout {
-                        registry: host.to_string(),
-                        secs: self.config.timeout_secs,
-                    }
-                } else {
-                    PullError::Registry {
-                        registry: host.to_string(),
-                        detail: format!("downloading {digest}: {text}"),
-                    }
-                }
-            })?;
-            done += chunk.len() as u64;
-            if done > size {
-                return Err(PullError::Digest {
-                    registry: host.to_string(),
-                    digest: digest.clone(),
-                    detail: format!(
-                        "registry sent more than the {size} bytes the manifest declares"
-                    ),
-                });
-            }
-            hasher.update(&chunk);
-            file.write_all(&chunk)
-                .await
-                .map_err(|e| PullError::Store(format!("writing blob {digest}: {e}")))?;
-            // An unpacker that stopped early has its own error to report;
-            // the download still completes so the blob can be verified.
-            if let Some(t) = &tee
-                && t.send(chunk.clone()).await.is_err()
-            {
-                tee = None;
-            }
-            if report && last_report.elapsed() > Duration::from_millis(100) {
-                last_report = Instant::now();
-                self.emit(Progress::Layer {
-                    digest: digest.clone(),
-                    done,
-                    total: size,
-                    phase: LayerPhase::Downloading,
-                });
-            }
-        }
-        // End of stream for the unpacker, which then finishes in parallel
-        // with the checks and the fsync below.
-        drop(tee);
-        let actual = format!("sha256:{}", hex::encode(hasher.finalize()));
-        if done != size || actual != *digest {
-            return Err(PullError::Digest {
-                registry: host.to_string(),
-                digest: digest.clone(),
-                detail: format!("got {done} bytes hashing to {actual}, expected {size} bytes"),
-            });
-        }
+        let mut sink = Sink::File(tokio::io::BufWriter::with_capacity(
+            1 << 20,
+            tokio::fs::File::from_std(std_file),
+        ));
+        self.download(client, remote, desc, host, &mut sink, false)
+            .await?;
+        let Sink::File(mut file) = sink else {
+            unreachable!("the sink stays a file");
+        };
         file.flush()
             .await
             .map_err(|e| PullError::Store(format!("writing blob {digest}: {e}")))?;
@@ -580,6 +582,107 @@ impl Puller<'_> {
         tmp_path
             .persist(&final_path)
             .map_err(|e| PullError::Store(format!("storing blob {digest}: {e}")))?;
+        Ok(())
+    }
+
+    /// Streams a blob from the registry into `sink`, counting it on the
+    /// way; an error unless it is exactly the descriptor's size and digest.
+    /// For an unpacker sink the stream is closed at the end, so the
+    /// unpacker finishes while the digest is checked.
+    ///
+    /// The digest is checked twice over for a blob that is kept (a config,
+    /// small): by oci-client and by us. A layer stream is hashed only once,
+    /// by oci-client: `pull_blob_stream` always wraps the body in its
+    /// `VerifyingStream`, which ends cleanly only when the digest of
+    /// everything it yielded matches the descriptor and otherwise yields an
+    /// error as its last item, so a layer whose stream ends without error
+    /// has verified. Hashing it again here cost a sixth of a pull's CPU,
+    /// and what is committed from a layer is bound to the (verified) config
+    /// by its diff_id besides. `corrupt_blob_is_refused_and_a_retry_succeeds`
+    /// in the end-to-end tests would notice if oci-client stopped checking.
+    async fn download(
+        &self,
+        client: &Client,
+        remote: &Reference,
+        desc: &OciDescriptor,
+        host: &str,
+        sink: &mut Sink,
+        report: bool,
+    ) -> Result<(), PullError> {
+        let digest = &desc.digest;
+        let size = u64::try_from(desc.size).map_err(|_| PullError::Digest {
+            registry: host.to_string(),
+            digest: digest.clone(),
+            detail: format!("negative size {}", desc.size),
+        })?;
+        let mut stream = client
+            .pull_blob_stream(remote, desc)
+            .await
+            .map_err(|e| self.classify(e, host, &remote.whole()))?;
+        let mut hasher = matches!(sink, Sink::File(_)).then(Sha256::new);
+        let mut done: u64 = 0;
+        let mut last_report = Instant::now();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| self.stream_error(&e, host, digest))?;
+            done += chunk.len() as u64;
+            if done > size {
+                return Err(PullError::Digest {
+                    registry: host.to_string(),
+                    digest: digest.clone(),
+                    detail: format!(
+                        "registry sent more than the {size} bytes the manifest declares"
+                    ),
+                });
+            }
+            if let Some(h) = &mut hasher {
+                h.update(&chunk);
+            }
+            match sink {
+                Sink::File(file) => file
+                    .write_all(&chunk)
+                    .await
+                    .map_err(|e| PullError::Store(format!("writing blob {digest}: {e}")))?,
+                // An unpacker that stopped early has its own error to
+                // report; the download still completes, so that a blob
+                // that does not verify is reported as such.
+                Sink::Unpacker(tx) => {
+                    if let Some(t) = tx
+                        && t.send(chunk).await.is_err()
+                    {
+                        *tx = None;
+                    }
+                }
+            }
+            if report && last_report.elapsed() > Duration::from_millis(100) {
+                last_report = Instant::now();
+                self.emit(Progress::Layer {
+                    digest: digest.clone(),
+                    done,
+                    total: size,
+                    phase: LayerPhase::Downloading,
+                });
+            }
+        }
+        if let Sink::Unpacker(tx) = sink {
+            *tx = None;
+        }
+        if done != size {
+            return Err(PullError::Digest {
+                registry: host.to_string(),
+                digest: digest.clone(),
+                detail: format!("got {done} bytes, expected {size}"),
+            });
+        }
+        if let Some(h) = hasher {
+            let actual = format!("sha256:{}", hex::encode(h.finalize()));
+            if actual != *digest {
+                return Err(PullError::Digest {
+                    registry: host.to_string(),
+                    digest: digest.clone(),
+                    detail: format!("{done} bytes hashing to {actual}"),
+                });
+            }
+        }
         if report {
             self.emit(Progress::Layer {
                 digest: digest.clone(),
@@ -588,53 +691,29 @@ impl Puller<'_> {
                 phase: LayerPhase::Downloading,
             });
         }
-        Ok(true)
+        Ok(())
     }
 
-    async fn ensure_snapshot(
-        &self,
-        blob_digest: &str,
-        compression: Compression,
-        diff_id: &str,
-        chain_id: &str,
-        display: &str,
-    ) -> Result<(), PullError> {
-        let final_path = self
-            .content
-            .snapshot_path(chain_id)
-            .map_err(|e| bad(display, e))?;
-        let _guard = self.content.lock(chain_id).await;
-        if final_path.is_dir() {
-            self.emit(Progress::Layer {
-                digest: blob_digest.to_string(),
-                done: 0,
-                total: 0,
-                phase: LayerPhase::Done,
-            });
-            return Ok(());
+    /// An error in the middle of a blob's body.
+    fn stream_error(&self, e: &dyn std::error::Error, host: &str, digest: &str) -> PullError {
+        let text = error_chain(e);
+        if text.contains("Invalid digest") || text.contains("digest") && text.contains("Expected") {
+            PullError::Digest {
+                registry: host.to_string(),
+                digest: digest.to_string(),
+                detail: text,
+            }
+        } else if text.contains("timed out") {
+            PullError::Timeout {
+                registry: host.to_string(),
+                secs: self.config.timeout_secs,
+            }
+        } else {
+            PullError::Registry {
+                registry: host.to_string(),
+                detail: format!("downloading {digest}: {text}"),
+            }
         }
-        self.emit(Progress::Layer {
-            digest: blob_digest.to_string(),
-            done: 0,
-            total: 0,
-            phase: LayerPhase::Unpacking,
-        });
-        let blob = self
-            .content
-            .blob_path(blob_digest)
-            .map_err(|e| bad(display, e))?;
-        let tmp = self.content.snapshot_tmp().map_err(PullError::Store)?;
-        let dest = tmp.path().to_path_buf();
-        let file = std::fs::File::open(&blob)
-            .map_err(|e| PullError::Store(format!("{}: {e}", blob.display())))?;
-        let unpacked = tokio::task::spawn_blocking(move || {
-            let reader = std::io::BufReader::with_capacity(1 << 20, file);
-            unpack::unpack(reader, compression, &dest)
-        })
-        .await
-        .map_err(|e| PullError::Store(format!("unpack task failed: {e}")))?
-        .map_err(|e| unpack_error(e, display, blob_digest))?;
-        self.commit_snapshot(tmp, &final_path, &unpacked, blob_digest, diff_id, chain_id)
     }
 
     fn classify(&self, e: OciDistributionError, host: &str, image: &str) -> PullError {
@@ -724,6 +803,40 @@ fn unpack_error(e: unpack::UnpackError, shown: &str, blob_digest: &str) -> PullE
     } else {
         bad(shown, format!("layer {blob_digest}: {e}"))
     }
+}
+
+/// Where [`Puller::download`] puts a blob's bytes.
+enum Sink {
+    /// The ingest file of a blob that is kept (configs).
+    File(tokio::io::BufWriter<tokio::fs::File>),
+    /// A layer's unpacker; `None` once it has stopped reading or the
+    /// stream has ended.
+    Unpacker(Option<tokio::sync::mpsc::Sender<bytes::Bytes>>),
+}
+
+enum Durability {
+    Unpack(unpack::UnpackError),
+    Sync(std::io::Error),
+}
+
+/// Unpacks a layer into `dest` and makes all of it durable, so that the
+/// rename that publishes it can never expose files whose data a crash lost.
+///
+/// One `syncfs` per layer instead of an fsync per file: a layer can hold
+/// thousands of files, and each fsync is a journal commit. The unpacker
+/// has already started writeback of every file it wrote
+/// (`sync_file_range(SYNC_FILE_RANGE_WRITE)`), so the disk has been busy
+/// while the rest of the layer streamed in and this mostly waits for the
+/// tail. syncfs also flushes whatever else is dirty on the store's
+/// filesystem; that is the price of not tracking every file.
+fn unpack_durably(
+    reader: impl std::io::Read,
+    compression: Compression,
+    dest: &std::path::Path,
+) -> Result<unpack::Unpacked, Durability> {
+    let unpacked = unpack::unpack(reader, compression, dest).map_err(Durability::Unpack)?;
+    super::content::sync_filesystem(dest).map_err(Durability::Sync)?;
+    Ok(unpacked)
 }
 
 /// Feeds a layer's bytes from the download to the blocking unpacker.

@@ -5,6 +5,9 @@
 //!   remove its cgroups, pod dir and record, as the failed call would have.
 //! - `Ready`: reconnect to the shim and watch it again; if the shim is gone
 //!   the sandbox is NOTREADY.
+//! - Containers still `Creating`: the CreateContainer died with the daemon;
+//!   whatever the shim made for it is removed, then the record. Containers
+//!   of sandboxes that are gone lose their records.
 //! - Pod dirs without a record (a crash between delete steps) are removed
 //!   once no live shim uses them.
 
@@ -12,7 +15,7 @@ use std::sync::Arc;
 
 use super::{mark_not_ready, monitor, shim};
 use crate::daemon::Daemon;
-use crate::state::SandboxState;
+use crate::state::{ContainerState, SandboxState};
 
 pub async fn recover(daemon: &Arc<Daemon>) -> Result<(), String> {
     let records = daemon.store.list_sandboxes().map_err(|e| e.to_string())?;
@@ -38,6 +41,7 @@ pub async fn recover(daemon: &Arc<Daemon>) -> Result<(), String> {
             SandboxState::NotReady => {}
         }
     }
+    recover_containers(daemon).await?;
     let pods = daemon.config.state_dir.as_path().join(super::PODS_DIR);
     let Ok(entries) = std::fs::read_dir(&pods) else {
         return Ok(());
@@ -59,6 +63,42 @@ pub async fn recover(daemon: &Arc<Daemon>) -> Result<(), String> {
         if let Err(e) = std::fs::remove_dir_all(&dir) {
             tracing::warn!(dir = %dir.display(), error = %e, "cannot remove orphaned pod dir");
         }
+    }
+    Ok(())
+}
+
+async fn recover_containers(daemon: &Arc<Daemon>) -> Result<(), String> {
+    let containers = daemon.store.list_containers().map_err(|e| e.to_string())?;
+    for c in containers {
+        let sandbox = daemon
+            .store
+            .get_sandbox(&c.sandbox_id)
+            .map_err(|e| e.to_string())?;
+        let Some(sandbox) = sandbox else {
+            tracing::warn!(container = %c.id, "removing the record of a container whose sandbox is gone");
+            daemon
+                .store
+                .delete_container(&c.id)
+                .map_err(|e| e.to_string())?;
+            continue;
+        };
+        if c.state != ContainerState::Creating {
+            continue;
+        }
+        tracing::warn!(container = %c.id, "cleaning up a container whose creation was interrupted");
+        if sandbox.state == SandboxState::Ready
+            && let Ok(mut client) = crate::container::shim_client(&sandbox).await
+            && let Err(e) = client
+                .remove_container(vmpod_agent_proto::v1::ContainerRef { id: c.id.clone() })
+                .await
+            && e.code() != tonic::Code::NotFound
+        {
+            tracing::warn!(container = %c.id, error = %e.message(), "cannot remove an interrupted container");
+        }
+        daemon
+            .store
+            .delete_container(&c.id)
+            .map_err(|e| e.to_string())?;
     }
     Ok(())
 }

@@ -15,14 +15,18 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub mod containers;
 pub mod images;
 pub mod sandboxes;
 
+pub use containers::{
+    ContainerMetadata, ContainerRecord, ContainerState, MountRecord, ReserveContainerError,
+};
 pub use images::{ImageRecord, LayerRecord};
 pub use sandboxes::{Metadata, ReserveError, SandboxRecord, SandboxState, VmRecord};
 
 /// Bumped whenever a table's layout changes; see [`Store::migrate`].
-pub const SCHEMA_VERSION: u64 = 3;
+pub const SCHEMA_VERSION: u64 = 4;
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const SCHEMA_KEY: &str = "schema_version";
@@ -92,8 +96,9 @@ impl Store {
     }
 
     /// Brings the database to [`SCHEMA_VERSION`]. Version 0 is a fresh file;
-    /// version 1 had no sandbox tables, version 2 no image tables. Every step only adds tables, so the
-    /// migration creates whatever is missing.
+    /// version 1 had no sandbox tables, version 2 no image tables, version 3 no
+    /// container tables. Every step only adds tables, so the migration
+    /// creates whatever is missing.
     fn migrate(&self) -> Result<(), StoreError> {
         let found = self.schema_version()?;
         if found > SCHEMA_VERSION {
@@ -116,6 +121,10 @@ impl Store {
                 .map_err(|e| self.err(e))?;
             tx.open_table(images::IMAGES).map_err(|e| self.err(e))?;
             tx.open_table(images::IMAGE_NAMES)
+                .map_err(|e| self.err(e))?;
+            tx.open_table(containers::CONTAINERS)
+                .map_err(|e| self.err(e))?;
+            tx.open_table(containers::CONTAINER_NAMES)
                 .map_err(|e| self.err(e))?;
         }
         tx.commit().map_err(|e| self.err(e))?;

@@ -74,6 +74,9 @@ pub struct SandboxRecord {
     pub cgroups: Vec<PathBuf>,
     /// The CRI NamespaceOption modes (network, pid, ipc) as given.
     pub namespace_modes: [i32; 3],
+    /// `linux.sysctls` of the pod, applied to each of its containers.
+    #[serde(default)]
+    pub sysctls: BTreeMap<String, String>,
     pub vm: VmRecord,
     /// Why the sandbox is not ready, when it is not.
     pub reason: String,
@@ -204,6 +207,7 @@ mod tests {
             pod_dir: PathBuf::from("/x"),
             cgroups: vec![],
             namespace_modes: [0; 3],
+            sysctls: BTreeMap::new(),
             vm: VmRecord::default(),
             reason: String::new(),
         }

@@ -25,6 +25,27 @@ pub async fn remove_image(
     // By tag: untag (the image goes with its last tag). By id or digest:
     // the image goes.
     let by_tag = name.as_ref().is_some_and(|n| rec.repo_tags.contains(n));
+    // Containers run from the image's snapshots: it stays while any
+    // container (running or not) was made from it. Untagging one of several
+    // tags deletes nothing, so it is always allowed.
+    let deletes = !by_tag || rec.repo_tags.len() <= 1;
+    if deletes {
+        let users: Vec<String> = daemon
+            .store
+            .list_containers()
+            .map_err(store_err)?
+            .into_iter()
+            .filter(|c| c.image_id == rec.id)
+            .map(|c| c.id)
+            .collect();
+        if let Some(first) = users.first() {
+            return Err(Status::failed_precondition(format!(
+                "image {spec} ({}) is used by {} container(s), e.g. {first}; remove them first",
+                rec.id,
+                users.len()
+            )));
+        }
+    }
     let removed = daemon
         .store
         .remove_image_name(&rec.id, if by_tag { name.as_deref() } else { None })

@@ -23,6 +23,7 @@ pub async fn remove_pod_sandbox(
         return Ok(RemovePodSandboxResponse {});
     };
     sandbox::remove_pod_dir(daemon.config.state_dir.as_path(), &rec).map_err(Status::internal)?;
+    crate::container::remove_all_of(daemon, &rec.id).map_err(store_err)?;
     daemon.store.delete_sandbox(&rec.id).map_err(store_err)?;
     daemon.sandboxes.forget(&rec.id);
     tracing::info!(sandbox = %rec.id, "sandbox removed");

@@ -71,6 +71,9 @@ pub async fn run_pod_sandbox(
         pod_dir: sandbox::pod_dir(daemon.config.state_dir.as_path(), &id),
         cgroups: Vec::new(),
         namespace_modes: ns.map_or([0; 3], |n| [n.network, n.pid, n.ipc]),
+        sysctls: linux
+            .map(|l| l.sysctls.clone().into_iter().collect())
+            .unwrap_or_default(),
         vm: VmRecord::default(),
         reason: String::new(),
     };
@@ -200,6 +203,30 @@ fn validate(config: &PodSandboxConfig, handler: &str) -> Result<Valid, Status> {
                     config.log_directory
                 ),
             ));
+        }
+    }
+
+    if let Some(linux) = &config.linux {
+        for (k, v) in &linux.sysctls {
+            let valid_key = !k.is_empty()
+                && k.len() <= MAX_NAME
+                && k.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/'))
+                && !k
+                    .split(['.', '/'])
+                    .any(|part| part.is_empty() || part == "..");
+            if !valid_key {
+                return Err(invalid(
+                    "config.linux.sysctls",
+                    format!("{k:?} is not a sysctl name"),
+                ));
+            }
+            if v.len() > MAX_NAME || v.contains(['\n', '\0']) {
+                return Err(invalid(
+                    &format!("config.linux.sysctls[{k}]"),
+                    "must be one line of at most 253 bytes",
+                ));
+            }
         }
     }
 
@@ -454,7 +481,7 @@ fn with_shim_log(rec: &SandboxRecord, msg: String) -> String {
 
 /// 256 random bits, hex: the same shape as containerd's ids, so tools that
 /// abbreviate them work unchanged.
-fn new_id() -> Result<String, Status> {
+pub(crate) fn new_id() -> Result<String, Status> {
     use std::io::Read;
     let mut bytes = [0u8; 32];
     std::fs::File::open("/dev/urandom")

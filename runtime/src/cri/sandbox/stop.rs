@@ -31,8 +31,17 @@ pub(crate) async fn stop(daemon: &Arc<Daemon>, id: &str) -> Result<(), Status> {
     let Some(rec) = daemon.store.get_sandbox(id).map_err(store_err)? else {
         return Ok(());
     };
+    // Containers that already ended keep their real exit codes; the rest
+    // end with the VM.
+    if let Err(e) = crate::container::refresh(daemon, id).await {
+        tracing::warn!(sandbox = id, error = %e.message(), "container refresh before stop");
+    }
+    if rec.state == SandboxState::Ready {
+        crate::container::kill_all(daemon, &rec).await;
+    }
     daemon.sandboxes.stop_monitor(id);
     let errors = sandbox::stop_vm(&rec).await;
+    crate::container::sandbox_stopped(daemon, id, "the pod sandbox was stopped");
     for e in &errors {
         tracing::warn!(sandbox = id, error = %e, "stop cleanup");
     }

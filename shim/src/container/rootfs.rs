@@ -12,13 +12,14 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+
+use vmpod_agent_proto::v1::Propagation;
+
+use super::{CONTAINERS_DIR, volumes};
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 
-/// Where containers live inside the share.
-pub const CONTAINERS_DIR: &str = "containers";
 /// The kernel copies mount options into one page.
 const MAX_OPTIONS: usize = 4000;
-const MAX_ID: usize = 64;
 
 /// A mounted container root.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,14 +34,7 @@ pub struct Rootfs {
 /// image's top layer first. A read-only root gets no upper dir at all, so
 /// nothing in the container can write to it.
 pub fn mount_rootfs(share: &Path, id: &str, lowers: &[PathBuf], readonly: bool) -> Result<Rootfs> {
-    if id.is_empty()
-        || id.len() > MAX_ID
-        || !id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    {
-        bail!("container id {id:?} must be 1-{MAX_ID} letters, digits, '-' or '_'");
-    }
+    super::check_id(id).map_err(anyhow::Error::msg)?;
     if lowers.is_empty() {
         bail!("an image needs at least one layer");
     }
@@ -82,24 +76,16 @@ fn mount_layers(rootfs: &Rootfs, lowers: &[PathBuf], readonly: bool) -> Result<(
         .join(":");
     if readonly && lowers.len() == 1 {
         // overlayfs needs two layers when there is no upper dir; one
-        // read-only layer is a read-only bind mount.
-        mount(
-            Some(&lowers[0]),
-            &rootfs.mountpoint,
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .with_context(|| format!("bind-mounting {}", lowers[0].display()))?;
-        mount(
-            None::<&str>,
-            &rootfs.mountpoint,
-            None::<&str>,
-            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
-            None::<&str>,
-        )
-        .with_context(|| format!("making {} read-only", rootfs.mountpoint.display()))?;
-        return Ok(());
+        // read-only layer is a read-only bind mount, made read-only before
+        // it is attached so that virtiofsd's copy is too: the layer is the
+        // image store's, shared with every other pod of that image.
+        let opts = volumes::BindOptions {
+            readonly: true,
+            recursive_readonly: false,
+            propagation: Propagation::Private,
+        };
+        return volumes::bind(&lowers[0], &rootfs.mountpoint, &opts)
+            .with_context(|| format!("bind-mounting {} read-only", lowers[0].display()));
     }
     let options = if readonly {
         format!("lowerdir={lower}")

@@ -1,0 +1,282 @@
+//! Containers: each one runs inside its pod's VM, by the guest agent.
+//!
+//! The CRI calls in `cri/container/` translate requests into shim calls
+//! through this module. The redb record holds what the client asked for and
+//! the last state seen; [`refresh`] brings records up to date from the
+//! agent, and turns containers whose VM is gone into exited ones with
+//! reason `Error`, so that kubelet sees them end instead of hanging.
+
+pub mod spec;
+
+use std::time::Duration;
+
+use tonic::Status;
+use tonic::transport::Channel;
+use vmpod_agent_proto::v1 as agent;
+use vmpod_shim_api::ShimClient;
+
+use crate::daemon::Daemon;
+use crate::sandbox::shim;
+use crate::state::{ContainerRecord, ContainerState, SandboxRecord, SandboxState};
+
+/// How long a CRI call waits for a live shim's socket.
+const SHIM_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Exit code reported for a container whose VM died under it: like a
+/// process killed without a chance to report (containerd uses 255 too).
+pub const LOST_EXIT_CODE: i32 = 255;
+
+pub const REASON_COMPLETED: &str = "Completed";
+pub const REASON_ERROR: &str = "Error";
+pub const REASON_OOM: &str = "OOMKilled";
+
+/// A client for the sandbox's shim, which must be READY.
+pub async fn shim_client(sandbox: &SandboxRecord) -> Result<ShimClient<Channel>, Status> {
+    if sandbox.state != SandboxState::Ready {
+        return Err(Status::unavailable(format!(
+            "sandbox {} is not ready{}",
+            sandbox.id,
+            if sandbox.reason.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", sandbox.reason)
+            }
+        )));
+    }
+    shim::connect(&sandbox.pod_dir, SHIM_CONNECT_TIMEOUT)
+        .await
+        .map_err(|e| Status::unavailable(format!("sandbox {}: {e}", sandbox.id)))
+}
+
+/// A shim error as the CRI client should see it: the shim already speaks
+/// gRPC codes (NOT_FOUND, FAILED_PRECONDITION, ...), so only the context is
+/// added; a broken connection means the VM or shim went away.
+pub fn shim_err(what: &str, status: Status) -> Status {
+    let code = match status.code() {
+        tonic::Code::Unknown | tonic::Code::Cancelled => tonic::Code::Unavailable,
+        c => c,
+    };
+    Status::new(code, format!("{what}: {}", status.message()))
+}
+
+/// Copies what the agent reports into the record. Returns whether anything
+/// changed. A terminal state is never left.
+pub fn apply_status(rec: &mut ContainerRecord, st: &agent::ContainerStatus) -> bool {
+    if rec.state == ContainerState::Exited {
+        return false;
+    }
+    let before = rec.clone();
+    match agent::ContainerState::try_from(st.state) {
+        Ok(agent::ContainerState::ContainerCreated) => rec.state = ContainerState::Created,
+        Ok(agent::ContainerState::ContainerRunning) => {
+            rec.state = ContainerState::Running;
+            rec.started_at = st.started_at_ns;
+        }
+        Ok(agent::ContainerState::ContainerExited) => {
+            rec.state = ContainerState::Exited;
+            rec.started_at = st.started_at_ns;
+            rec.finished_at = if st.finished_at_ns > 0 {
+                st.finished_at_ns
+            } else {
+                crate::clock::unix_nanos()
+            };
+            rec.exit_code = st.exit_code;
+            rec.reason = if st.oom_killed {
+                REASON_OOM
+            } else if st.exit_code == 0 {
+                REASON_COMPLETED
+            } else {
+                REASON_ERROR
+            }
+            .to_string();
+            rec.message = st.message.clone();
+        }
+        Err(_) => {}
+    }
+    *rec != before
+}
+
+/// Marks a container that cannot be reached any more as exited.
+pub fn mark_lost(rec: &mut ContainerRecord, why: &str) -> bool {
+    if matches!(rec.state, ContainerState::Exited | ContainerState::Creating) {
+        return false;
+    }
+    rec.state = ContainerState::Exited;
+    rec.finished_at = crate::clock::unix_nanos();
+    rec.exit_code = LOST_EXIT_CODE;
+    rec.reason = REASON_ERROR.to_string();
+    rec.message = why.to_string();
+    true
+}
+
+/// Brings the records of `sandbox_id`'s live containers up to date with
+/// the agent. Errors reaching a shim that should be alive are not errors of
+/// the caller: the records stay as last seen, and the sandbox monitor turns
+/// a dead VM NOTREADY, after which its containers are marked lost here.
+pub async fn refresh(daemon: &Daemon, sandbox_id: &str) -> Result<(), Status> {
+    let live: Vec<ContainerRecord> = daemon
+        .store
+        .list_containers()
+        .map_err(crate::cri::sandbox::store_err)?
+        .into_iter()
+        .filter(|c| {
+            c.sandbox_id == sandbox_id
+                && matches!(c.state, ContainerState::Created | ContainerState::Running)
+        })
+        .collect();
+    if live.is_empty() {
+        return Ok(());
+    }
+    let sandbox = daemon
+        .store
+        .get_sandbox(sandbox_id)
+        .map_err(crate::cri::sandbox::store_err)?;
+    let statuses = match &sandbox {
+        Some(sb) if sb.state == SandboxState::Ready => {
+            let mut client = match shim_client(sb).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::debug!(sandbox = sandbox_id, error = %e.message(), "refresh skipped");
+                    return Ok(());
+                }
+            };
+            match client
+                .list_containers(agent::ListContainersRequest {})
+                .await
+            {
+                Ok(r) => Ok(r.into_inner().containers),
+                Err(e) if e.code() == tonic::Code::Unavailable => {
+                    Err(format!("the pod VM stopped responding: {}", e.message()))
+                }
+                Err(e) => {
+                    tracing::warn!(sandbox = sandbox_id, error = %e.message(), "refresh failed");
+                    return Ok(());
+                }
+            }
+        }
+        Some(sb) => Err(format!(
+            "the pod sandbox is not ready: {}",
+            if sb.reason.is_empty() {
+                "stopped"
+            } else {
+                &sb.reason
+            }
+        )),
+        None => Err("the pod sandbox is gone".to_string()),
+    };
+    for rec in live {
+        let found = statuses
+            .as_ref()
+            .map(|list| list.iter().find(|s| s.id == rec.id).cloned());
+        let result = daemon.store.update_container(&rec.id, |r| match &found {
+            Ok(Some(st)) => apply_status(r, st),
+            Ok(None) => mark_lost(r, "the container is gone from the pod VM"),
+            Err(why) => mark_lost(r, why),
+        });
+        match result {
+            Ok(Some(r)) if r.state == ContainerState::Exited => {
+                tracing::info!(container = %r.id, exit_code = r.exit_code, reason = %r.reason, "container exited");
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(container = %rec.id, error = %e, "cannot record container state")
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Refreshes every sandbox that has live containers (ListContainers and
+/// the stats calls look at all of them).
+pub async fn refresh_all(daemon: &Daemon) -> Result<(), Status> {
+    let mut sandboxes: Vec<String> = daemon
+        .store
+        .list_containers()
+        .map_err(crate::cri::sandbox::store_err)?
+        .into_iter()
+        .filter(|c| matches!(c.state, ContainerState::Created | ContainerState::Running))
+        .map(|c| c.sandbox_id)
+        .collect();
+    sandboxes.sort();
+    sandboxes.dedup();
+    let refreshes = sandboxes.iter().map(|id| refresh(daemon, id));
+    for r in futures_util::future::join_all(refreshes).await {
+        r?;
+    }
+    Ok(())
+}
+
+/// SIGKILLs the running containers of a ready sandbox and records how they
+/// ended, so that a pod stopped with containers still running reports them
+/// killed (137) rather than lost with their VM.
+pub async fn kill_all(daemon: &Daemon, sandbox: &SandboxRecord) {
+    let running: Vec<String> = match daemon.store.list_containers() {
+        Ok(all) => all
+            .into_iter()
+            .filter(|c| c.sandbox_id == sandbox.id && c.state == ContainerState::Running)
+            .map(|c| c.id)
+            .collect(),
+        Err(e) => {
+            tracing::warn!(sandbox = %sandbox.id, error = %e, "cannot list containers to kill");
+            return;
+        }
+    };
+    if running.is_empty() {
+        return;
+    }
+    let Ok(mut client) = shim_client(sandbox).await else {
+        return;
+    };
+    for id in running {
+        let req = vmpod_shim_api::v1::StopContainerRequest {
+            id: id.clone(),
+            timeout_ms: 0,
+            signal: 0,
+        };
+        match tokio::time::timeout(Duration::from_secs(10), client.stop_container(req)).await {
+            Ok(Ok(st)) => {
+                let st = st.into_inner();
+                if let Err(e) = daemon.store.update_container(&id, |r| apply_status(r, &st)) {
+                    tracing::error!(container = %id, error = %e, "cannot record container state");
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(container = %id, error = %e.message(), "kill before sandbox stop")
+            }
+            Err(_) => tracing::warn!(container = %id, "kill before sandbox stop timed out"),
+        }
+    }
+}
+
+/// Marks the live containers of a sandbox whose VM was stopped as exited,
+/// with `why`. Called by StopPodSandbox and RemovePodSandbox.
+pub fn sandbox_stopped(daemon: &Daemon, sandbox_id: &str, why: &str) {
+    let Ok(all) = daemon.store.list_containers() else {
+        return;
+    };
+    for c in all.into_iter().filter(|c| c.sandbox_id == sandbox_id) {
+        if let Err(e) = daemon.store.update_container(&c.id, |r| mark_lost(r, why)) {
+            tracing::error!(container = %c.id, error = %e, "cannot record container state");
+        }
+    }
+}
+
+/// Deletes the records of a removed sandbox's containers (their roots went
+/// with the pod dir).
+pub fn remove_all_of(daemon: &Daemon, sandbox_id: &str) -> Result<(), crate::state::StoreError> {
+    let ids: Vec<String> = daemon
+        .store
+        .list_containers()?
+        .into_iter()
+        .filter(|c| c.sandbox_id == sandbox_id)
+        .map(|c| c.id)
+        .collect();
+    for id in &ids {
+        daemon.store.delete_container(id)?;
+        daemon.sandboxes.forget(id);
+    }
+    let mut keys = ids;
+    keys.push(sandbox_id.to_string());
+    crate::cri::container_stats_forget(&keys);
+    Ok(())
+}

@@ -1,0 +1,108 @@
+//! Container CRI calls, one file each.
+
+pub mod create;
+pub mod exec_sync;
+pub mod list;
+pub mod remove;
+pub mod reopen_log;
+pub mod start;
+pub mod stats;
+pub mod status;
+pub mod stop;
+pub mod update;
+
+use tonic::Status;
+use vmpod_cri_api::v1 as cri;
+
+use crate::cri::sandbox::store_err;
+use crate::daemon::Daemon;
+use crate::state::{ContainerRecord, ContainerState, SandboxRecord};
+
+/// Finds a container by id or unique id prefix, as crictl users type them.
+pub(crate) fn find(daemon: &Daemon, id: &str) -> Result<Option<ContainerRecord>, Status> {
+    if id.is_empty() {
+        return Err(Status::invalid_argument("container_id is required"));
+    }
+    if let Some(rec) = daemon.store.get_container(id).map_err(store_err)? {
+        return Ok(Some(rec));
+    }
+    let mut matches: Vec<ContainerRecord> = daemon
+        .store
+        .list_containers()
+        .map_err(store_err)?
+        .into_iter()
+        .filter(|r| r.id.starts_with(id))
+        .collect();
+    match matches.len() {
+        0 => Ok(None),
+        1 => Ok(matches.pop()),
+        n => Err(Status::invalid_argument(format!(
+            "container_id prefix {id:?} matches {n} containers"
+        ))),
+    }
+}
+
+/// Like [`find`], but an unknown container is NOT_FOUND.
+pub(crate) fn get(daemon: &Daemon, id: &str) -> Result<ContainerRecord, Status> {
+    find(daemon, id)?.ok_or_else(|| Status::not_found(format!("container {id:?} not found")))
+}
+
+/// The container's record after bringing it up to date with its VM.
+pub(crate) async fn get_fresh(daemon: &Daemon, id: &str) -> Result<ContainerRecord, Status> {
+    let rec = get(daemon, id)?;
+    crate::container::refresh(daemon, &rec.sandbox_id).await?;
+    get(daemon, &rec.id)
+}
+
+/// The sandbox a container belongs to; it always exists while the
+/// container does, since RemovePodSandbox removes its containers first.
+pub(crate) fn sandbox_of(daemon: &Daemon, rec: &ContainerRecord) -> Result<SandboxRecord, Status> {
+    daemon
+        .store
+        .get_sandbox(&rec.sandbox_id)
+        .map_err(store_err)?
+        .ok_or_else(|| {
+            Status::failed_precondition(format!(
+                "the sandbox {} of container {} is gone",
+                rec.sandbox_id, rec.id
+            ))
+        })
+}
+
+pub(crate) fn cri_state(rec: &ContainerRecord) -> cri::ContainerState {
+    match rec.state {
+        ContainerState::Creating | ContainerState::Created => cri::ContainerState::ContainerCreated,
+        ContainerState::Running => cri::ContainerState::ContainerRunning,
+        ContainerState::Exited => cri::ContainerState::ContainerExited,
+    }
+}
+
+pub(crate) fn cri_metadata(rec: &ContainerRecord) -> cri::ContainerMetadata {
+    cri::ContainerMetadata {
+        name: rec.metadata.name.clone(),
+        attempt: rec.metadata.attempt,
+    }
+}
+
+pub(crate) fn cri_image(rec: &ContainerRecord) -> cri::ImageSpec {
+    cri::ImageSpec {
+        image: rec.image.clone(),
+        user_specified_image: rec.image.clone(),
+        ..Default::default()
+    }
+}
+
+pub(crate) fn attributes(rec: &ContainerRecord) -> cri::ContainerAttributes {
+    cri::ContainerAttributes {
+        id: rec.id.clone(),
+        metadata: Some(cri_metadata(rec)),
+        labels: rec.labels.clone().into_iter().collect(),
+        annotations: rec.annotations.clone().into_iter().collect(),
+    }
+}
+
+/// The per-container lock (shared with the sandbox lock table: the ids
+/// never collide, both are 256 random bits).
+pub(crate) fn lock_for(daemon: &Daemon, id: &str) -> std::sync::Arc<tokio::sync::Mutex<()>> {
+    daemon.sandboxes.lock_for(id)
+}

@@ -1,0 +1,577 @@
+//! The container half of the shim: host-side assembly (root overlay, volume
+//! binds, log file, output relay) around relayed agent calls.
+//!
+//! The daemon speaks in host terms; everything the guest needs is made
+//! visible under `share/containers/<id>` and named by its guest path. What
+//! the shim keeps per container is what only the host has: the log file
+//! (for ReopenContainerLog) and the task copying output into it. The guest
+//! state (created, running, exited) lives in the agent and is asked for,
+//! never cached.
+//!
+//! Create and Remove run as tasks of their own: tonic drops a handler when
+//! its caller goes away, and a daemon killed half-way through either must
+//! not leave mounts without a record or a record without its guest half.
+
+pub mod create;
+mod output;
+pub mod rootfs;
+#[cfg(test)]
+mod tests;
+pub mod volumes;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tonic::{Code, Status};
+use vmpod_agent_proto::v1::{
+    ContainerRef, ContainerState, ContainerStatus, ExecSyncRequest, ExecSyncResponse,
+    ListContainersRequest, ListContainersResponse, RemoveContainerResponse, SignalContainerRequest,
+    StatsRequest, StatsResponse, UpdateContainerRequest, UpdateContainerResponse,
+    WaitContainerRequest,
+};
+use vmpod_shim_api::v1::{
+    CreateContainerRequest, ReopenContainerLogResponse, StopContainerRequest,
+};
+
+use crate::logs::LogFile;
+use crate::relay::{AgentSource, call};
+
+/// Where containers live inside the share.
+pub const CONTAINERS_DIR: &str = "containers";
+/// The agent's limit on container ids (they name host and guest dirs).
+pub const MAX_ID: usize = 64;
+
+/// Create, start and remove make namespaces, cgroups and mounts in the
+/// guest, which under TCG takes far longer than a query.
+const LIFECYCLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Queries and small changes (list, stats, update, signal).
+const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Added to a caller's own timeout (exec, wait), for the round trip.
+const CALL_MARGIN: Duration = Duration::from_secs(10);
+/// How long a container may take to die after SIGKILL (its cgroup is
+/// killed at once; this only bounds a wedged guest).
+const KILL_WAIT: Duration = Duration::from_secs(60);
+/// Output still in flight when a container is removed gets this long.
+const RELAY_GRACE: Duration = Duration::from_secs(2);
+/// At VM teardown the connection is already gone; this only flushes.
+const TEARDOWN_RELAY_GRACE: Duration = Duration::from_millis(500);
+
+/// Checks a container id: it names directories on the host and in the
+/// guest, so it must be a plain name.
+pub fn check_id(id: &str) -> Result<(), String> {
+    if id.is_empty()
+        || id.len() > MAX_ID
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(format!(
+            "container id {id:?} must be 1-{MAX_ID} letters, digits, '-' or '_'"
+        ));
+    }
+    Ok(())
+}
+
+fn check_id_status(id: &str) -> Result<(), Status> {
+    check_id(id).map_err(Status::invalid_argument)
+}
+
+/// The pod's containers, as far as the host is concerned.
+pub struct Containers {
+    share: PathBuf,
+    entries: Mutex<HashMap<String, Entry>>,
+}
+
+enum Entry {
+    /// A Create or Remove is under way; others keep out.
+    Busy,
+    Ready(Container),
+}
+
+struct Container {
+    log: Option<Arc<LogFile>>,
+    relay: output::Relay,
+}
+
+impl Containers {
+    pub fn new(share: PathBuf) -> Arc<Containers> {
+        Arc::new(Containers {
+            share,
+            entries: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn entries(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn dir(&self, id: &str) -> PathBuf {
+        self.share.join(CONTAINERS_DIR).join(id)
+    }
+
+    /// Assembles the container on the host, creates it in the guest and
+    /// starts relaying its output. On failure nothing is left on the host.
+    pub async fn create<A: AgentSource>(
+        self: &Arc<Self>,
+        agents: &A,
+        req: CreateContainerRequest,
+    ) -> Result<ContainerStatus, Status> {
+        let this = Arc::clone(self);
+        let agents = agents.clone();
+        detached(async move { this.create_now(&agents, req).await }).await
+    }
+
+    async fn create_now<A: AgentSource>(
+        &self,
+        agents: &A,
+        req: CreateContainerRequest,
+    ) -> Result<ContainerStatus, Status> {
+        let id = req.spec.as_ref().map(|s| s.id.clone()).unwrap_or_default();
+        check_id_status(&id)?;
+        // Cheap refusals first: no host work for a VM that is not there.
+        let mut client = agents.client()?;
+        {
+            let mut entries = self.entries();
+            if entries.contains_key(&id) {
+                return Err(Status::already_exists(format!(
+                    "container {id} already exists"
+                )));
+            }
+            entries.insert(id.clone(), Entry::Busy);
+        }
+        let result = self
+            .assemble_and_create(agents, &mut client, &id, req)
+            .await;
+        let mut entries = self.entries();
+        match result {
+            Ok((status, container)) => {
+                entries.insert(id, Entry::Ready(container));
+                Ok(status)
+            }
+            Err(e) => {
+                entries.remove(&id);
+                Err(e)
+            }
+        }
+    }
+
+    async fn assemble_and_create<A: AgentSource>(
+        &self,
+        agents: &A,
+        client: &mut vmpod_agent_proto::AgentClient<tonic::transport::Channel>,
+        id: &str,
+        req: CreateContainerRequest,
+    ) -> Result<(ContainerStatus, Container), Status> {
+        let share = self.share.clone();
+        let dir = self.dir(id);
+        // Validation stats host paths and assembly mounts; a hung host
+        // filesystem must stall this request only, not the VM relay.
+        let (spec, log) = blocking(move || {
+            let plan = create::validate(req)?;
+            if dir.exists() {
+                // No record, so nothing of a live container: a leftover.
+                remove_container_dir(&dir).map_err(|e| Status::internal(format!("{e:#}")))?;
+            }
+            let log = match &plan.log_path {
+                Some(path) => Some(LogFile::open(path).map_err(|e| match e.kind() {
+                    std::io::ErrorKind::NotFound => Status::not_found(e.to_string()),
+                    _ => Status::internal(e.to_string()),
+                })?),
+                None => None,
+            };
+            let spec =
+                create::assemble(&share, plan).map_err(|e| Status::internal(format!("{e:#}")))?;
+            Ok((spec, log))
+        })
+        .await?;
+        let created = call(
+            agents,
+            "CreateContainer",
+            Some(LIFECYCLE_TIMEOUT),
+            client.create_container(vmpod_agent_proto::v1::CreateContainerRequest {
+                spec: Some(spec),
+            }),
+        )
+        .await;
+        let status = match created {
+            Ok(status) => status,
+            Err(e) => {
+                let dir = self.dir(id);
+                if let Err(undo) = blocking(move || {
+                    remove_container_dir(&dir).map_err(|e| Status::internal(format!("{e:#}")))
+                })
+                .await
+                {
+                    tracing::error!(container = %id, error = %undo.message(), "undoing a failed create");
+                }
+                return Err(e);
+            }
+        };
+        let relay = output::spawn(agents.clone(), id.to_owned(), log.clone());
+        Ok((status, Container { log, relay }))
+    }
+
+    pub async fn start<A: AgentSource>(
+        &self,
+        agents: &A,
+        req: ContainerRef,
+    ) -> Result<ContainerStatus, Status> {
+        check_id_status(&req.id)?;
+        let mut client = agents.client()?;
+        call(
+            agents,
+            "StartContainer",
+            Some(LIFECYCLE_TIMEOUT),
+            client.start_container(req),
+        )
+        .await
+    }
+
+    /// Signals, waits out the grace, then kills; resolves with the exit.
+    /// A container that is not running (exited, or never started) is
+    /// answered with its status: Stop is idempotent.
+    pub async fn stop<A: AgentSource>(
+        &self,
+        agents: &A,
+        req: StopContainerRequest,
+    ) -> Result<ContainerStatus, Status> {
+        check_id_status(&req.id)?;
+        let signal = match (req.timeout_ms, req.signal) {
+            (0, _) => libc::SIGKILL,
+            (_, 0) => libc::SIGTERM,
+            (_, s) if (1..=64).contains(&s) => s,
+            (_, s) => {
+                return Err(Status::invalid_argument(format!(
+                    "signal {s} is not a signal number"
+                )));
+            }
+        };
+        let status = status_of(agents, &req.id).await?;
+        if status.state() != ContainerState::ContainerRunning {
+            return Ok(status);
+        }
+        if signal != libc::SIGKILL
+            && let Some(exited) = signal_and_wait(
+                agents,
+                &req.id,
+                signal,
+                Duration::from_millis(req.timeout_ms),
+            )
+            .await?
+        {
+            return Ok(exited);
+        }
+        match signal_and_wait(agents, &req.id, libc::SIGKILL, KILL_WAIT).await? {
+            Some(exited) => Ok(exited),
+            None => Err(Status::deadline_exceeded(format!(
+                "container {} still runs {KILL_WAIT:?} after SIGKILL",
+                req.id
+            ))),
+        }
+    }
+
+    /// Removes the container in the guest, then its host side. Refused (by
+    /// the agent) while it runs. An id nobody knows is fine, but a dir left
+    /// for it is still cleaned up.
+    pub async fn remove<A: AgentSource>(
+        self: &Arc<Self>,
+        agents: &A,
+        req: ContainerRef,
+    ) -> Result<RemoveContainerResponse, Status> {
+        check_id_status(&req.id)?;
+        let this = Arc::clone(self);
+        let agents = agents.clone();
+        detached(async move { this.remove_now(&agents, req.id).await }).await
+    }
+
+    async fn remove_now<A: AgentSource>(
+        &self,
+        agents: &A,
+        id: String,
+    ) -> Result<RemoveContainerResponse, Status> {
+        let container = {
+            let mut entries = self.entries();
+            match entries.insert(id.clone(), Entry::Busy) {
+                Some(Entry::Busy) => {
+                    return Err(Status::failed_precondition(format!(
+                        "container {id} is being created or removed"
+                    )));
+                }
+                Some(Entry::Ready(c)) => Some(c),
+                None => None,
+            }
+        };
+        // Without an agent (VM stopped or failed) the guest half is gone.
+        if let Ok(mut client) = agents.client() {
+            let removed = call(
+                agents,
+                "RemoveContainer",
+                Some(LIFECYCLE_TIMEOUT),
+                client.remove_container(ContainerRef { id: id.clone() }),
+            )
+            .await;
+            match removed {
+                Ok(_) => {}
+                Err(s) if s.code() == Code::NotFound => {}
+                Err(s) => {
+                    let mut entries = self.entries();
+                    match container {
+                        Some(c) => entries.insert(id, Entry::Ready(c)),
+                        None => entries.remove(&id),
+                    };
+                    return Err(s);
+                }
+            }
+        }
+        if let Some(c) = container {
+            c.relay.finish(RELAY_GRACE).await;
+        }
+        let dir = self.dir(&id);
+        let cleaned = blocking(move || {
+            remove_container_dir(&dir).map_err(|e| Status::internal(format!("{e:#}")))
+        })
+        .await;
+        self.entries().remove(&id);
+        cleaned.map(|()| RemoveContainerResponse {})
+    }
+
+    pub async fn list<A: AgentSource>(
+        &self,
+        agents: &A,
+        req: ListContainersRequest,
+    ) -> Result<ListContainersResponse, Status> {
+        let mut client = agents.client()?;
+        call(
+            agents,
+            "ListContainers",
+            Some(QUERY_TIMEOUT),
+            client.list_containers(req),
+        )
+        .await
+    }
+
+    /// Bounded by the exec's own timeout (plus a margin), not by the
+    /// generic one: probes legitimately run for minutes.
+    pub async fn exec_sync<A: AgentSource>(
+        &self,
+        agents: &A,
+        req: ExecSyncRequest,
+    ) -> Result<ExecSyncResponse, Status> {
+        check_id_status(&req.id)?;
+        let limit = exec_limit(req.timeout_ms);
+        let mut client = agents.client()?;
+        call(agents, "ExecSync", limit, client.exec_sync(req)).await
+    }
+
+    pub async fn update<A: AgentSource>(
+        &self,
+        agents: &A,
+        req: UpdateContainerRequest,
+    ) -> Result<UpdateContainerResponse, Status> {
+        check_id_status(&req.id)?;
+        let mut client = agents.client()?;
+        call(
+            agents,
+            "UpdateContainer",
+            Some(QUERY_TIMEOUT),
+            client.update_container(req),
+        )
+        .await
+    }
+
+    pub async fn stats<A: AgentSource>(
+        &self,
+        agents: &A,
+        req: StatsRequest,
+    ) -> Result<StatsResponse, Status> {
+        for id in &req.ids {
+            check_id_status(id)?;
+        }
+        let mut client = agents.client()?;
+        call(agents, "Stats", Some(QUERY_TIMEOUT), client.stats(req)).await
+    }
+
+    /// Reopens the log at its path, after kubelet renamed the old file.
+    /// Like containerd, only for a running container: one that exited has
+    /// written its last line and rotating its log is kubelet's own job.
+    pub async fn reopen_log<A: AgentSource>(
+        &self,
+        agents: &A,
+        req: ContainerRef,
+    ) -> Result<ReopenContainerLogResponse, Status> {
+        check_id_status(&req.id)?;
+        let log = match self.entries().get(&req.id) {
+            Some(Entry::Ready(c)) => c.log.clone(),
+            Some(Entry::Busy) => {
+                return Err(Status::failed_precondition(format!(
+                    "container {} is being created or removed",
+                    req.id
+                )));
+            }
+            None => return Err(Status::not_found(format!("container {} not found", req.id))),
+        };
+        let status = status_of(agents, &req.id).await?;
+        if status.state() != ContainerState::ContainerRunning {
+            return Err(Status::failed_precondition(format!(
+                "container {} is not running",
+                req.id
+            )));
+        }
+        let Some(log) = log else {
+            // Created without a log path: output is discarded, nothing to reopen.
+            return Ok(ReopenContainerLogResponse {});
+        };
+        blocking(move || {
+            log.reopen().map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => Status::not_found(e.to_string()),
+                _ => Status::internal(e.to_string()),
+            })
+        })
+        .await?;
+        Ok(ReopenContainerLogResponse {})
+    }
+
+    /// Called once the VM is gone: ends every relay (flushing what was read)
+    /// and unmounts and deletes every container's root and volumes, so no
+    /// mount of the pod outlives its VM. Idempotent.
+    pub async fn teardown_all(&self) {
+        let (ready, busy): (Vec<Container>, Vec<String>) = {
+            let mut entries = self.entries();
+            let mut busy = Vec::new();
+            let mut ready = Vec::new();
+            for (id, entry) in entries.drain() {
+                match entry {
+                    Entry::Ready(c) => ready.push(c),
+                    Entry::Busy => busy.push(id),
+                }
+            }
+            // A create or remove under way owns its dir and finishes (or
+            // undoes) it itself.
+            for id in &busy {
+                entries.insert(id.clone(), Entry::Busy);
+            }
+            (ready, busy)
+        };
+        for c in ready {
+            c.relay.finish(TEARDOWN_RELAY_GRACE).await;
+        }
+        let root = self.share.join(CONTAINERS_DIR);
+        let result = blocking(move || {
+            let Ok(dirs) = std::fs::read_dir(&root) else {
+                return Ok(());
+            };
+            for entry in dirs.flatten() {
+                let name = entry.file_name();
+                if busy.iter().any(|b| name == b.as_str()) {
+                    continue;
+                }
+                if let Err(e) = remove_container_dir(&entry.path()) {
+                    tracing::error!(dir = %entry.path().display(), "container teardown: {e:#}");
+                }
+            }
+            Ok(())
+        })
+        .await;
+        if let Err(e) = result {
+            tracing::error!("container teardown: {}", e.message());
+        }
+    }
+}
+
+/// How long an ExecSync may take: its own timeout plus the round trip;
+/// unbounded when it has none (0), like the agent.
+fn exec_limit(timeout_ms: u64) -> Option<Duration> {
+    match timeout_ms {
+        0 => None,
+        ms => Some(Duration::from_millis(ms).saturating_add(CALL_MARGIN)),
+    }
+}
+
+/// The agent's status of one container; NOT_FOUND when it has none.
+async fn status_of<A: AgentSource>(agents: &A, id: &str) -> Result<ContainerStatus, Status> {
+    let mut client = agents.client()?;
+    let all = call(
+        agents,
+        "ListContainers",
+        Some(QUERY_TIMEOUT),
+        client.list_containers(ListContainersRequest {}),
+    )
+    .await?;
+    all.containers
+        .into_iter()
+        .find(|c| c.id == id)
+        .ok_or_else(|| Status::not_found(format!("container {id} not found")))
+}
+
+/// Sends `signal` and waits up to `wait` for the exit; `None` if the
+/// container still runs then.
+async fn signal_and_wait<A: AgentSource>(
+    agents: &A,
+    id: &str,
+    signal: i32,
+    wait: Duration,
+) -> Result<Option<ContainerStatus>, Status> {
+    let mut client = agents.client()?;
+    let signalled = call(
+        agents,
+        "SignalContainer",
+        Some(QUERY_TIMEOUT),
+        client.signal_container(SignalContainerRequest {
+            id: id.to_owned(),
+            signal,
+        }),
+    )
+    .await;
+    match signalled {
+        Ok(_) => {}
+        // It exited since we looked; the wait below returns at once.
+        Err(s) if s.code() == Code::FailedPrecondition => {}
+        Err(s) => return Err(s),
+    }
+    // WaitContainer takes 0 as "for ever"; a zero wait is one millisecond.
+    let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
+    let status = call(
+        agents,
+        "WaitContainer",
+        Some(wait.saturating_add(CALL_MARGIN)),
+        client.wait_container(WaitContainerRequest {
+            id: id.to_owned(),
+            timeout_ms: wait_ms,
+        }),
+    )
+    .await?;
+    Ok((status.state() == ContainerState::ContainerExited).then_some(status))
+}
+
+/// Unmounts everything at or below a container's dir (its volumes, then
+/// its root) and deletes it. Never deletes while anything is still mounted
+/// there: that would delete through a bind into the host's files.
+pub fn remove_container_dir(dir: &Path) -> anyhow::Result<()> {
+    volumes::unmount_all(dir)?;
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(anyhow::Error::new(e).context(format!("removing {}", dir.display()))),
+    }
+}
+
+/// Runs `f` on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Status> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Status::internal(format!("host task failed: {e}")))?
+}
+
+/// Runs `fut` to completion even if the caller stops waiting for it.
+async fn detached<T: Send + 'static>(
+    fut: impl Future<Output = Result<T, Status>> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::spawn(fut)
+        .await
+        .map_err(|e| Status::internal(format!("container task failed: {e}")))?
+}

@@ -1,0 +1,601 @@
+//! `Containers` against a fake agent on a unix socket: the host half (root,
+//! volumes, log, relay, undo, teardown) without a VM.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::{UnboundedReceiverStream, UnixListenerStream};
+use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::{Code, Request, Response, Status};
+use vmpod_agent_proto::v1::*;
+use vmpod_agent_proto::{Agent, AgentClient, AgentServer};
+use vmpod_shim_api::v1::{CreateContainerRequest as HostCreate, HostMount, StopContainerRequest};
+
+use super::*;
+use crate::relay::AgentSource;
+
+type Chunks = mpsc::UnboundedSender<Result<OutputChunk, Status>>;
+
+struct FakeContainer {
+    status: ContainerStatus,
+    spec: ContainerSpec,
+    output: Option<Chunks>,
+    reader: Option<UnboundedReceiverStream<Result<OutputChunk, Status>>>,
+}
+
+/// Just enough of an agent: state per id, output sent at start, exits on
+/// any signal except SIGTERM for a command called "ignore-term".
+#[derive(Default, Clone)]
+struct FakeAgent {
+    containers: Arc<Mutex<HashMap<String, FakeContainer>>>,
+}
+
+impl FakeAgent {
+    fn with<T>(&self, id: &str, f: impl FnOnce(&mut FakeContainer) -> T) -> Result<T, Status> {
+        let mut all = self.containers.lock().unwrap();
+        let c = all
+            .get_mut(id)
+            .ok_or_else(|| Status::not_found(format!("no container {id}")))?;
+        Ok(f(c))
+    }
+}
+
+fn chunk(stream: OutputStream, data: &str) -> Result<OutputChunk, Status> {
+    Ok(OutputChunk {
+        stream: stream as i32,
+        data: data.as_bytes().to_vec(),
+    })
+}
+
+#[tonic::async_trait]
+impl Agent for FakeAgent {
+    async fn health(&self, _: Request<HealthRequest>) -> Result<Response<HealthResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+    async fn guest_info(
+        &self,
+        _: Request<GuestInfoRequest>,
+    ) -> Result<Response<GuestInfoResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+    async fn setup_sandbox(
+        &self,
+        _: Request<SetupSandboxRequest>,
+    ) -> Result<Response<SetupSandboxResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn create_container(
+        &self,
+        req: Request<vmpod_agent_proto::v1::CreateContainerRequest>,
+    ) -> Result<Response<ContainerStatus>, Status> {
+        let spec = req.into_inner().spec.unwrap_or_default();
+        let args = spec.process.clone().unwrap_or_default().args;
+        if args.first().map(String::as_str) == Some("fail-create") {
+            return Err(Status::invalid_argument("fake: refused"));
+        }
+        let status = ContainerStatus {
+            id: spec.id.clone(),
+            state: ContainerState::ContainerCreated as i32,
+            ..Default::default()
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.containers.lock().unwrap().insert(
+            spec.id.clone(),
+            FakeContainer {
+                status: status.clone(),
+                spec,
+                output: Some(tx),
+                reader: Some(UnboundedReceiverStream::new(rx)),
+            },
+        );
+        Ok(Response::new(status))
+    }
+
+    async fn start_container(
+        &self,
+        req: Request<ContainerRef>,
+    ) -> Result<Response<ContainerStatus>, Status> {
+        let id = req.into_inner().id;
+        self.with(&id, |c| {
+            let args = c.spec.process.clone().unwrap_or_default().args;
+            if args.first().map(String::as_str) == Some("missing") {
+                c.status.state = ContainerState::ContainerExited as i32;
+                c.output = None;
+                return Err(Status::failed_precondition(
+                    r#"exec: "missing": executable file not found in $PATH"#,
+                ));
+            }
+            c.status.state = ContainerState::ContainerRunning as i32;
+            c.status.pid = 42;
+            if let Some(out) = &c.output {
+                for chunk in [
+                    chunk(OutputStream::Stdout, "hello "),
+                    chunk(OutputStream::Stderr, "oo"),
+                    chunk(OutputStream::Stdout, "world\npart"),
+                    chunk(OutputStream::Stderr, "ps\n"),
+                    chunk(OutputStream::Stdout, "ial"),
+                ] {
+                    let _ = out.send(chunk);
+                }
+            }
+            Ok(Response::new(c.status.clone()))
+        })?
+    }
+
+    async fn signal_container(
+        &self,
+        req: Request<SignalContainerRequest>,
+    ) -> Result<Response<SignalContainerResponse>, Status> {
+        let req = req.into_inner();
+        self.with(&req.id, |c| {
+            if c.status.state != ContainerState::ContainerRunning as i32 {
+                return Err(Status::failed_precondition("not running"));
+            }
+            let args = c.spec.process.clone().unwrap_or_default().args;
+            if req.signal == libc::SIGTERM
+                && args.first().map(String::as_str) == Some("ignore-term")
+            {
+                return Ok(Response::new(SignalContainerResponse {}));
+            }
+            c.status.state = ContainerState::ContainerExited as i32;
+            c.status.exit_code = 128 + req.signal;
+            c.status.pid = 0;
+            // Output ends with the process.
+            c.output = None;
+            Ok(Response::new(SignalContainerResponse {}))
+        })?
+    }
+
+    async fn wait_container(
+        &self,
+        req: Request<WaitContainerRequest>,
+    ) -> Result<Response<ContainerStatus>, Status> {
+        let req = req.into_inner();
+        let status = self.with(&req.id, |c| c.status.clone())?;
+        if status.state != ContainerState::ContainerExited as i32 {
+            tokio::time::sleep(Duration::from_millis(req.timeout_ms)).await;
+        }
+        Ok(Response::new(self.with(&req.id, |c| c.status.clone())?))
+    }
+
+    async fn remove_container(
+        &self,
+        req: Request<ContainerRef>,
+    ) -> Result<Response<RemoveContainerResponse>, Status> {
+        let id = req.into_inner().id;
+        let mut all = self.containers.lock().unwrap();
+        match all.get(&id) {
+            None => Err(Status::not_found(format!("no container {id}"))),
+            Some(c) if c.status.state == ContainerState::ContainerRunning as i32 => Err(
+                Status::failed_precondition(format!("container {id} is running")),
+            ),
+            Some(_) => {
+                all.remove(&id);
+                Ok(Response::new(RemoveContainerResponse {}))
+            }
+        }
+    }
+
+    async fn list_containers(
+        &self,
+        _: Request<ListContainersRequest>,
+    ) -> Result<Response<ListContainersResponse>, Status> {
+        let containers = self
+            .containers
+            .lock()
+            .unwrap()
+            .values()
+            .map(|c| c.status.clone())
+            .collect();
+        Ok(Response::new(ListContainersResponse { containers }))
+    }
+
+    type ReadOutputStream = UnboundedReceiverStream<Result<OutputChunk, Status>>;
+
+    async fn read_output(
+        &self,
+        req: Request<ContainerRef>,
+    ) -> Result<Response<Self::ReadOutputStream>, Status> {
+        let id = req.into_inner().id;
+        self.with(&id, |c| c.reader.take())?
+            .map(Response::new)
+            .ok_or_else(|| Status::failed_precondition("fake: one reader only"))
+    }
+
+    async fn exec_sync(
+        &self,
+        req: Request<ExecSyncRequest>,
+    ) -> Result<Response<ExecSyncResponse>, Status> {
+        let req = req.into_inner();
+        tokio::time::sleep(Duration::from_millis(req.timeout_ms / 2)).await;
+        Ok(Response::new(ExecSyncResponse {
+            stdout: req.args.join(" ").into_bytes(),
+            ..Default::default()
+        }))
+    }
+
+    async fn update_container(
+        &self,
+        _: Request<UpdateContainerRequest>,
+    ) -> Result<Response<UpdateContainerResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn stats(&self, _: Request<StatsRequest>) -> Result<Response<StatsResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+}
+
+/// The fake agent's address, and a switch for "the VM is not READY".
+#[derive(Clone)]
+struct FakeSource {
+    channel: Channel,
+    up: Arc<AtomicBool>,
+}
+
+impl AgentSource for FakeSource {
+    fn client(&self) -> Result<AgentClient<Channel>, Status> {
+        if self.up.load(Ordering::SeqCst) {
+            Ok(AgentClient::new(self.channel.clone()))
+        } else {
+            Err(Status::unavailable(
+                "guest agent not reachable: VM is PHASE_STOPPED",
+            ))
+        }
+    }
+    fn why_unavailable(&self) -> String {
+        "VM is PHASE_READY".into()
+    }
+}
+
+fn lazy_channel(sock: std::path::PathBuf) -> Channel {
+    Endpoint::from_static("http://agent.fake").connect_with_connector_lazy(tower::service_fn(
+        move |_: Uri| {
+            let sock = sock.clone();
+            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(sock).await?)) }
+        },
+    ))
+}
+
+struct Fixture {
+    tmp: tempfile::TempDir,
+    agent: FakeAgent,
+    source: FakeSource,
+    containers: Arc<Containers>,
+    share: std::path::PathBuf,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let tmp = tempfile::tempdir().unwrap();
+        let sock = tmp.path().join("agent.sock");
+        let agent = FakeAgent::default();
+        let listener = UnixListener::bind(&sock).unwrap();
+        let server = agent.clone();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(AgentServer::new(server))
+                .serve_with_incoming(UnixListenerStream::new(listener)),
+        );
+        let share = tmp.path().join("share");
+        let layer = tmp.path().join("layer");
+        std::fs::create_dir_all(layer.join("bin")).unwrap();
+        std::fs::create_dir_all(&share).unwrap();
+        std::fs::create_dir_all(tmp.path().join("vol")).unwrap();
+        std::fs::write(tmp.path().join("vol/data"), b"data").unwrap();
+        std::fs::create_dir_all(tmp.path().join("logs")).unwrap();
+        Fixture {
+            source: FakeSource {
+                channel: lazy_channel(sock),
+                up: Arc::new(AtomicBool::new(true)),
+            },
+            containers: Containers::new(share.clone()),
+            agent,
+            share,
+            tmp,
+        }
+    }
+
+    fn request(&self, id: &str, cmd: &str) -> HostCreate {
+        let root = self.tmp.path();
+        HostCreate {
+            layers: vec![root.join("layer").to_string_lossy().into_owned()],
+            mounts: vec![HostMount {
+                host_path: root.join("vol").to_string_lossy().into_owned(),
+                container_path: "/data".into(),
+                readonly: true,
+                ..Default::default()
+            }],
+            log_path: self.log(id).to_string_lossy().into_owned(),
+            spec: Some(ContainerSpec {
+                id: id.into(),
+                process: Some(Process {
+                    args: vec![cmd.into()],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        }
+    }
+
+    fn log(&self, id: &str) -> std::path::PathBuf {
+        self.tmp.path().join(format!("logs/{id}.log"))
+    }
+
+    fn dir(&self, id: &str) -> std::path::PathBuf {
+        self.share.join(CONTAINERS_DIR).join(id)
+    }
+
+    fn no_mounts(&self) -> bool {
+        crate::share::mounts_under(&self.share).is_empty()
+    }
+
+    async fn create(&self, id: &str, cmd: &str) -> Result<ContainerStatus, Status> {
+        self.containers
+            .create(&self.source, self.request(id, cmd))
+            .await
+    }
+
+    async fn stop(&self, id: &str, timeout_ms: u64) -> Result<ContainerStatus, Status> {
+        let req = StopContainerRequest {
+            id: id.into(),
+            timeout_ms,
+            signal: 0,
+        };
+        self.containers.stop(&self.source, req).await
+    }
+
+    async fn remove(&self, id: &str) -> Result<RemoveContainerResponse, Status> {
+        let r = ContainerRef { id: id.into() };
+        self.containers.remove(&self.source, r).await
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = volumes::unmount_all(&self.share);
+    }
+}
+
+/// The records' stream, tag and content, without the timestamps.
+fn records(log: &Path) -> Vec<String> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| l.split_once(' ').map_or("", |(_, rest)| rest).to_owned())
+        .collect()
+}
+
+async fn wait_for_records(log: &Path, n: usize) -> Vec<String> {
+    for _ in 0..200 {
+        let r = records(log);
+        if r.len() >= n {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    records(log)
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn lifecycle_assembles_relays_output_and_cleans_up() {
+    let f = Fixture::new();
+    let created = f.create("c1", "sh").await.expect("create (root)");
+    assert_eq!(created.state(), ContainerState::ContainerCreated);
+    let spec = f.agent.with("c1", |c| c.spec.clone()).unwrap();
+    assert_eq!(spec.rootfs, "/run/vmpod/share/containers/c1/rootfs");
+    assert_eq!(spec.writable_dir, "/run/vmpod/share/containers/c1/upper");
+    assert_eq!(spec.mounts.len(), 1);
+    assert_eq!(
+        spec.mounts[0].source,
+        "/run/vmpod/share/containers/c1/mounts/0"
+    );
+    assert!(spec.mounts[0].readonly);
+    assert_eq!(
+        std::fs::read(f.dir("c1").join("mounts/0/data")).unwrap(),
+        b"data"
+    );
+    assert!(f.dir("c1").join("rootfs/bin").is_dir());
+    let again = f.create("c1", "sh").await.unwrap_err();
+    assert_eq!(again.code(), Code::AlreadyExists);
+
+    let started = f
+        .containers
+        .start(&f.source, ContainerRef { id: "c1".into() })
+        .await
+        .unwrap();
+    assert_eq!(started.state(), ContainerState::ContainerRunning);
+    // Lines cut across chunks come out whole, per stream.
+    let got = wait_for_records(&f.log("c1"), 2).await;
+    assert_eq!(got, ["stdout F hello world", "stderr F oops"]);
+
+    // Rotation: the renamed file keeps what it had, the new one is made.
+    let rotated = f.tmp.path().join("logs/c1.log.1");
+    std::fs::rename(f.log("c1"), &rotated).unwrap();
+    f.containers
+        .reopen_log(&f.source, ContainerRef { id: "c1".into() })
+        .await
+        .expect("reopen while running");
+    assert!(f.log("c1").exists());
+
+    let busy = f.remove("c1").await.unwrap_err();
+    assert_eq!(busy.code(), Code::FailedPrecondition, "{}", busy.message());
+    assert!(
+        f.dir("c1").join("rootfs/bin").is_dir(),
+        "a refused remove keeps the root"
+    );
+
+    let stopped = f.stop("c1", 1000).await.unwrap();
+    assert_eq!(stopped.state(), ContainerState::ContainerExited);
+    assert_eq!(stopped.exit_code, 128 + libc::SIGTERM);
+    let again = f.stop("c1", 1000).await.unwrap();
+    assert_eq!(again.exit_code, 128 + libc::SIGTERM, "stop is idempotent");
+    // The unterminated tail is flushed as a partial record at EOF.
+    let tail = wait_for_records(&f.log("c1"), 1).await;
+    assert_eq!(tail, ["stdout P partial"]);
+    let reopen = f
+        .containers
+        .reopen_log(&f.source, ContainerRef { id: "c1".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(reopen.code(), Code::FailedPrecondition);
+
+    f.remove("c1").await.expect("remove");
+    assert!(!f.dir("c1").exists());
+    assert!(f.no_mounts());
+    assert_eq!(
+        std::fs::read(f.tmp.path().join("vol/data")).unwrap(),
+        b"data"
+    );
+    f.remove("c1").await.expect("remove is idempotent");
+    let gone = f
+        .containers
+        .reopen_log(&f.source, ContainerRef { id: "c1".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(gone.code(), Code::NotFound);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn agent_errors_keep_their_code_and_message() {
+    let f = Fixture::new();
+    f.create("c2", "missing").await.unwrap();
+    let e = f
+        .containers
+        .start(&f.source, ContainerRef { id: "c2".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert_eq!(
+        e.message(),
+        r#"exec: "missing": executable file not found in $PATH"#
+    );
+    let unknown = f.stop("nope", 10).await.unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
+    f.remove("c2").await.unwrap();
+    assert!(f.no_mounts());
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_refused_create_leaves_nothing_and_the_id_is_free_again() {
+    let f = Fixture::new();
+    let e = f.create("c3", "fail-create").await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert_eq!(e.message(), "fake: refused");
+    assert!(!f.dir("c3").exists());
+    assert!(f.no_mounts());
+    f.create("c3", "sh")
+        .await
+        .expect("the id can be used again");
+    f.remove("c3").await.unwrap();
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn stop_kills_after_the_grace() {
+    let f = Fixture::new();
+    f.create("c4", "ignore-term").await.unwrap();
+    f.containers
+        .start(&f.source, ContainerRef { id: "c4".into() })
+        .await
+        .unwrap();
+    let t = std::time::Instant::now();
+    let st = f.stop("c4", 200).await.unwrap();
+    assert_eq!(st.exit_code, 128 + libc::SIGKILL);
+    assert!(
+        t.elapsed() >= Duration::from_millis(200),
+        "{:?}",
+        t.elapsed()
+    );
+    f.remove("c4").await.unwrap();
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn exec_sync_is_relayed() {
+    let f = Fixture::new();
+    let resp = f
+        .containers
+        .exec_sync(
+            &f.source,
+            ExecSyncRequest {
+                id: "c5".into(),
+                args: vec!["echo".into(), "hi".into()],
+                timeout_ms: 100,
+                output_limit: 0,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.stdout, b"echo hi");
+}
+
+#[test]
+fn exec_sync_is_bounded_by_its_own_timeout_only() {
+    assert_eq!(exec_limit(0), None, "0: no timeout");
+    assert_eq!(exec_limit(120_000), Some(Duration::from_secs(130)));
+    assert_eq!(
+        exec_limit(u64::MAX).map(|d| d > Duration::from_secs(1 << 40)),
+        Some(true)
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn no_agent_is_unavailable_and_teardown_unmounts_everything() {
+    let f = Fixture::new();
+    f.create("c6", "sh").await.unwrap();
+    f.create("c7", "sh").await.unwrap();
+    f.source.up.store(false, Ordering::SeqCst);
+    let e = f.create("c8", "sh").await.unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable);
+    assert!(e.message().contains("PHASE_STOPPED"), "{}", e.message());
+    assert!(!f.dir("c8").exists(), "no host work without an agent");
+    let e = f
+        .containers
+        .list(&f.source, ListContainersRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable);
+
+    f.containers.teardown_all().await;
+    assert!(f.no_mounts());
+    assert!(!f.dir("c6").exists() && !f.dir("c7").exists());
+    f.containers.teardown_all().await;
+    // The VM is gone: removing what it had is fine, and so is an unknown id.
+    f.remove("c6").await.unwrap();
+    std::fs::create_dir_all(f.dir("leftover").join("rootfs")).unwrap();
+    f.remove("leftover").await.unwrap();
+    assert!(!f.dir("leftover").exists());
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_broken_connection_is_unavailable() {
+    let f = Fixture::new();
+    let dead = FakeSource {
+        channel: lazy_channel(f.tmp.path().join("no-agent.sock")),
+        up: Arc::new(AtomicBool::new(true)),
+    };
+    let e = f
+        .containers
+        .list(&dead, ListContainersRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable);
+    assert!(
+        e.message().contains("agent ListContainers"),
+        "{}",
+        e.message()
+    );
+    let e = f
+        .containers
+        .create(&dead, f.request("c9", "sh"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable);
+    assert!(!f.dir("c9").exists(), "undone");
+    assert!(f.no_mounts());
+}
