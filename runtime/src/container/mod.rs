@@ -33,15 +33,7 @@ pub const REASON_OOM: &str = "OOMKilled";
 /// A client for the sandbox's shim, which must be READY.
 pub async fn shim_client(sandbox: &SandboxRecord) -> Result<ShimClient<Channel>, Status> {
     if sandbox.state != SandboxState::Ready {
-        return Err(Status::unavailable(format!(
-            "sandbox {} is not ready{}",
-            sandbox.id,
-            if sandbox.reason.is_empty() {
-                String::new()
-            } else {
-                format!(" ({})", sandbox.reason)
-            }
-        )));
+        return Err(Status::unavailable(crate::cri::sandbox::not_ready(sandbox)));
     }
     shim::connect(&sandbox.pod_dir, SHIM_CONNECT_TIMEOUT)
         .await

@@ -21,8 +21,6 @@ use crate::state::{
 
 /// Longest container name: a DNS label is shorter, this leaves room.
 const MAX_NAME: usize = 253;
-/// Kubernetes caps labels plus annotations at 256 KiB.
-const MAX_LABELS_BYTES: usize = 256 << 10;
 
 fn invalid(field: &str, problem: impl std::fmt::Display) -> Status {
     Status::invalid_argument(format!("{field}: {problem}"))
@@ -46,18 +44,7 @@ pub async fn create_container(
             ),
         ));
     }
-    let label_bytes: usize = config
-        .labels
-        .iter()
-        .chain(config.annotations.iter())
-        .map(|(k, v)| k.len() + v.len())
-        .sum();
-    if label_bytes > MAX_LABELS_BYTES {
-        return Err(invalid(
-            "config.labels/annotations",
-            format!("{label_bytes} bytes in total, more than {MAX_LABELS_BYTES}"),
-        ));
-    }
+    crate::cri::check_labels(&config.labels, &config.annotations)?;
     let image_name = config
         .image
         .as_ref()
@@ -83,14 +70,8 @@ pub async fn create_container(
         .map_err(store_err)?
         .ok_or_else(|| Status::failed_precondition("the sandbox was removed"))?;
     if sandbox.state != SandboxState::Ready {
-        return Err(Status::failed_precondition(format!(
-            "sandbox {} is not ready{}",
-            sandbox.id,
-            if sandbox.reason.is_empty() {
-                String::new()
-            } else {
-                format!(" ({})", sandbox.reason)
-            }
+        return Err(Status::failed_precondition(cri_sandbox::not_ready(
+            &sandbox,
         )));
     }
 

@@ -20,26 +20,13 @@ use crate::state::{ContainerRecord, ContainerState, SandboxRecord};
 
 /// Finds a container by id or unique id prefix, as crictl users type them.
 pub(crate) fn find(daemon: &Daemon, id: &str) -> Result<Option<ContainerRecord>, Status> {
-    if id.is_empty() {
-        return Err(Status::invalid_argument("container_id is required"));
-    }
-    if let Some(rec) = daemon.store.get_container(id).map_err(store_err)? {
-        return Ok(Some(rec));
-    }
-    let mut matches: Vec<ContainerRecord> = daemon
-        .store
-        .list_containers()
-        .map_err(store_err)?
-        .into_iter()
-        .filter(|r| r.id.starts_with(id))
-        .collect();
-    match matches.len() {
-        0 => Ok(None),
-        1 => Ok(matches.pop()),
-        n => Err(Status::invalid_argument(format!(
-            "container_id prefix {id:?} matches {n} containers"
-        ))),
-    }
+    super::find_by_id_or_prefix(
+        "container_id",
+        id,
+        |id| daemon.store.get_container(id),
+        || daemon.store.list_containers(),
+        |r| &r.id,
+    )
 }
 
 /// Like [`find`], but an unknown container is NOT_FOUND.

@@ -13,25 +13,21 @@ use crate::state::SandboxRecord;
 
 /// Finds a sandbox by id or unique id prefix, as crictl users type them.
 pub(crate) fn find(daemon: &Daemon, id: &str) -> Result<Option<SandboxRecord>, Status> {
-    if id.is_empty() {
-        return Err(Status::invalid_argument("pod_sandbox_id is required"));
-    }
-    if let Some(rec) = daemon.store.get_sandbox(id).map_err(store_err)? {
-        return Ok(Some(rec));
-    }
-    let mut matches: Vec<SandboxRecord> = daemon
-        .store
-        .list_sandboxes()
-        .map_err(store_err)?
-        .into_iter()
-        .filter(|r| r.id.starts_with(id))
-        .collect();
-    match matches.len() {
-        0 => Ok(None),
-        1 => Ok(matches.pop()),
-        n => Err(Status::invalid_argument(format!(
-            "pod_sandbox_id prefix {id:?} matches {n} sandboxes"
-        ))),
+    super::find_by_id_or_prefix(
+        "pod_sandbox_id",
+        id,
+        |id| daemon.store.get_sandbox(id),
+        || daemon.store.list_sandboxes(),
+        |r| &r.id,
+    )
+}
+
+/// Why a sandbox is not ready, for error messages.
+pub(crate) fn not_ready(rec: &SandboxRecord) -> String {
+    if rec.reason.is_empty() {
+        format!("sandbox {} is not ready", rec.id)
+    } else {
+        format!("sandbox {} is not ready ({})", rec.id, rec.reason)
     }
 }
 

@@ -27,8 +27,6 @@ use crate::state::{Metadata, ReserveError, SandboxRecord, SandboxState, VmRecord
 const MAX_NAME: usize = 253;
 /// Linux's HOST_NAME_MAX.
 const MAX_HOSTNAME: usize = 64;
-/// Kubernetes caps a pod's labels plus annotations at 256 KiB.
-const MAX_LABELS_BYTES: usize = 256 << 10;
 /// glibc's resolver reads at most 3 nameservers and 6 search domains; more
 /// would be silently ignored in the guest, so they are refused instead.
 const MAX_DNS_SERVERS: usize = 3;
@@ -272,21 +270,7 @@ fn validate(config: &PodSandboxConfig, handler: &str) -> Result<Valid, Status> {
         }
     }
 
-    let label_bytes: usize = config
-        .labels
-        .iter()
-        .chain(config.annotations.iter())
-        .map(|(k, v)| k.len() + v.len())
-        .sum();
-    if label_bytes > MAX_LABELS_BYTES {
-        return Err(invalid(
-            "config.labels/annotations",
-            format!("{label_bytes} bytes in total, more than {MAX_LABELS_BYTES}"),
-        ));
-    }
-    if config.labels.keys().any(String::is_empty) {
-        return Err(invalid("config.labels", "keys must not be empty"));
-    }
+    crate::cri::check_labels(&config.labels, &config.annotations)?;
 
     Ok(Valid {
         metadata: Metadata {
