@@ -479,7 +479,40 @@ async fn logs_exit_codes_and_process_config() {
         .remove_container(RemoveContainerRequest { container_id: id })
         .await
         .unwrap();
+
+    // The image stays while containers made from it exist, and goes once
+    // they are removed with their pod.
+    let mut images: ImageServiceClient<Channel> = pod.daemon.images().await.unwrap();
+    let spec = |image: &str| {
+        Some(ImageSpec {
+            image: image.to_string(),
+            ..Default::default()
+        })
+    };
+    let e = images
+        .remove_image(RemoveImageRequest {
+            image: spec(&pod.busybox),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e}");
+    assert!(e.message().contains("used by"), "{e}");
     pod.remove_pod().await;
+    images
+        .remove_image(RemoveImageRequest {
+            image: spec(&pod.busybox),
+        })
+        .await
+        .unwrap();
+    let left = images
+        .image_status(ImageStatusRequest {
+            image: spec(&pod.busybox),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(left.image.is_none(), "{left:?}");
 }
 
 #[tokio::test]
