@@ -119,6 +119,28 @@ enum BenchCommand {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
+    /// The built-in VMM against QEMU microvm (and Firecracker): spawn to
+    /// first serial byte, to exit, and peak RSS, booting the same tiny guest.
+    Vmm {
+        /// Boots per VMM.
+        #[arg(long, default_value_t = 30)]
+        count: usize,
+        /// Also measure this Firecracker binary.
+        #[arg(long, value_name = "PATH")]
+        firecracker: Option<PathBuf>,
+        #[arg(long, value_name = "PATH", default_value = "qemu-system-x86_64")]
+        qemu: PathBuf,
+        /// The standalone built-in VMM; default: `vmpod-vmm` next to vmpod.
+        #[arg(long, value_name = "PATH")]
+        vmm: Option<PathBuf>,
+        /// The PVH test guest; default: `../guests/pvh.elf` from vmpod's
+        /// directory (where tests/guests/build.sh puts it).
+        #[arg(long, value_name = "FILE")]
+        guest: Option<PathBuf>,
+        /// Where bench-vmm.json and bench-vmm.svg go.
+        #[arg(long, value_name = "DIR", default_value = "vmpod-bench-vmm")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -233,6 +255,27 @@ fn main() -> ExitCode {
             pods,
             config_file: config,
         })),
+        Command::Bench(BenchCommand::Vmm {
+            count,
+            firecracker,
+            qemu,
+            vmm,
+            guest,
+            out,
+        }) => match bench::vmm::run(bench::vmm::Options {
+            count,
+            firecracker,
+            qemu,
+            vmm,
+            guest,
+            out,
+        }) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("vmpod: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Config(ConfigCommand::Default) => {
             print!("{}", config::DEFAULT_CONFIG_TOML);
             ExitCode::SUCCESS

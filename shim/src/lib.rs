@@ -15,3 +15,4 @@ pub mod service;
 pub mod share;
 pub mod spec;
 pub mod vm;
+pub mod vmm;

@@ -4,6 +4,7 @@
 pub mod container;
 pub mod pod_start;
 pub mod pull;
+pub mod vmm;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -1,10 +1,12 @@
 //! The VMM behind a trait, so the VM state machine never knows which one runs
-//! the pod: QEMU (with KVM or TCG) now, the built-in KVM VMM later.
+//! the pod: QEMU (with KVM or TCG), or the built-in KVM VMM (`kvm.rs`, which
+//! has the boot path but not yet the virtio devices a pod needs).
 //!
 //! The contract is deliberately small: start a VM from a description of its
 //! boot files and devices, report exactly one exit on the shared exit
 //! channel, stop it on request. Pod concepts (spec, pod dir, agent) stay out.
 
+pub mod kvm;
 pub mod qemu;
 
 use std::future::Future;

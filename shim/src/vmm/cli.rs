@@ -1,0 +1,136 @@
+//! `vmpod-vmm`: the built-in VMM as a process of its own, for integration
+//! tests and `vmpod bench vmm`. Boots a kernel, copies the guest's serial
+//! output to a file or stdout, and exits with a status that says how the
+//! guest ended: 0 for a reset (i8042) or power-off, 2 for a triple fault,
+//! 3 for a KVM internal error / failed entry, 1 for anything the VMM could
+//! not do (bad kernel, too much memory, no /dev/kvm), with the reason on
+//! stderr.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, ValueEnum};
+
+use super::devices::legacy::serial::Output;
+use super::devices::virtio::VirtioDevice;
+use super::devices::virtio::block::{BlockDevice, DiskConfig};
+use super::devices::virtio::null::NullDevice;
+use super::{BootProtocol, VmmConfig};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "vmpod-vmm",
+    version,
+    about = "Boot a kernel in vmpod's built-in KVM VMM"
+)]
+pub struct Args {
+    /// ELF vmlinux (64-bit entry or PVH note) or bzImage.
+    #[arg(long)]
+    pub kernel: PathBuf,
+    #[arg(long)]
+    pub initramfs: Option<PathBuf>,
+    #[arg(long, default_value_t = 128)]
+    pub memory_mib: u64,
+    #[arg(long, default_value_t = 1)]
+    pub vcpus: u8,
+    #[arg(long, default_value = "console=ttyS0 reboot=k panic=1")]
+    pub cmdline: String,
+    /// Where the guest's serial output goes: a file (appended), or `-` for stdout.
+    #[arg(long, default_value = "-")]
+    pub serial: String,
+    /// Entry path for an ELF kernel.
+    #[arg(long, value_enum, default_value_t = Boot::Auto)]
+    pub boot: Boot,
+    /// Print one `vmpod-vmm-stats: {json}` line on stderr at the end.
+    #[arg(long)]
+    pub stats: bool,
+    /// A virtio-blk disk backed by FILE (`FILE,ro` for read-only); repeatable.
+    /// Disks follow the placeholder devices on the MMIO bus.
+    #[arg(long = "disk", value_name = "FILE[,ro]")]
+    pub disks: Vec<DiskConfig>,
+    /// Attach N placeholder virtio-mmio devices (ID 0), to exercise the
+    /// transport with test guests.
+    #[arg(long, hide = true, default_value_t = 0)]
+    pub test_virtio_null: usize,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Boot {
+    Auto,
+    Linux64,
+    Pvh,
+}
+
+pub fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_target(false)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("VMPOD_VMM_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    match run(args) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("vmpod-vmm: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<u8> {
+    let serial: Output = if args.serial == "-" {
+        Box::new(std::io::stdout())
+    } else {
+        Box::new(
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&args.serial)
+                .with_context(|| format!("opening serial output {}", args.serial))?,
+        )
+    };
+    let mut virtio: Vec<Box<dyn VirtioDevice>> = (0..args.test_virtio_null)
+        .map(|_| Box::new(NullDevice::default()) as Box<dyn VirtioDevice>)
+        .collect();
+    for disk in &args.disks {
+        virtio.push(Box::new(BlockDevice::open(disk)?));
+    }
+    let mut vmm = super::build(VmmConfig {
+        kernel: args.kernel,
+        initramfs: args.initramfs,
+        cmdline: args.cmdline,
+        vcpus: args.vcpus,
+        memory_mib: args.memory_mib,
+        serial,
+        boot: match args.boot {
+            Boot::Auto => BootProtocol::Auto,
+            Boot::Linux64 => BootProtocol::Linux64,
+            Boot::Pvh => BootProtocol::Pvh,
+        },
+        virtio,
+    })?;
+    let reason = vmm.wait();
+    let code = reason.exit_code();
+    if code == 0 {
+        eprintln!("vmpod-vmm: {reason}");
+    } else {
+        eprintln!("vmpod-vmm: guest failed: {reason}");
+    }
+    if args.stats {
+        let stats = serde_json::json!({
+            "exit": reason.name(),
+            "boot_timer_us": vmm.boot_time().map(|d| d.as_micros() as u64),
+            "guest_resident_kib": vmm.guest_resident_bytes() >> 10,
+            "run_us": vmm.started().elapsed().as_micros() as u64,
+        });
+        let _ = writeln!(std::io::stderr(), "vmpod-vmm-stats: {stats}");
+    }
+    Ok(code as u8)
+}

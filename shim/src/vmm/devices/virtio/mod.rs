@@ -1,0 +1,135 @@
+//! virtio devices over the virtio-mmio transport ([`mmio`]).
+//!
+//! A device implements [`VirtioDevice`]: its identity, features, config
+//! space, and `activate`, which hands it the validated queues, the
+//! ioeventfds the guest's QueueNotify writes signal, and the [`Interrupt`]
+//! it raises when it used buffers. The device then serves its queues on its
+//! own thread or event loop; the transport never touches a queue after
+//! activation, so a slow device never stalls a vCPU.
+//!
+//! Devices: [`block`] (virtio-blk on a file). Devices to come (vsock, net,
+//! the vhost-user frontend for fs) each get a module here.
+
+pub mod block;
+pub mod mmio;
+pub mod null;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
+use anyhow::Result;
+use virtio_queue::Queue;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::vmm::memory::GuestMemoryMmap;
+
+/// `VIRTIO_F_VERSION_1`: the only (modern) interface we offer.
+pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+
+/// InterruptStatus bits.
+pub const INT_USED_RING: u32 = 1;
+pub const INT_CONFIG_CHANGE: u32 = 2;
+
+/// The device's line to the driver: the interrupt status register the
+/// driver reads, the irqfd that raises the IRQ, and a NEEDS_RESET flag. The
+/// flag lives here because an activated device serves its queues on its own
+/// thread and never holds the transport's lock; the transport folds it into
+/// the device status on the next register access.
+pub struct Interrupt {
+    status: AtomicU32,
+    irqfd: EventFd,
+    needs_reset: AtomicBool,
+}
+
+impl Interrupt {
+    pub fn new(irqfd: EventFd) -> Self {
+        Interrupt {
+            status: AtomicU32::new(0),
+            irqfd,
+            needs_reset: AtomicBool::new(false),
+        }
+    }
+
+    /// The device found the driver's queue state unusable (a looped or
+    /// truncated chain, a bad avail index): it stops serving and the driver
+    /// sees DEVICE_NEEDS_RESET with a config interrupt, as virtio 1.x 2.1.2
+    /// prescribes. Only a device reset clears it.
+    pub fn signal_needs_reset(&self) {
+        if !self.needs_reset.swap(true, Ordering::SeqCst) {
+            self.signal_config_change();
+        }
+    }
+
+    /// Whether the device raised [`Self::signal_needs_reset`] since the last
+    /// reset.
+    pub fn device_needs_reset(&self) -> bool {
+        self.needs_reset.load(Ordering::SeqCst)
+    }
+
+    /// The device put buffers in a used ring.
+    pub fn signal_used_queue(&self) {
+        self.raise(INT_USED_RING);
+    }
+
+    /// The config space changed (or the device needs a reset).
+    pub fn signal_config_change(&self) {
+        self.raise(INT_CONFIG_CHANGE);
+    }
+
+    fn raise(&self, bit: u32) {
+        self.status.fetch_or(bit, Ordering::SeqCst);
+        if let Err(e) = self.irqfd.write(1) {
+            tracing::warn!("virtio interrupt: writing the irqfd: {e}");
+        }
+    }
+
+    pub fn status(&self) -> u32 {
+        self.status.load(Ordering::SeqCst)
+    }
+
+    pub fn ack(&self, bits: u32) {
+        self.status.fetch_and(!bits, Ordering::SeqCst);
+    }
+
+    /// Device reset: no pending interrupt, no NEEDS_RESET.
+    pub fn clear(&self) {
+        self.status.store(0, Ordering::SeqCst);
+        self.needs_reset.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Everything a device needs to start serving its queues.
+pub struct Activation {
+    pub memory: Arc<GuestMemoryMmap>,
+    /// Features both sides agreed on.
+    pub acked_features: u64,
+    /// The device's queues in order; only those the driver made ready are
+    /// `ready()`, each validated against guest memory.
+    pub queues: Vec<Queue>,
+    /// Per queue: signalled when the guest notifies it (ioeventfd).
+    pub notifiers: Vec<EventFd>,
+    pub interrupt: Arc<Interrupt>,
+}
+
+pub trait VirtioDevice: Send {
+    /// The virtio device ID (1 net, 2 block, 19 vsock, 26 fs, ...).
+    fn device_type(&self) -> u32;
+
+    /// Offered features, `VIRTIO_F_VERSION_1` included.
+    fn features(&self) -> u64;
+
+    /// The maximum size of each queue; their number is the number of queues.
+    fn queue_max_sizes(&self) -> &[u16];
+
+    /// Reads the device-specific config space; bytes past its end read 0.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+
+    /// Writes the config space; devices ignore what they do not support.
+    fn write_config(&mut self, offset: u64, data: &[u8]);
+
+    /// DRIVER_OK: start serving. An error marks the device NEEDS_RESET.
+    fn activate(&mut self, activation: Activation) -> Result<()>;
+
+    /// The driver reset the device: stop serving, drop the queues.
+    fn reset(&mut self);
+}
