@@ -350,6 +350,14 @@ fn pause_resume_and_stop_join_every_vcpu() {
         assert!(Instant::now() < deadline, "guest never printed");
         std::thread::sleep(Duration::from_millis(5));
     }
+    // The vCPU threads are filtered, the rest of this process is not.
+    let vcpus = threads_named("vcpu");
+    assert!(!vcpus.is_empty(), "no vCPU thread found");
+    for (tid, status) in &vcpus {
+        assert_eq!(seccomp_mode(status), Some(2), "vCPU thread {tid}: {status}");
+    }
+    let me = std::fs::read_to_string("/proc/thread-self/status").expect("own status");
+    assert_eq!(seccomp_mode(&me), Some(0), "{me}");
     handle.pause();
     assert!(handle.is_paused());
     assert_eq!(handle.exit_reason(), None);
@@ -357,6 +365,117 @@ fn pause_resume_and_stop_join_every_vcpu() {
     assert!(!handle.is_paused());
     handle.stop();
     assert_eq!(vm.wait(), ExitReason::Stopped);
+}
+
+/// `Seccomp:` from a /proc status file: 0 off, 2 filter.
+fn seccomp_mode(status: &str) -> Option<u32> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Seccomp:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// (tid, status) of this process's threads whose name starts with `prefix`.
+fn threads_named(prefix: &str) -> Vec<(String, String)> {
+    threads_of("self")
+        .into_iter()
+        .filter(|(_, status)| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("Name:"))
+                .is_some_and(|n| n.trim().starts_with(prefix))
+        })
+        .collect()
+}
+
+/// (tid, status) of every thread of `pid` that still exists.
+fn threads_of(pid: &str) -> Vec<(String, String)> {
+    let dir = format!("/proc/{pid}/task");
+    std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{dir}: {e}"))
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let tid = e.file_name().to_string_lossy().into_owned();
+            let status = std::fs::read_to_string(e.path().join("status")).ok()?;
+            Some((tid, status))
+        })
+        .collect()
+}
+
+/// Starts `vmpod-vmm` on the SMP guest with one vCPU (it spins waiting for
+/// the AP, so it runs until killed), waits for its first line, and returns
+/// the Seccomp mode and filter count of each of its threads.
+fn spinning_vmm_seccomp(extra: &[&str]) -> Vec<(String, Option<u32>, Option<u32>)> {
+    let serial = std::env::temp_dir().join(format!(
+        "vmpod-vmm-test-seccomp-{}-{}",
+        std::process::id(),
+        extra.len()
+    ));
+    let _ = std::fs::remove_file(&serial);
+    let mut args = vec![
+        "--kernel".to_owned(),
+        guest("smp.elf"),
+        "--serial".to_owned(),
+        serial.to_string_lossy().into_owned(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vmpod-vmm"))
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn vmpod-vmm");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(&serial)
+        .unwrap_or_default()
+        .contains("cpu0 up")
+    {
+        if Instant::now() > deadline || child.try_wait().expect("try_wait").is_some() {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "the guest never printed; {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let field = |status: &str, name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    let threads = threads_of(&child.id().to_string())
+        .into_iter()
+        .map(|(tid, status)| {
+            (
+                tid,
+                field(&status, "Seccomp:"),
+                field(&status, "Seccomp_filters:"),
+            )
+        })
+        .collect();
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_file(&serial);
+    threads
+}
+
+#[test]
+fn vmpod_vmm_runs_the_guest_under_its_seccomp_filter() {
+    let threads = spinning_vmm_seccomp(&[]);
+    // The main thread and the vCPU thread at least.
+    assert!(threads.len() >= 2, "{threads:?}");
+    for (tid, mode, filters) in &threads {
+        assert_eq!(*mode, Some(2), "thread {tid} not filtered: {threads:?}");
+        assert_eq!(*filters, Some(2), "thread {tid}: {threads:?}");
+    }
+    let threads = spinning_vmm_seccomp(&["--no-seccomp"]);
+    for (tid, mode, _) in &threads {
+        assert_eq!(*mode, Some(0), "thread {tid} filtered: {threads:?}");
+    }
 }
 
 #[test]

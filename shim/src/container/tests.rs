@@ -373,7 +373,9 @@ fn records(log: &Path) -> Vec<String> {
 }
 
 async fn wait_for_records(log: &Path, n: usize) -> Vec<String> {
-    for _ in 0..200 {
+    // Up to 10 s: the copy runs on the blocking pool, which a loaded CI
+    // machine can leave waiting.
+    for _ in 0..1000 {
         let r = records(log);
         if r.len() >= n {
             return r;

@@ -1,10 +1,11 @@
 //! The only place a microVM is assembled: check the request, guest memory,
 //! the VM with its irqchip, devices on the buses, the kernel and its boot
 //! structures, vCPUs, then one thread per vCPU. Everything that can fail
-//! does so before the first guest instruction, with the step named.
+//! does so before the first guest instruction, with the step named; the
+//! seccomp filter goes on last, after every fd is open and registered.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, mpsc};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -24,6 +25,7 @@ use super::devices::legacy::serial::{COM1_BASE, COM1_LEN, SerialDevice};
 use super::devices::virtio::Interrupt;
 use super::devices::virtio::mmio::{MmioTransport, cmdline_entry, reg};
 use super::memory::GuestRam;
+use super::seccomp::{Filters, Seccomp};
 use super::vstate::vcpu::{self, Control, Vcpu};
 use super::vstate::vm::Vm;
 use super::{Vmm, VmmConfig};
@@ -34,8 +36,16 @@ const VCPU_STACK_SIZE: usize = 256 * 1024;
 
 pub const KVM_DEVICE: &str = "/dev/kvm";
 
-/// Builds and starts the VM described by `config`.
+/// Builds and starts the VM described by `config`, with the seccomp filter
+/// on the VMM's own threads only ([`Seccomp::VmmThreads`]): what the
+/// in-process backend needs, since the shim's other threads keep running.
 pub fn build(config: VmmConfig) -> Result<Vmm> {
+    build_with(config, Seccomp::VmmThreads)
+}
+
+/// Builds and starts the VM described by `config`, with the seccomp filter
+/// placed as `seccomp` says.
+pub fn build_with(config: VmmConfig, seccomp: Seccomp) -> Result<Vmm> {
     let started = Instant::now();
     let VmmConfig {
         kernel,
@@ -127,37 +137,87 @@ pub fn build(config: VmmConfig) -> Result<Vmm> {
     cpus[0].set_entry(entry)?;
 
     let buses = Arc::new(buses);
+    let filters = match seccomp {
+        Seccomp::Off => None,
+        Seccomp::VmmThreads | Seccomp::Process => Some(Arc::new(Filters::new()?)),
+    };
+    if let (Seccomp::Process, Some(f)) = (seccomp, &filters) {
+        f.apply_to_process()?;
+    }
+    let per_thread = filters.filter(|_| seccomp == Seccomp::VmmThreads);
+    // Each vCPU thread reports whether its filter is on, then waits at the
+    // gate, so none enters KVM_RUN until all are filtered (or the VM has
+    // been called off, which their first checkpoint sees).
+    let (installed_tx, installed_rx) = mpsc::channel::<Result<()>>();
+    let gate = Arc::new(Gate::default());
     let mut threads = Vec::with_capacity(cpus.len());
+    let mut failure = None;
     for (index, cpu) in cpus.into_iter().enumerate() {
         let (control_t, buses_t) = (control.clone(), buses.clone());
+        let (filters_t, installed_t, gate_t) =
+            (per_thread.clone(), installed_tx.clone(), gate.clone());
         let spawned = std::thread::Builder::new()
             .name(format!("vcpu{index}"))
             .stack_size(VCPU_STACK_SIZE)
             .spawn(move || {
+                let installed = match &filters_t {
+                    Some(f) => f
+                        .apply_to_current_thread()
+                        .with_context(|| format!("vCPU {index}")),
+                    None => Ok(()),
+                };
+                let _ = installed_t.send(installed);
+                gate_t.wait();
                 cpu.run(control_t.clone(), buses_t);
                 control_t.thread_done();
             });
         match spawned {
             Ok(t) => threads.push(t),
             Err(e) => {
-                // Stop and join the ones already running before failing.
-                let mut partial = Vmm {
-                    control: control.clone(),
-                    threads,
-                    boot_time,
-                    started,
-                    _buses: buses,
-                    _vm: vm,
-                    ram,
-                };
-                partial.control.request_exit(super::ExitReason::Stopped);
-                partial.join();
-                return Err(e).with_context(|| format!("spawning the thread for vCPU {index}"));
+                failure = Some(
+                    anyhow::Error::new(e).context(format!("spawning the thread for vCPU {index}")),
+                );
+                break;
             }
         }
     }
+    drop(installed_tx);
+    if failure.is_none() {
+        for _ in 0..threads.len() {
+            match installed_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    failure = Some(e);
+                    break;
+                }
+                Err(_) => {
+                    failure = Some(anyhow::anyhow!(
+                        "a vCPU thread ended before installing its seccomp filter"
+                    ));
+                    break;
+                }
+            }
+        }
+    }
+    if let Some(e) = failure {
+        // Stop and join the threads already running before failing.
+        control.request_exit(super::ExitReason::Stopped);
+        gate.open();
+        let mut partial = Vmm {
+            control,
+            threads,
+            boot_time,
+            started,
+            _buses: buses,
+            _vm: vm,
+            ram,
+        };
+        partial.join();
+        return Err(e);
+    }
+    gate.open();
     tracing::debug!(
-        "VM started in {} us: {vcpus} vCPUs, {memory_mib} MiB, {entry:?}",
+        "VM started in {} us: {vcpus} vCPUs, {memory_mib} MiB, {entry:?}, seccomp {seccomp:?}",
         started.elapsed().as_micros()
     );
     Ok(Vmm {
@@ -169,6 +229,27 @@ pub fn build(config: VmmConfig) -> Result<Vmm> {
         _vm: vm,
         ram,
     })
+}
+
+/// Holds vCPU threads until the builder lets them run.
+#[derive(Default)]
+struct Gate {
+    open: Mutex<bool>,
+    opened: Condvar,
+}
+
+impl Gate {
+    fn open(&self) {
+        *self.open.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.opened.notify_all();
+    }
+
+    fn wait(&self) {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        while !*open {
+            open = self.opened.wait(open).unwrap_or_else(|e| e.into_inner());
+        }
+    }
 }
 
 fn check_file(path: &Path, what: &str) -> Result<()> {

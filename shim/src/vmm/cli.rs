@@ -18,7 +18,7 @@ use super::devices::legacy::serial::Output;
 use super::devices::virtio::VirtioDevice;
 use super::devices::virtio::block::{BlockDevice, DiskConfig};
 use super::devices::virtio::null::NullDevice;
-use super::{BootProtocol, VmmConfig};
+use super::{BootProtocol, Seccomp, VmmConfig};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -55,6 +55,10 @@ pub struct Args {
     /// transport with test guests.
     #[arg(long, hide = true, default_value_t = 0)]
     pub test_virtio_null: usize,
+    /// Run without the seccomp allow-list (for debugging a filtered
+    /// syscall, e.g. under `strace -f`).
+    #[arg(long)]
+    pub no_seccomp: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -102,20 +106,28 @@ fn run(args: Args) -> Result<u8> {
     for disk in &args.disks {
         virtio.push(Box::new(BlockDevice::open(disk)?));
     }
-    let mut vmm = super::build(VmmConfig {
-        kernel: args.kernel,
-        initramfs: args.initramfs,
-        cmdline: args.cmdline,
-        vcpus: args.vcpus,
-        memory_mib: args.memory_mib,
-        serial,
-        boot: match args.boot {
-            Boot::Auto => BootProtocol::Auto,
-            Boot::Linux64 => BootProtocol::Linux64,
-            Boot::Pvh => BootProtocol::Pvh,
+    let seccomp = if args.no_seccomp {
+        Seccomp::Off
+    } else {
+        Seccomp::Process
+    };
+    let mut vmm = super::build_with(
+        VmmConfig {
+            kernel: args.kernel,
+            initramfs: args.initramfs,
+            cmdline: args.cmdline,
+            vcpus: args.vcpus,
+            memory_mib: args.memory_mib,
+            serial,
+            boot: match args.boot {
+                Boot::Auto => BootProtocol::Auto,
+                Boot::Linux64 => BootProtocol::Linux64,
+                Boot::Pvh => BootProtocol::Pvh,
+            },
+            virtio,
         },
-        virtio,
-    })?;
+        seccomp,
+    )?;
     let reason = vmm.wait();
     let code = reason.exit_code();
     if code == 0 {

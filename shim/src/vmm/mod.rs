@@ -9,6 +9,7 @@
 //! | `boot/` | ELF / PVH / bzImage loading, zero page + e820, page tables + GDT, MP table, the memory map |
 //! | `vstate/` | VM fd (irqchip, PIT, slots, irqfd/ioeventfd), vCPUs (state, threads, kick, pause), CPUID filter |
 //! | `devices/` | PIO/MMIO buses, legacy serial / i8042 / boot timer, virtio-mmio transport and device trait |
+//! | `seccomp.rs` | the seccomp-BPF allow-list installed on the VMM's threads before the guest runs |
 //! | `cli.rs` | the standalone entry point |
 //!
 //! Start-up is tuned for time to the first guest instruction: guest memory
@@ -18,16 +19,18 @@
 //!
 //! Security, as far as this milestone goes: every fd the VMM creates is
 //! close-on-exec (memfd, eventfds; KVM's own fds are created O_CLOEXEC by
-//! the kernel), guest RAM is mapped with guard pages around each region, and
-//! every guest-controlled value reaching a device is range-checked. The
-//! seccomp allow-list for VMM threads and privilege dropping are a later
-//! milestone (see ARCHITECTURE.md).
+//! the kernel), guest RAM is mapped with guard pages around each region,
+//! every guest-controlled value reaching a device is range-checked, and once
+//! set-up is done a seccomp allow-list (`seccomp.rs`) confines the vCPU and
+//! device threads (the whole process in `vmpod-vmm`). Privilege dropping is
+//! a later milestone (see ARCHITECTURE.md).
 
 pub mod boot;
 pub mod builder;
 pub mod cli;
 pub mod devices;
 pub mod memory;
+pub mod seccomp;
 pub mod vstate;
 
 use std::fmt;
@@ -37,7 +40,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 pub use boot::BootProtocol;
-pub use builder::build;
+pub use builder::{build, build_with};
+pub use seccomp::Seccomp;
 
 use self::devices::legacy::serial::Output;
 use self::devices::virtio::VirtioDevice;
