@@ -104,13 +104,17 @@ impl Pod {
     }
 
     fn config(&self, name: &str, cmd: &[&str]) -> ContainerConfig {
+        self.config_of(&self.busybox, name, cmd)
+    }
+
+    fn config_of(&self, image: &str, name: &str, cmd: &[&str]) -> ContainerConfig {
         ContainerConfig {
             metadata: Some(ContainerMetadata {
                 name: name.into(),
                 attempt: 0,
             }),
             image: Some(ImageSpec {
-                image: self.busybox.clone(),
+                image: image.to_string(),
                 ..Default::default()
             }),
             command: cmd.iter().map(|s| s.to_string()).collect(),
@@ -326,11 +330,7 @@ async fn logs_exit_codes_and_process_config() {
     assert_eq!((s.exit_code, s.reason.as_str()), (3, "Error"));
 
     // The image's USER, ENV, WORKDIR and ENTRYPOINT/CMD.
-    let mut c = pod.config("image-config", &[]);
-    c.image = Some(ImageSpec {
-        image: pod.config_image.clone(),
-        ..Default::default()
-    });
+    let c = pod.config_of(&pod.config_image, "image-config", &[]);
     let id = pod.run(c).await;
     pod.wait_exit(&id, Duration::from_secs(30)).await;
     wait_for_log(
@@ -340,14 +340,11 @@ async fn logs_exit_codes_and_process_config() {
     )
     .await;
 
-    let mut c = pod.config(
+    let c = pod.config_of(
+        &pod.config_image,
         "image-env",
         &["sh", "-c", "echo \"$(id -u):$(id -g) $(pwd) $GREETING\""],
     );
-    c.image = Some(ImageSpec {
-        image: pod.config_image.clone(),
-        ..Default::default()
-    });
     let id = pod.run(c).await;
     pod.wait_exit(&id, Duration::from_secs(30)).await;
     wait_for_log(
@@ -358,7 +355,8 @@ async fn logs_exit_codes_and_process_config() {
     .await;
 
     // The CRI config beats the image: user, group, workdir, env.
-    let mut c = pod.config(
+    let mut c = pod.config_of(
+        &pod.config_image,
         "cri-config",
         &[
             "sh",
@@ -366,10 +364,6 @@ async fn logs_exit_codes_and_process_config() {
             "echo \"$(id -u):$(id -g) $(id -G) $(pwd) $GREETING\"",
         ],
     );
-    c.image = Some(ImageSpec {
-        image: pod.config_image.clone(),
-        ..Default::default()
-    });
     c.working_dir = "/tmp/work".into();
     c.envs = vec![KeyValue {
         key: "GREETING".into(),
@@ -923,6 +917,46 @@ async fn limits_stop_exec_and_stats() {
         .into_inner()
         .stats;
     assert!(list.iter().any(|s| s.attributes.as_ref().unwrap().id == id));
+
+    // The metrics calls: every metric a container reports is described, and
+    // its working set is the one the stats call sees (non-zero).
+    let described: Vec<String> = pod
+        .rt
+        .list_metric_descriptors(ListMetricDescriptorsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .descriptors
+        .into_iter()
+        .map(|d| d.name)
+        .collect();
+    let metrics = pod
+        .rt
+        .list_pod_sandbox_metrics(ListPodSandboxMetricsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_metrics;
+    let ours = metrics
+        .iter()
+        .find(|m| m.pod_sandbox_id == pod.sandbox)
+        .unwrap_or_else(|| panic!("no metrics for the pod: {metrics:?}"));
+    let work = ours
+        .container_metrics
+        .iter()
+        .find(|c| c.container_id == id)
+        .unwrap_or_else(|| panic!("no metrics for the container: {ours:?}"));
+    for m in &work.metrics {
+        assert!(described.contains(&m.name), "{} is not described", m.name);
+        assert_eq!(m.label_values, ["work"]);
+    }
+    let ws = work
+        .metrics
+        .iter()
+        .find(|m| m.name == "container_memory_working_set_bytes")
+        .and_then(|m| m.value)
+        .map(|v| v.value);
+    assert!(ws.is_some_and(|v| v > 0), "{work:?}");
     pod.remove_pod().await;
 }
 

@@ -88,6 +88,39 @@ pub fn apply_status(rec: &mut ContainerRecord, st: &agent::ContainerStatus) -> b
     *rec != before
 }
 
+/// Whether the container may still be running in its VM.
+pub fn is_live(r: &ContainerRecord) -> bool {
+    matches!(r.state, ContainerState::Created | ContainerState::Running)
+}
+
+/// The records of one sandbox's containers.
+pub fn containers_of(
+    daemon: &Daemon,
+    sandbox_id: &str,
+) -> Result<Vec<ContainerRecord>, crate::state::StoreError> {
+    Ok(daemon
+        .store
+        .list_containers()?
+        .into_iter()
+        .filter(|c| c.sandbox_id == sandbox_id)
+        .collect())
+}
+
+/// SIGKILLs a container through its shim and waits for it to be reaped.
+pub async fn kill(
+    client: &mut ShimClient<Channel>,
+    id: &str,
+) -> Result<agent::ContainerStatus, Status> {
+    client
+        .stop_container(vmpod_shim_api::v1::StopContainerRequest {
+            id: id.to_string(),
+            timeout_ms: 0,
+            signal: 0,
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
 /// Marks a container that cannot be reached any more as exited.
 pub fn mark_lost(rec: &mut ContainerRecord, why: &str) -> bool {
     if matches!(rec.state, ContainerState::Exited | ContainerState::Creating) {
@@ -106,16 +139,20 @@ pub fn mark_lost(rec: &mut ContainerRecord, why: &str) -> bool {
 /// the caller: the records stay as last seen, and the sandbox monitor turns
 /// a dead VM NOTREADY, after which its containers are marked lost here.
 pub async fn refresh(daemon: &Daemon, sandbox_id: &str) -> Result<(), Status> {
-    let live: Vec<ContainerRecord> = daemon
-        .store
-        .list_containers()
+    let live: Vec<ContainerRecord> = containers_of(daemon, sandbox_id)
         .map_err(crate::cri::sandbox::store_err)?
         .into_iter()
-        .filter(|c| {
-            c.sandbox_id == sandbox_id
-                && matches!(c.state, ContainerState::Created | ContainerState::Running)
-        })
+        .filter(is_live)
         .collect();
+    refresh_records(daemon, sandbox_id, live).await
+}
+
+/// [`refresh`] for records already read: one `ListContainers` to the shim.
+async fn refresh_records(
+    daemon: &Daemon,
+    sandbox_id: &str,
+    live: Vec<ContainerRecord>,
+) -> Result<(), Status> {
     if live.is_empty() {
         return Ok(());
     }
@@ -146,14 +183,7 @@ pub async fn refresh(daemon: &Daemon, sandbox_id: &str) -> Result<(), Status> {
                 }
             }
         }
-        Some(sb) => Err(format!(
-            "the pod sandbox is not ready: {}",
-            if sb.reason.is_empty() {
-                "stopped"
-            } else {
-                &sb.reason
-            }
-        )),
+        Some(sb) => Err(crate::cri::sandbox::not_ready(sb)),
         None => Err("the pod sandbox is gone".to_string()),
     };
     for rec in live {
@@ -181,17 +211,20 @@ pub async fn refresh(daemon: &Daemon, sandbox_id: &str) -> Result<(), Status> {
 /// Refreshes every sandbox that has live containers (ListContainers and
 /// the stats calls look at all of them).
 pub async fn refresh_all(daemon: &Daemon) -> Result<(), Status> {
-    let mut sandboxes: Vec<String> = daemon
+    let mut by_sandbox: std::collections::BTreeMap<String, Vec<ContainerRecord>> =
+        std::collections::BTreeMap::new();
+    for c in daemon
         .store
         .list_containers()
         .map_err(crate::cri::sandbox::store_err)?
         .into_iter()
-        .filter(|c| matches!(c.state, ContainerState::Created | ContainerState::Running))
-        .map(|c| c.sandbox_id)
-        .collect();
-    sandboxes.sort();
-    sandboxes.dedup();
-    let refreshes = sandboxes.iter().map(|id| refresh(daemon, id));
+        .filter(is_live)
+    {
+        by_sandbox.entry(c.sandbox_id.clone()).or_default().push(c);
+    }
+    let refreshes = by_sandbox
+        .into_iter()
+        .map(|(id, live)| async move { refresh_records(daemon, &id, live).await });
     for r in futures_util::future::join_all(refreshes).await {
         r?;
     }
@@ -202,10 +235,10 @@ pub async fn refresh_all(daemon: &Daemon) -> Result<(), Status> {
 /// ended, so that a pod stopped with containers still running reports them
 /// killed (137) rather than lost with their VM.
 pub async fn kill_all(daemon: &Daemon, sandbox: &SandboxRecord) {
-    let running: Vec<String> = match daemon.store.list_containers() {
+    let running: Vec<String> = match containers_of(daemon, &sandbox.id) {
         Ok(all) => all
             .into_iter()
-            .filter(|c| c.sandbox_id == sandbox.id && c.state == ContainerState::Running)
+            .filter(|c| c.state == ContainerState::Running)
             .map(|c| c.id)
             .collect(),
         Err(e) => {
@@ -220,14 +253,8 @@ pub async fn kill_all(daemon: &Daemon, sandbox: &SandboxRecord) {
         return;
     };
     for id in running {
-        let req = vmpod_shim_api::v1::StopContainerRequest {
-            id: id.clone(),
-            timeout_ms: 0,
-            signal: 0,
-        };
-        match tokio::time::timeout(Duration::from_secs(10), client.stop_container(req)).await {
+        match tokio::time::timeout(Duration::from_secs(10), kill(&mut client, &id)).await {
             Ok(Ok(st)) => {
-                let st = st.into_inner();
                 if let Err(e) = daemon.store.update_container(&id, |r| apply_status(r, &st)) {
                     tracing::error!(container = %id, error = %e, "cannot record container state");
                 }
@@ -243,10 +270,10 @@ pub async fn kill_all(daemon: &Daemon, sandbox: &SandboxRecord) {
 /// Marks the live containers of a sandbox whose VM was stopped as exited,
 /// with `why`. Called by StopPodSandbox and RemovePodSandbox.
 pub fn sandbox_stopped(daemon: &Daemon, sandbox_id: &str, why: &str) {
-    let Ok(all) = daemon.store.list_containers() else {
+    let Ok(all) = containers_of(daemon, sandbox_id) else {
         return;
     };
-    for c in all.into_iter().filter(|c| c.sandbox_id == sandbox_id) {
+    for c in all {
         if let Err(e) = daemon.store.update_container(&c.id, |r| mark_lost(r, why)) {
             tracing::error!(container = %c.id, error = %e, "cannot record container state");
         }
@@ -256,11 +283,8 @@ pub fn sandbox_stopped(daemon: &Daemon, sandbox_id: &str, why: &str) {
 /// Deletes the records of a removed sandbox's containers (their roots went
 /// with the pod dir).
 pub fn remove_all_of(daemon: &Daemon, sandbox_id: &str) -> Result<(), crate::state::StoreError> {
-    let ids: Vec<String> = daemon
-        .store
-        .list_containers()?
+    let ids: Vec<String> = containers_of(daemon, sandbox_id)?
         .into_iter()
-        .filter(|c| c.sandbox_id == sandbox_id)
         .map(|c| c.id)
         .collect();
     for id in &ids {

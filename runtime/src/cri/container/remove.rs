@@ -33,12 +33,7 @@ pub async fn remove_container(
         let mut client = container::shim_client(&sandbox).await?;
         if rec.state == ContainerState::Running {
             tracing::info!(container = %rec.id, "removing a running container: killing it first");
-            client
-                .stop_container(vmpod_shim_api::v1::StopContainerRequest {
-                    id: rec.id.clone(),
-                    timeout_ms: 0,
-                    signal: 0,
-                })
+            container::kill(&mut client, &rec.id)
                 .await
                 .map_err(|e| container::shim_err("killing the container before removal", e))?;
         }

@@ -15,10 +15,10 @@ use vmpod_agent_proto::v1 as agent;
 use vmpod_cri_api::v1 as cri;
 
 use super::{attributes, sandbox_of};
-use crate::container;
+use crate::container::{self, is_live};
 use crate::cri::sandbox::{cri_metadata as sandbox_metadata, store_err};
 use crate::daemon::Daemon;
-use crate::state::{ContainerRecord, ContainerState, SandboxRecord, SandboxState};
+use crate::state::{ContainerRecord, SandboxRecord, SandboxState};
 
 /// (timestamp ns, cumulative cpu ns) of the last sample per container or pod.
 static CPU_SAMPLES: LazyLock<Mutex<HashMap<String, (i64, u64)>>> =
@@ -37,13 +37,6 @@ fn nano_cores(key: &str, ts: i64, cpu_ns: u64) -> Option<cri::UInt64Value> {
         .filter(|d| *d > 0)?;
     let used = cpu_ns.checked_sub(pcpu)?;
     u64v((u128::from(used) * 1_000_000_000 / u128::from(dt)) as u64)
-}
-
-fn forget_samples(keys: impl Iterator<Item = String>) {
-    let mut samples = CPU_SAMPLES.lock().unwrap_or_else(|p| p.into_inner());
-    for k in keys {
-        samples.remove(&k);
-    }
 }
 
 fn cpu(key: &str, ts: i64, u: &agent::CgroupUsage) -> cri::CpuUsage {
@@ -97,10 +90,6 @@ fn container_stats(
     }
 }
 
-fn is_live(r: &ContainerRecord) -> bool {
-    matches!(r.state, ContainerState::Created | ContainerState::Running)
-}
-
 /// One pod's stats: its live containers and the pod totals. A pod whose VM
 /// does not answer has no stats (rather than zeros, which would read as
 /// "idle").
@@ -120,12 +109,31 @@ async fn sample(
 }
 
 fn live_containers_of(daemon: &Daemon, sandbox_id: &str) -> Result<Vec<ContainerRecord>, Status> {
-    Ok(daemon
-        .store
-        .list_containers()
+    Ok(container::containers_of(daemon, sandbox_id)
         .map_err(store_err)?
         .into_iter()
-        .filter(|c| c.sandbox_id == sandbox_id && is_live(c))
+        .filter(is_live)
+        .collect())
+}
+
+/// The ready sandboxes a stats filter selects.
+fn ready_sandboxes(
+    daemon: &Daemon,
+    filter: &cri::PodSandboxStatsFilter,
+) -> Result<Vec<SandboxRecord>, Status> {
+    Ok(daemon
+        .store
+        .list_sandboxes()
+        .map_err(store_err)?
+        .into_iter()
+        .filter(|s| s.state == SandboxState::Ready)
+        .filter(|s| filter.id.is_empty() || s.id.starts_with(&filter.id))
+        .filter(|s| {
+            filter
+                .label_selector
+                .iter()
+                .all(|(k, v)| s.labels.get(k) == Some(v))
+        })
         .collect())
 }
 
@@ -298,22 +306,8 @@ pub async fn list_pod_sandbox_stats(
 ) -> Result<cri::ListPodSandboxStatsResponse, Status> {
     container::refresh_all(daemon).await?;
     let filter = req.filter.unwrap_or_default();
-    let sandboxes: Vec<SandboxRecord> = daemon
-        .store
-        .list_sandboxes()
-        .map_err(store_err)?
-        .into_iter()
-        .filter(|s| s.state == SandboxState::Ready)
-        .filter(|s| filter.id.is_empty() || s.id.starts_with(&filter.id))
-        .filter(|s| {
-            filter
-                .label_selector
-                .iter()
-                .all(|(k, v)| s.labels.get(k) == Some(v))
-        })
-        .collect();
     let mut stats = Vec::new();
-    for sandbox in sandboxes {
+    for sandbox in ready_sandboxes(daemon, &filter)? {
         let containers = live_containers_of(daemon, &sandbox.id)?;
         match sample(&sandbox, &containers).await {
             Ok(resp) => stats.push(pod_stats(daemon, &sandbox, &containers, &resp)),
@@ -403,61 +397,46 @@ fn usage_metrics(label: &str, ts: i64, u: &agent::CgroupUsage) -> Vec<cri::Metri
 pub async fn list_pod_sandbox_metrics(
     daemon: &Arc<Daemon>,
 ) -> Result<cri::ListPodSandboxMetricsResponse, Status> {
-    let stats = list_pod_sandbox_stats(daemon, cri::ListPodSandboxStatsRequest { filter: None })
-        .await?
-        .stats;
+    container::refresh_all(daemon).await?;
     let mut pod_metrics = Vec::new();
-    for s in stats {
-        let Some(attrs) = s.attributes else { continue };
-        let Some(linux) = s.linux else { continue };
+    for sandbox in ready_sandboxes(daemon, &cri::PodSandboxStatsFilter::default())? {
+        let containers = live_containers_of(daemon, &sandbox.id)?;
+        let resp = match sample(&sandbox, &containers).await {
+            Ok(resp) => resp,
+            Err(e) => {
+                tracing::debug!(sandbox = %sandbox.id, error = %e.message(), "no metrics for pod");
+                continue;
+            }
+        };
+        let ts = resp.timestamp_ns;
         let mut metrics = Vec::new();
-        if let Some(net) = &linux.network {
-            for i in &net.interfaces {
-                for (name, v) in [
-                    ("container_network_receive_bytes_total", &i.rx_bytes),
-                    ("container_network_transmit_bytes_total", &i.tx_bytes),
-                ] {
-                    metrics.push(cri::Metric {
-                        name: name.to_string(),
-                        timestamp: net.timestamp,
-                        metric_type: cri::MetricType::Counter.into(),
-                        label_values: vec![i.name.clone()],
-                        value: *v,
-                    });
-                }
+        let net = resp.network.clone().unwrap_or_default();
+        for i in net.interfaces.iter().filter(|i| !is_tunnel_device(&i.name)) {
+            for (name, v) in [
+                ("container_network_receive_bytes_total", i.rx_bytes),
+                ("container_network_transmit_bytes_total", i.tx_bytes),
+            ] {
+                metrics.push(cri::Metric {
+                    name: name.to_string(),
+                    timestamp: ts,
+                    metric_type: cri::MetricType::Counter.into(),
+                    label_values: vec![i.name.clone()],
+                    value: u64v(v),
+                });
             }
         }
-        let container_metrics = linux
-            .containers
+        let container_metrics = containers
             .iter()
-            .filter_map(|c| {
-                let a = c.attributes.as_ref()?;
-                let name = a
-                    .metadata
-                    .as_ref()
-                    .map(|m| m.name.clone())
-                    .unwrap_or_default();
-                let ts = c.cpu.as_ref().map_or(0, |c| c.timestamp);
-                let v = |o: &Option<cri::UInt64Value>| o.as_ref().map_or(0, |v| v.value);
-                let usage = agent::CgroupUsage {
-                    cpu_usage_ns: c.cpu.as_ref().map_or(0, |c| v(&c.usage_core_nano_seconds)),
-                    memory_usage_bytes: c.memory.as_ref().map_or(0, |m| v(&m.usage_bytes)),
-                    memory_working_set_bytes: c
-                        .memory
-                        .as_ref()
-                        .map_or(0, |m| v(&m.working_set_bytes)),
-                    memory_rss_bytes: c.memory.as_ref().map_or(0, |m| v(&m.rss_bytes)),
-                    page_faults: c.memory.as_ref().map_or(0, |m| v(&m.page_faults)),
-                    ..Default::default()
-                };
+            .filter_map(|rec| {
+                let u = resp.containers.iter().find(|u| u.id == rec.id)?;
                 Some(cri::ContainerMetrics {
-                    container_id: a.id.clone(),
-                    metrics: usage_metrics(&name, ts, &usage),
+                    container_id: rec.id.clone(),
+                    metrics: usage_metrics(&rec.metadata.name, ts, &u.usage.unwrap_or_default()),
                 })
             })
             .collect();
         pod_metrics.push(cri::PodSandboxMetrics {
-            pod_sandbox_id: attrs.id,
+            pod_sandbox_id: sandbox.id.clone(),
             metrics,
             container_metrics,
         });
@@ -467,5 +446,8 @@ pub async fn list_pod_sandbox_metrics(
 
 /// Drops the CPU samples of removed containers and pods.
 pub fn forget(ids: &[String]) {
-    forget_samples(ids.iter().cloned());
+    let mut samples = CPU_SAMPLES.lock().unwrap_or_else(|p| p.into_inner());
+    for id in ids {
+        samples.remove(id);
+    }
 }
