@@ -18,26 +18,9 @@ use vmpod_shim_api::v1::{Phase, ShutdownRequest, StateRequest, WatchRequest};
 #[tokio::test(flavor = "current_thread")]
 async fn boots_to_ready_then_shuts_down_cleanly() {
     let _one = SERIAL.lock().await;
-    let (kernel, initramfs) = guest_image();
     let dir = tempfile::tempdir().expect("tempdir");
     let pod = dir.path().to_owned();
-    write_spec(&pod, &kernel, &initramfs, 90_000);
-    let mut shim = start_shim(&pod);
-    let mut client = connect(&pod).await;
-
-    let state = watch_until(
-        &mut client,
-        &[Phase::Ready, Phase::Failed],
-        Duration::from_secs(120),
-    )
-    .await;
-    assert_eq!(
-        state.phase(),
-        Phase::Ready,
-        "error: {}\nshim.log:\n{}",
-        state.error,
-        shim_log(&pod)
-    );
+    let (mut shim, mut client, state) = boot_in(&pod).await;
     report(&state);
     assert_eq!(state.backend, "qemu-tcg");
     assert_eq!(state.vcpus, 1);

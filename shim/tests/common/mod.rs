@@ -267,25 +267,9 @@ pub struct Booted {
 }
 
 pub async fn boot_to_ready() -> Booted {
-    let (kernel, initramfs) = guest_image();
     let dir = tempfile::tempdir().expect("tempdir");
     let pod = dir.path().to_owned();
-    write_spec(&pod, &kernel, &initramfs, 90_000);
-    let shim = start_shim(&pod);
-    let mut client = connect(&pod).await;
-    let state = watch_until(
-        &mut client,
-        &[Phase::Ready, Phase::Failed],
-        Duration::from_secs(120),
-    )
-    .await;
-    assert_eq!(
-        state.phase(),
-        Phase::Ready,
-        "error: {}\nshim.log:\n{}",
-        state.error,
-        shim_log(&pod)
-    );
+    let (shim, client, state) = boot_in(&pod).await;
     Booted {
         _dir: dir,
         pod,
@@ -297,6 +281,13 @@ pub async fn boot_to_ready() -> Booted {
 
 /// Starts a shim on the real image and waits for READY.
 pub async fn boot_ready(pod: &Path) -> (ShimProcess, ShimClient<Channel>) {
+    let (shim, client, _) = boot_in(pod).await;
+    (shim, client)
+}
+
+/// Starts a shim in `pod` on the real image; panics with its log unless
+/// the VM reaches READY.
+pub async fn boot_in(pod: &Path) -> (ShimProcess, ShimClient<Channel>, VmState) {
     let (kernel, initramfs) = guest_image();
     write_spec(pod, &kernel, &initramfs, 90_000);
     let shim = start_shim(pod);
@@ -314,5 +305,5 @@ pub async fn boot_ready(pod: &Path) -> (ShimProcess, ShimClient<Channel>) {
         state.error,
         shim_log(pod)
     );
-    (shim, client)
+    (shim, client, state)
 }
