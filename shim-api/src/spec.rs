@@ -29,6 +29,8 @@ pub enum BackendSpec {
     QemuKvm,
     /// QEMU with TCG software emulation.
     QemuTcg,
+    /// The built-in VMM, on vCPU threads inside the shim.
+    Kvm,
 }
 
 impl BackendSpec {
@@ -36,6 +38,7 @@ impl BackendSpec {
         match self {
             BackendSpec::QemuKvm => "qemu-kvm",
             BackendSpec::QemuTcg => "qemu-tcg",
+            BackendSpec::Kvm => "kvm",
         }
     }
 }
@@ -44,10 +47,13 @@ impl BackendSpec {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct Helpers {
-    pub qemu: PathBuf,
+    /// Only the qemu backends need it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qemu: Option<PathBuf>,
     pub virtiofsd: PathBuf,
     /// `None` when the host has `/dev/vhost-vsock` and QEMU's in-kernel
-    /// vsock device is used instead.
+    /// vsock device is used instead, and for the built-in VMM, whose vsock
+    /// device is in-process.
     pub vhost_device_vsock: Option<PathBuf>,
 }
 

@@ -19,6 +19,7 @@ use vmpod_shim_api::spec::{BackendSpec, VmSpec};
 
 use vmpod_shim::container::Containers;
 use vmpod_shim::hypervisor::Hypervisor;
+use vmpod_shim::hypervisor::kvm::Kvm;
 use vmpod_shim::hypervisor::qemu::{Accel, Qemu};
 use vmpod_shim::pod_dir::PodDir;
 use vmpod_shim::service::ShimService;
@@ -90,12 +91,18 @@ fn main() -> ExitCode {
     }
 }
 
-fn hypervisor_for(spec: &VmSpec) -> Box<dyn Hypervisor + Send + Sync> {
+fn hypervisor_for(spec: &VmSpec) -> Result<Box<dyn Hypervisor + Send + Sync>> {
     let accel = match spec.backend {
         BackendSpec::QemuKvm => Accel::Kvm,
         BackendSpec::QemuTcg => Accel::Tcg,
+        BackendSpec::Kvm => return Ok(Box::new(Kvm)),
     };
-    Box::new(Qemu::new(spec.helpers.qemu.clone(), accel))
+    let qemu = spec
+        .helpers
+        .qemu
+        .clone()
+        .context("helpers.qemu: the qemu backends need it")?;
+    Ok(Box::new(Qemu::new(qemu, accel)))
 }
 
 async fn run(
@@ -108,7 +115,7 @@ async fn run(
     vm::prepare_dirs(&pod)?;
     let listener = bind_private(&pod.shim_socket())?;
 
-    let hypervisor = hypervisor_for(&spec);
+    let hypervisor = hypervisor_for(&spec)?;
     let containers = Containers::new(pod.share());
     let (machine, handle) = Machine::new(
         spec,

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use thiserror::Error;
-use vmpod_shim_api::spec::VmSpec;
+use vmpod_shim_api::spec::{BackendSpec, VmSpec};
 
 #[derive(Debug, Error)]
 pub enum SpecError {
@@ -79,7 +79,11 @@ pub fn validate(spec: &VmSpec) -> Result<(), (&'static str, String)> {
     if spec.boot_timeout_ms == 0 {
         return Err(("boot-timeout-ms", "must be positive".into()));
     }
-    file(&spec.helpers.qemu, "helpers.qemu")?;
+    match (&spec.helpers.qemu, spec.backend) {
+        (Some(qemu), _) => file(qemu, "helpers.qemu")?,
+        (None, BackendSpec::Kvm) => {}
+        (None, _) => return Err(("helpers.qemu", "the qemu backends need it".into())),
+    }
     file(&spec.helpers.virtiofsd, "helpers.virtiofsd")?;
     if let Some(vsock) = &spec.helpers.vhost_device_vsock {
         file(vsock, "helpers.vhost-device-vsock")?;
@@ -109,7 +113,7 @@ fn file(path: &Path, field: &'static str) -> Result<(), (&'static str, String)> 
 mod tests {
     use super::*;
     use std::path::PathBuf;
-    use vmpod_shim_api::spec::{BackendSpec, GuestSetup, Helpers};
+    use vmpod_shim_api::spec::{GuestSetup, Helpers};
 
     fn good() -> VmSpec {
         let sh = PathBuf::from("/bin/sh");
@@ -122,7 +126,7 @@ mod tests {
             memory_mib: 256,
             boot_timeout_ms: 1000,
             helpers: Helpers {
-                qemu: sh.clone(),
+                qemu: Some(sh.clone()),
                 virtiofsd: sh.clone(),
                 vhost_device_vsock: Some(sh),
             },
@@ -155,6 +159,11 @@ mod tests {
         let mut s = good();
         s.helpers.vhost_device_vsock = Some("/nope".into());
         assert_eq!(validate(&s).unwrap_err().0, "helpers.vhost-device-vsock");
+        let mut s = good();
+        s.helpers.qemu = None;
+        assert_eq!(validate(&s).unwrap_err().0, "helpers.qemu");
+        s.backend = BackendSpec::Kvm;
+        assert_eq!(validate(&s), Ok(()), "the built-in VMM needs no QEMU");
         let mut s = good();
         s.guest.hostname = "a b".into();
         assert_eq!(validate(&s).unwrap_err().0, "guest.hostname");

@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use tonic::transport::Channel;
 use vmpod_agent_proto::v1::SetupSandboxRequest;
 use vmpod_agent_proto::{AGENT_VSOCK_PORT, AgentClient, GUEST_CID, SHARE_TAG};
-use vmpod_shim_api::spec::VmSpec;
+use vmpod_shim_api::spec::{BackendSpec, VmSpec};
 use vmpod_shim_api::v1::{BootTimes, Phase, VmState};
 
 use crate::agent;
@@ -244,6 +244,14 @@ impl Machine {
     async fn boot(&mut self, deadline: Instant) -> Result<AgentClient<Channel>> {
         let pod = self.pod.clone();
         let vsock = match self.spec.helpers.vhost_device_vsock.clone() {
+            // The built-in VMM serves the hybrid-vsock socket itself.
+            _ if self.spec.backend == BackendSpec::Kvm => {
+                helpers::remove_stale(&pod.hybrid_vsock())?;
+                Vsock::InProcess {
+                    guest_cid: GUEST_CID,
+                    uds: pod.hybrid_vsock(),
+                }
+            }
             Some(bin) => {
                 helpers::remove_stale(&pod.hybrid_vsock())?;
                 let socket = pod.vsock_backend_socket();

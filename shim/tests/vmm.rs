@@ -50,13 +50,21 @@ fn initrd() -> PathBuf {
 
 /// Runs `vmpod-vmm` with a deadline; returns its output.
 fn vmm(args: &[&str]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vmpod-vmm"))
+    wait_with_deadline(spawn_vmm(args), args)
+}
+
+fn spawn_vmm(args: &[&str]) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_vmpod-vmm"))
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("spawn vmpod-vmm");
+        .expect("spawn vmpod-vmm")
+}
+
+/// Waits up to 60 s for `child`, killing it (and failing) past that.
+fn wait_with_deadline(mut child: std::process::Child, args: &[&str]) -> Output {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if child.try_wait().expect("try_wait").is_some() {
@@ -507,11 +515,13 @@ fn two_vms_in_one_process() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn kvm_backend_reports_console_and_exit() {
-    use vmpod_shim::hypervisor::kvm::{Kvm, MissingDevices};
+    use vmpod_shim::hypervisor::kvm::Kvm;
     use vmpod_shim::hypervisor::{BASE_CMDLINE, Hypervisor, VmConfig, Vsock};
 
     let initrd = initrd();
-    let config = VmConfig {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let uds = dir.path().join("vm.vsock");
+    let mut config = VmConfig {
         name: "test".into(),
         kernel: guests().join("elf64.elf"),
         initramfs: initrd,
@@ -523,13 +533,15 @@ async fn kvm_backend_reports_console_and_exit() {
         log: std::env::temp_dir().join("vmpod-kvm-test.log"),
     };
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let refused = Kvm::default().start(&config, tx.clone());
-    let e = refused.err().expect("refuses without vsock").to_string();
-    assert!(e.contains("virtio-vsock"), "{e}");
-
-    let backend = Kvm {
-        missing_devices: MissingDevices::Ignore,
+    let refused = Kvm.start(&config, tx.clone());
+    let e = refused.err().expect("refuses a vhost vsock").to_string();
+    assert!(e.contains("serves vsock itself"), "{e}");
+    config.vsock = Vsock::InProcess {
+        guest_cid: 3,
+        uds: uds.clone(),
     };
+
+    let backend = Kvm;
     assert_eq!(backend.name(), "kvm");
     let mut vm = backend.start(&config, tx).expect("start");
     assert_eq!(vm.pid(), std::process::id());
@@ -551,6 +563,8 @@ async fn kvm_backend_reports_console_and_exit() {
     // Stopping a VM that already ended returns its status at once.
     let status = vm.stop(Duration::from_secs(1)).await;
     assert_eq!(status.code(), Some(0));
+    drop(vm);
+    assert!(!uds.exists(), "the vsock socket goes with the VM");
 }
 
 /// A disk image for the virtio-blk guests: sector 0 starts with a marker the
@@ -665,4 +679,132 @@ fn a_missing_disk_is_named() {
     let r = run(&["--kernel", &guest("blk.elf"), "--disk", "x,rx"]);
     assert_eq!(r.code, Some(2), "clap usage error: {}", r.stderr);
     assert!(r.stderr.contains("unknown disk option"), "{}", r.stderr);
+}
+
+/// The vsock guest's test data: distinct from the guest's own pattern, so
+/// an echo cannot be mistaken for the other direction's bytes.
+fn host_pattern(len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i.wrapping_mul(31).wrapping_add(7) % 256) as u8)
+        .collect()
+}
+
+/// Connects through the hybrid-vsock socket to guest `port`, retrying
+/// until the guest listens (until then its RST closes the socket).
+fn hybrid_connect(uds: &Path, port: u32) -> std::os::unix::net::UnixStream {
+    use std::io::{Read, Write};
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "guest port {port} never accepted through {}",
+            uds.display()
+        );
+        if let Ok(mut s) = std::os::unix::net::UnixStream::connect(uds) {
+            s.write_all(format!("CONNECT {port}\n").as_bytes())
+                .expect("write CONNECT");
+            let mut line = Vec::new();
+            let mut byte = [0u8; 1];
+            while let Ok(1) = s.read(&mut byte) {
+                if byte[0] == b'\n' {
+                    break;
+                }
+                line.push(byte[0]);
+            }
+            let line = String::from_utf8_lossy(&line);
+            if let Some(host_port) = line.strip_prefix("OK ") {
+                let host_port: u32 = host_port.parse().expect("OK <port>");
+                assert!(host_port >= 1 << 30, "host ports are ephemeral: {line}");
+                return s;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn vsock_echoes_a_mebibyte_host_initiated_and_guest_initiated() {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixListener;
+    const TOTAL: usize = 1 << 20;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let uds = dir.path().join("vm.vsock");
+    // Guest-initiated connections to host port 6000 land on `<uds>_6000`,
+    // where this echoes everything back.
+    let listener = UnixListener::bind(dir.path().join("vm.vsock_6000")).expect("bind");
+    let echo = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().expect("accept");
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut total = 0;
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => return total,
+                Ok(n) => {
+                    s.write_all(&buf[..n]).expect("echo");
+                    total += n;
+                }
+            }
+        }
+    });
+    let vsock = format!("cid=3,uds={}", uds.display());
+    let kernel = guest("vsock.elf");
+    let args = ["--kernel", &kernel, "--memory-mib", "64", "--vsock", &vsock];
+    let child = spawn_vmm(&args);
+
+    let mut stream = hybrid_connect(&uds, 5000);
+    let data = host_pattern(TOTAL);
+    let mut writer = stream.try_clone().expect("clone");
+    let sent = data.clone();
+    let writer = std::thread::spawn(move || writer.write_all(&sent).expect("send 1 MiB"));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let mut back = vec![0u8; TOTAL];
+    stream.read_exact(&mut back).expect("read the echo");
+    writer.join().expect("writer");
+    assert!(back == data, "the host-initiated echo differs");
+    drop(stream);
+
+    let out = wait_with_deadline(child, &args);
+    let serial = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "serial: {serial}\nstderr: {stderr}"
+    );
+    assert!(serial.contains("vsock: listening cid=3"), "{serial}");
+    assert!(
+        serial.contains(&format!("vsock: host-initiated echoed {TOTAL} bytes")),
+        "{serial}"
+    );
+    assert!(
+        serial.contains(&format!("vsock: guest-initiated echo ok {TOTAL} bytes")),
+        "{serial}"
+    );
+    assert_eq!(echo.join().expect("echo thread"), TOTAL);
+    assert!(!uds.exists(), "the VMM removes its socket");
+}
+
+#[test]
+fn a_vsock_socket_that_cannot_be_bound_is_named() {
+    let kernel = guest("elf64.elf");
+    let r = run(&[
+        "--kernel",
+        &kernel,
+        "--vsock",
+        "cid=3,uds=/nonexistent-dir/vm.vsock",
+    ]);
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("binding the vsock socket /nonexistent-dir/vm.vsock"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.serial.is_empty(), "no guest ran: {}", r.serial);
+    let r = run(&["--kernel", &kernel, "--vsock", "cid=2,uds=/tmp/x"]);
+    assert_eq!(r.code, Some(2), "clap usage error: {}", r.stderr);
+    assert!(r.stderr.contains("reserved"), "{}", r.stderr);
 }

@@ -102,20 +102,11 @@ pub struct Decision {
     pub reason: String,
 }
 
-/// Whether the built-in VMM can boot pods. It lands in its own issue; until
-/// then `kvm` is refused and `auto` never picks it.
-const BUILTIN_VMM_AVAILABLE: bool = false;
-
 /// Resolves the configured choice against the host's facts.
 pub fn choose(choice: BackendChoice, facts: &VirtFacts) -> Result<Decision, String> {
     let kvm_ok = facts.kvm.is_ok();
     let full_kvm = kvm_ok && facts.hw_virt;
     match choice {
-        BackendChoice::Kvm if !BUILTIN_VMM_AVAILABLE => Err(
-            "backend \"kvm\" (the built-in VMM) cannot boot pods in this version of vmpod; \
-             set [vm] backend = \"qemu\" or \"auto\""
-                .into(),
-        ),
         BackendChoice::Kvm if !full_kvm => Err(format!(
             "backend \"kvm\" needs /dev/kvm on a CPU with hardware virtualization: {}",
             why_no_kvm(facts)
@@ -126,7 +117,7 @@ pub fn choose(choice: BackendChoice, facts: &VirtFacts) -> Result<Decision, Stri
         }),
         BackendChoice::Qemu | BackendChoice::Auto => {
             let origin = if choice == BackendChoice::Auto {
-                if BUILTIN_VMM_AVAILABLE && full_kvm {
+                if full_kvm {
                     return Ok(Decision {
                         backend: Backend::Kvm,
                         reason: "hardware virtualization present: built-in KVM VMM".into(),
@@ -209,9 +200,24 @@ mod tests {
     }
 
     #[test]
-    fn builtin_vmm_is_refused_clearly() {
-        let e = choose(BackendChoice::Kvm, &facts(true, true)).unwrap_err();
+    fn builtin_vmm_needs_hardware_virtualization() {
+        let e = choose(BackendChoice::Kvm, &facts(true, false)).unwrap_err();
         assert!(e.contains("backend \"kvm\""), "{e}");
+        assert!(e.contains("no vmx/svm"), "{e}");
+        let e = choose(BackendChoice::Kvm, &facts(false, true)).unwrap_err();
+        assert!(e.contains("no /dev/kvm"), "{e}");
+        let d = choose(BackendChoice::Kvm, &facts(true, true)).unwrap();
+        assert_eq!(d.backend, Backend::Kvm);
+    }
+
+    #[test]
+    fn auto_prefers_the_builtin_vmm_on_full_kvm() {
+        let d = choose(BackendChoice::Auto, &facts(true, true)).unwrap();
+        assert_eq!(d.backend, Backend::Kvm);
+        assert!(d.reason.contains("built-in"), "{}", d.reason);
+        // Asking for qemu still gets QEMU with KVM.
+        let d = choose(BackendChoice::Qemu, &facts(true, true)).unwrap();
+        assert_eq!(d.backend, Backend::Qemu { accel: Accel::Kvm });
     }
 
     #[test]

@@ -5,12 +5,10 @@
 //! with exit code 0 for a guest reset and the codes of
 //! [`ExitReason::exit_code`](crate::vmm::ExitReason::exit_code) otherwise.
 //!
-//! Not wired into the pod path yet: the guest device contract needs
-//! virtio-vsock and virtio-fs, which the VMM does not have in this
-//! milestone. [`MissingDevices::Refuse`] (the default) makes `start` say so
-//! instead of booting a guest whose agent can never be reached;
-//! [`MissingDevices::Ignore`] boots without them, for tests and benchmarks
-//! of the boot path.
+//! Its devices are what the pod contract needs: the in-process hybrid vsock
+//! on the pod's `vm.vsock` socket (the agent channel, no helper process)
+//! and, when asked for, virtio-fs through the vhost-user frontend to the
+//! pod's virtiofsd.
 
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
@@ -21,24 +19,41 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use tokio::sync::watch;
 
-use super::{BoxFuture, Console, Hypervisor, RunningVm, VmConfig};
+use super::{BoxFuture, Console, Hypervisor, RunningVm, VirtioFs, VmConfig, Vsock};
 use crate::process::{Exit, ExitSender};
+use crate::vmm::devices::virtio::VirtioDevice;
+use crate::vmm::devices::virtio::vsock::{VsockConfig, VsockDevice};
 use crate::vmm::{self, BootProtocol, VmmConfig, VmmHandle};
 
 pub const PROCESS_NAME: &str = "kvm";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum MissingDevices {
-    /// Refuse to start a VM that asks for vsock / virtio-fs.
-    #[default]
-    Refuse,
-    /// Boot without them (boot-path tests and benchmarks).
-    Ignore,
+#[derive(Debug, Default)]
+pub struct Kvm;
+
+/// The VM's virtio devices, in bus order: vsock, then fs.
+fn devices(config: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>> {
+    let mut virtio: Vec<Box<dyn VirtioDevice>> = Vec::new();
+    match &config.vsock {
+        Vsock::InProcess { guest_cid, uds } => {
+            virtio.push(Box::new(VsockDevice::new(VsockConfig {
+                guest_cid: u64::from(*guest_cid),
+                uds: uds.clone(),
+            })?))
+        }
+        other => bail!("the built-in VMM serves vsock itself, not through {other:?}"),
+    }
+    if let Some(fs) = &config.fs {
+        virtio.push(fs_device(fs)?);
+    }
+    Ok(virtio)
 }
 
-#[derive(Debug, Default)]
-pub struct Kvm {
-    pub missing_devices: MissingDevices,
+fn fs_device(fs: &VirtioFs) -> Result<Box<dyn VirtioDevice>> {
+    bail!(
+        "the built-in VMM has no virtio-fs frontend yet (asked for {} tag {:?}); use a qemu backend",
+        fs.socket.display(),
+        fs.tag
+    )
 }
 
 /// The backend's command line: `reboot=t` (triple fault, which QEMU's
@@ -58,17 +73,7 @@ impl Hypervisor for Kvm {
     }
 
     fn start(&self, config: &VmConfig, exits: ExitSender) -> Result<Box<dyn RunningVm>> {
-        if self.missing_devices == MissingDevices::Refuse {
-            bail!(
-                "the built-in KVM VMM has no virtio-vsock or virtio-fs yet, which a pod's agent \
-                 needs; use a qemu backend"
-            );
-        }
-        tracing::warn!(
-            vsock = ?config.vsock,
-            fs = ?config.fs,
-            "built-in VMM: booting without the requested virtio devices"
-        );
+        let virtio = devices(config)?;
         let vcpus = u8::try_from(config.vcpus)
             .with_context(|| format!("{} vCPUs do not fit the built-in VMM", config.vcpus))?;
         let (console_rx, console_tx) = pipe()?;
@@ -80,7 +85,7 @@ impl Hypervisor for Kvm {
             memory_mib: config.memory_mib,
             serial: Box::new(std::fs::File::from(console_tx)),
             boot: BootProtocol::Auto,
-            virtio: Vec::new(),
+            virtio,
         })?;
         let handle = vm.handle();
         let console = tokio::net::unix::pipe::Receiver::from_owned_fd(console_rx)

@@ -31,6 +31,9 @@ pub enum Vsock {
     VhostUser { socket: PathBuf },
     /// The host kernel's vhost-vsock (`/dev/vhost-vsock`).
     Kernel { guest_cid: u32 },
+    /// The built-in VMM's own device, whose host end is the hybrid-vsock
+    /// socket `uds` itself (no helper process).
+    InProcess { guest_cid: u32, uds: PathBuf },
 }
 
 /// A vhost-user virtio-fs backend (virtiofsd).

@@ -91,6 +91,9 @@ pub fn args(config: &VmConfig, accel: Accel) -> Result<Vec<OsString>> {
             a.push("-device".into());
             a.push(format!("vhost-vsock-device,guest-cid={guest_cid}").into());
         }
+        Vsock::InProcess { .. } => {
+            anyhow::bail!("QEMU has no in-process hybrid vsock; it needs vhost-device-vsock")
+        }
     }
     if let Some(VirtioFs { socket, tag }) = &config.fs {
         a.push("-chardev".into());

@@ -18,6 +18,7 @@ use super::devices::legacy::serial::Output;
 use super::devices::virtio::VirtioDevice;
 use super::devices::virtio::block::{BlockDevice, DiskConfig};
 use super::devices::virtio::null::NullDevice;
+use super::devices::virtio::vsock::{VsockConfig, VsockDevice};
 use super::{BootProtocol, Seccomp, VmmConfig};
 
 #[derive(Parser, Debug)]
@@ -51,6 +52,12 @@ pub struct Args {
     /// Disks follow the placeholder devices on the MMIO bus.
     #[arg(long = "disk", value_name = "FILE[,ro]")]
     pub disks: Vec<DiskConfig>,
+    /// A virtio-vsock device with guest CID N whose host end is the unix
+    /// socket PATH (Firecracker's hybrid vsock: `CONNECT <port>\n` on PATH
+    /// reaches a guest listener; guest connections to host port P reach
+    /// `PATH_P`). It follows the disks on the MMIO bus.
+    #[arg(long, value_name = "cid=N,uds=PATH")]
+    pub vsock: Option<VsockConfig>,
     /// Attach N placeholder virtio-mmio devices (ID 0), to exercise the
     /// transport with test guests.
     #[arg(long, hide = true, default_value_t = 0)]
@@ -105,6 +112,9 @@ fn run(args: Args) -> Result<u8> {
         .collect();
     for disk in &args.disks {
         virtio.push(Box::new(BlockDevice::open(disk)?));
+    }
+    if let Some(vsock) = args.vsock {
+        virtio.push(Box::new(VsockDevice::new(vsock)?));
     }
     let seccomp = if args.no_seccomp {
         Seccomp::Off

@@ -6,6 +6,7 @@
 //! recovery finds the record and undoes exactly what was made. If boot fails
 //! while the daemon lives, the same teardown runs here.
 
+use crate::config::BackendChoice;
 use std::net::IpAddr;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Component, Path};
@@ -32,8 +33,19 @@ const MAX_HOSTNAME: usize = 64;
 const MAX_DNS_SERVERS: usize = 3;
 const MAX_DNS_SEARCHES: usize = 6;
 
-/// Handlers this runtime serves. kubelet sends "" for the default.
-pub const RUNTIME_HANDLERS: &[&str] = &["", "vmpod"];
+/// Handlers this runtime serves (RuntimeClass `handler`). kubelet sends ""
+/// for the default; "" and "vmpod" use the configured `[vm] backend`,
+/// the others pin one.
+pub const RUNTIME_HANDLERS: &[&str] = &["", "vmpod", "vmpod-kvm", "vmpod-qemu"];
+
+/// The backend choice a runtime handler stands for.
+fn handler_backend(handler: &str, configured: BackendChoice) -> BackendChoice {
+    match handler {
+        "vmpod-kvm" => BackendChoice::Kvm,
+        "vmpod-qemu" => BackendChoice::Qemu,
+        _ => configured,
+    }
+}
 
 /// Extra time, past the guest's boot timeout, for the shim to tear down and
 /// report before the daemon gives up on it.
@@ -48,7 +60,7 @@ pub async fn run_pod_sandbox(
         .config
         .ok_or_else(|| Status::invalid_argument("config is required"))?;
     let valid = validate(&config, &req.runtime_handler)?;
-    let plan = plan_vm(daemon)?;
+    let plan = plan_vm(daemon, &req.runtime_handler)?;
 
     let id = new_id()?;
     let now = crate::clock::unix_nanos();
@@ -145,7 +157,7 @@ fn validate(config: &PodSandboxConfig, handler: &str) -> Result<Valid, Status> {
     if !RUNTIME_HANDLERS.contains(&handler) {
         return Err(invalid(
             "runtime_handler",
-            format!("{handler:?} is not served by vmpod (known: \"\", \"vmpod\")"),
+            format!("{handler:?} is not served by vmpod (known: {RUNTIME_HANDLERS:?})"),
         ));
     }
     let md = config
@@ -308,19 +320,17 @@ struct Plan {
     boot_timeout: Duration,
 }
 
-fn plan_vm(daemon: &Daemon) -> Result<Plan, Status> {
+fn plan_vm(daemon: &Daemon, handler: &str) -> Result<Plan, Status> {
     let cfg = &daemon.config;
-    let decision = backend::choose(cfg.vm.backend, &VirtFacts::probe())
-        .map_err(Status::failed_precondition)?;
+    let choice = handler_backend(handler, cfg.vm.backend);
+    let decision = backend::choose(choice, &VirtFacts::probe())
+        .map_err(|e| Status::failed_precondition(format!("runtime handler {handler:?}: {e}")))?;
     let backend = match decision.backend {
         Backend::Qemu { accel: Accel::Kvm } => BackendSpec::QemuKvm,
         Backend::Qemu { accel: Accel::Tcg } => BackendSpec::QemuTcg,
-        Backend::Kvm => {
-            return Err(Status::failed_precondition(
-                "the built-in KVM VMM cannot boot pods in this version",
-            ));
-        }
+        Backend::Kvm => BackendSpec::Kvm,
     };
+    let builtin = backend == BackendSpec::Kvm;
     for (what, path) in [
         ("guest kernel", &cfg.vm.kernel),
         ("guest initramfs", &cfg.vm.initramfs),
@@ -339,9 +349,14 @@ fn plan_vm(daemon: &Daemon) -> Result<Plan, Status> {
             ))
         })
     };
-    let qemu = need(&cfg.helpers.qemu, "apt-get install qemu-system-x86")?;
+    // The built-in VMM needs neither QEMU nor a vsock helper.
+    let qemu = if builtin {
+        None
+    } else {
+        Some(need(&cfg.helpers.qemu, "apt-get install qemu-system-x86")?)
+    };
     let virtiofsd = need(&cfg.helpers.virtiofsd, "cargo install --locked virtiofsd")?;
-    let vhost_device_vsock = if Path::new("/dev/vhost-vsock").exists() {
+    let vhost_device_vsock = if builtin || Path::new("/dev/vhost-vsock").exists() {
         None
     } else {
         Some(need(
@@ -357,7 +372,7 @@ fn plan_vm(daemon: &Daemon) -> Result<Plan, Status> {
     })?;
     let boot_timeout = Duration::from_secs(cfg.vm.boot_timeout_secs.unwrap_or(match backend {
         BackendSpec::QemuTcg => 60,
-        BackendSpec::QemuKvm => 10,
+        BackendSpec::QemuKvm | BackendSpec::Kvm => 10,
     }));
     Ok(Plan {
         backend,

@@ -13,6 +13,7 @@
 pub mod block;
 pub mod mmio;
 pub mod null;
+pub mod vsock;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};

@@ -1,0 +1,263 @@
+//! virtio-vsock (virtio 1.x section 5.10), Firecracker-style "hybrid":
+//! the guest sees a normal vsock device with its CID; the host side is a
+//! unix socket instead of the kernel's vsock, so no `/dev/vhost-vsock` and
+//! no host CID space are needed.
+//!
+//! - Host-initiated: connect to `uds`, write `CONNECT <port>\n`; the device
+//!   asks the guest for a connection to `port` and answers `OK <hostport>\n`
+//!   once the guest accepts it (the guest's RST closes the socket instead).
+//!   The shim's agent channel uses exactly this (`shim/src/agent.rs`).
+//! - Guest-initiated: a guest connection to host CID 2, port P becomes a
+//!   unix connection to `<uds>_P`, where something on the host listens.
+//!
+//! The guest is untrusted, so the device never buffers more for a
+//! connection than the credit it advertised (a guest that sends past it is
+//! reset), bounds the number of connections and of control replies queued
+//! for the guest (past that it stops reading the TX queue until the guest
+//! takes its RX buffers: back-pressure, not growth), drops malformed packets
+//! with a log line (capped per device), and marks itself NEEDS_RESET only
+//! when the queue itself is unusable. Everything runs on one worker thread
+//! ([`muxer`]), with no work on the vCPU threads beyond the activation.
+
+mod connection;
+mod muxer;
+
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use anyhow::{Context, Result, bail};
+use virtio_queue::QueueT;
+use vmm_sys_util::eventfd::EventFd;
+
+use super::{Activation, VIRTIO_F_VERSION_1, VirtioDevice};
+use crate::vmm::vstate::vm::new_eventfd;
+
+/// virtio device ID of a socket device.
+pub const DEVICE_ID: u32 = 19;
+/// The host's CID, as the guest addresses it.
+pub const HOST_CID: u64 = 2;
+/// CIDs 0-2 are reserved, and the config field is 64 bits but only 32 are
+/// used by Linux (`VMADDR_CID_ANY` is u32::MAX).
+const MIN_GUEST_CID: u64 = 3;
+const MAX_GUEST_CID: u64 = u32::MAX as u64 - 1;
+/// rx, tx, event; Linux posts 4 KiB RX buffers, so 256 of them keep a
+/// connection streaming without waiting for the guest.
+const QUEUES: [u16; 3] = [256, 256, 256];
+
+/// `vmpod-vmm --vsock cid=N,uds=PATH`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VsockConfig {
+    pub guest_cid: u64,
+    /// Host end: the unix socket the device listens on; guest-initiated
+    /// connections to port P go to `<uds>_P`.
+    pub uds: PathBuf,
+}
+
+impl std::str::FromStr for VsockConfig {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (mut cid, mut uds) = (None, None);
+        for part in s.split(',') {
+            match part.split_once('=') {
+                Some(("cid", v)) => {
+                    let n: u64 = v
+                        .parse()
+                        .map_err(|_| format!("vsock cid {v:?} is not a number"))?;
+                    if !(MIN_GUEST_CID..=MAX_GUEST_CID).contains(&n) {
+                        return Err(format!(
+                            "vsock cid {n} is reserved or too large (use {MIN_GUEST_CID}..={MAX_GUEST_CID})"
+                        ));
+                    }
+                    cid = Some(n);
+                }
+                Some(("uds", v)) if !v.is_empty() => uds = Some(PathBuf::from(v)),
+                _ => return Err(format!("unknown vsock option {part:?} (cid=N,uds=PATH)")),
+            }
+        }
+        Ok(VsockConfig {
+            guest_cid: cid.ok_or("vsock needs cid=N")?,
+            uds: uds.ok_or("vsock needs uds=PATH")?,
+        })
+    }
+}
+
+/// The transport's view of the device. The listening socket is created with
+/// the device, so a host client may connect before the guest's driver is
+/// up (its CONNECT waits for the driver), and it outlives driver resets.
+pub struct VsockDevice {
+    config: VsockConfig,
+    listener: Arc<UnixListener>,
+    worker: Option<(EventFd, JoinHandle<()>)>,
+}
+
+impl VsockDevice {
+    /// Binds `uds`. A path that already exists is an error rather than
+    /// something to remove: it may be another VM's live socket.
+    pub fn new(config: VsockConfig) -> Result<Self> {
+        if !(MIN_GUEST_CID..=MAX_GUEST_CID).contains(&config.guest_cid) {
+            bail!(
+                "vsock guest CID {} is reserved or too large",
+                config.guest_cid
+            );
+        }
+        let listener = UnixListener::bind(&config.uds)
+            .with_context(|| format!("binding the vsock socket {}", config.uds.display()))?;
+        listener
+            .set_nonblocking(true)
+            .with_context(|| format!("vsock socket {}", config.uds.display()))?;
+        Ok(VsockDevice {
+            config,
+            listener: Arc::new(listener),
+            worker: None,
+        })
+    }
+
+    pub fn uds(&self) -> &Path {
+        &self.config.uds
+    }
+
+    fn stop_worker(&mut self) {
+        if let Some((stop, thread)) = self.worker.take() {
+            if let Err(e) = stop.write(1) {
+                tracing::error!("virtio-vsock: stopping the worker: {e}");
+            }
+            if thread.join().is_err() {
+                tracing::error!("virtio-vsock: the worker panicked");
+            }
+        }
+    }
+}
+
+impl Drop for VsockDevice {
+    /// Joins the worker (it holds guest memory) and removes the socket
+    /// file, so nothing of the VM is left on the host.
+    fn drop(&mut self) {
+        self.stop_worker();
+        if let Err(e) = std::fs::remove_file(&self.config.uds)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!("virtio-vsock: removing {}: {e}", self.config.uds.display());
+        }
+    }
+}
+
+impl VirtioDevice for VsockDevice {
+    fn device_type(&self) -> u32 {
+        DEVICE_ID
+    }
+
+    fn features(&self) -> u64 {
+        VIRTIO_F_VERSION_1
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &QUEUES
+    }
+
+    /// `struct virtio_vsock_config { le64 guest_cid; }`.
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        let config = self.config.guest_cid.to_le_bytes();
+        for (i, byte) in data.iter_mut().enumerate() {
+            *byte = offset
+                .checked_add(i as u64)
+                .and_then(|at| usize::try_from(at).ok())
+                .and_then(|at| config.get(at).copied())
+                .unwrap_or(0);
+        }
+    }
+
+    /// The config space is read-only.
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+
+    fn activate(&mut self, activation: Activation) -> Result<()> {
+        self.stop_worker();
+        let Activation {
+            memory,
+            acked_features: _,
+            queues,
+            notifiers,
+            interrupt,
+        } = activation;
+        let mut queues = queues.into_iter();
+        let mut notifiers = notifiers.into_iter();
+        let (Some(rx), Some(tx), Some(rx_kick), Some(tx_kick), Some(event_kick)) = (
+            queues.next(),
+            queues.next(),
+            notifiers.next(),
+            notifiers.next(),
+            notifiers.next(),
+        ) else {
+            bail!("virtio-vsock activated without its queues");
+        };
+        if !rx.ready() || !tx.ready() {
+            bail!("the driver did not make the RX and TX queues ready");
+        }
+        let stop = new_eventfd()?;
+        let muxer = muxer::Muxer::new(muxer::Parts {
+            memory,
+            rx,
+            tx,
+            kicks: [rx_kick, tx_kick, event_kick],
+            stop: stop.try_clone().context("duplicating the stop eventfd")?,
+            interrupt,
+            listener: self.listener.clone(),
+            config: self.config.clone(),
+        })?;
+        let thread = std::thread::Builder::new()
+            .name("virtio-vsock".to_owned())
+            .spawn(move || muxer.run())
+            .context("spawning the virtio-vsock worker thread")?;
+        self.worker = Some((stop, thread));
+        Ok(())
+    }
+
+    /// Every connection ends with the worker (their host sockets see EOF);
+    /// the listening socket stays for the next activation.
+    fn reset(&mut self) {
+        self.stop_worker();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_parsing_names_the_bad_part() {
+        let c: VsockConfig = "cid=3,uds=/run/v.sock".parse().unwrap();
+        assert_eq!(c.guest_cid, 3);
+        assert_eq!(c.uds, PathBuf::from("/run/v.sock"));
+        let err = |s: &str| s.parse::<VsockConfig>().unwrap_err();
+        assert!(
+            err("cid=2,uds=/x").contains("reserved"),
+            "{}",
+            err("cid=2,uds=/x")
+        );
+        assert!(err("cid=x,uds=/x").contains("\"x\""));
+        assert!(err("uds=/x").contains("cid=N"));
+        assert!(err("cid=3").contains("uds=PATH"));
+        assert!(err("cid=3,uds=/x,port=1").contains("\"port=1\""));
+    }
+
+    #[test]
+    fn config_space_is_the_guest_cid() {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = VsockDevice::new(VsockConfig {
+            guest_cid: 0x0102_0304,
+            uds: dir.path().join("v.sock"),
+        })
+        .unwrap();
+        let mut b = [0xffu8; 12];
+        dev.read_config(0, &mut b);
+        assert_eq!(b, [4, 3, 2, 1, 0, 0, 0, 0, 0, 0, 0, 0]);
+        // A second device on the same path is refused, naming it.
+        let again = VsockDevice::new(dev.config.clone()).err().unwrap();
+        assert!(format!("{again:#}").contains("v.sock"), "{again:#}");
+        let path = dev.uds().to_owned();
+        drop(dev);
+        assert!(!path.exists(), "the socket file is removed with the device");
+    }
+}

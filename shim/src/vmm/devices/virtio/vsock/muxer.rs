@@ -1,0 +1,941 @@
+//! The vsock worker: one thread, one epoll set over the queue notifiers, the
+//! listening socket, host sockets mid-handshake and connected host sockets.
+//!
+//! TX (guest→host) packets are handled as they come; everything for the
+//! guest waits until it posts RX buffers: control replies (RESPONSE, RST,
+//! CREDIT_*, REQUEST, SHUTDOWN) first, in order, then data from the
+//! connections whose host socket is readable, round-robin. A guest that
+//! keeps sending while never taking its RX buffers fills `replies`; at
+//! [`MAX_REPLIES`] the TX queue is left alone until RX drains, which stalls
+//! that guest's own sends instead of growing host memory.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_vsock::packet::{PKT_HEADER_SIZE, VsockPacket};
+use vm_memory::{Bytes, VolatileSlice};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::connection::{
+    BUF_ALLOC, Connection, Key, OP_CREDIT_REQUEST, OP_CREDIT_UPDATE, OP_REQUEST, OP_RESPONSE,
+    OP_RST, OP_RW, OP_SHUTDOWN, SHUTDOWN_BOTH, SHUTDOWN_RCV, SHUTDOWN_SEND, SendError, State,
+    TYPE_STREAM,
+};
+use super::{HOST_CID, VsockConfig};
+use crate::vmm::devices::virtio::Interrupt;
+use crate::vmm::memory::GuestMemoryMmap;
+
+const TOKEN_STOP: u64 = 0;
+const TOKEN_RX: u64 = 1;
+const TOKEN_TX: u64 = 2;
+const TOKEN_EVENT: u64 = 3;
+const TOKEN_LISTENER: u64 = 4;
+const FIRST_STREAM_TOKEN: u64 = 16;
+
+/// Open connections per VM; a REQUEST past it is answered with RST.
+const MAX_CONNECTIONS: usize = 512;
+/// Host sockets that connected but have not sent their CONNECT line.
+const MAX_HANDSHAKES: usize = 64;
+/// Control packets queued for the guest before TX processing pauses.
+const MAX_REPLIES: usize = 1024;
+/// The largest payload of one packet either way (Linux sends at most 64 KiB
+/// per packet and posts 4 KiB RX buffers).
+const MAX_PKT_DATA: u32 = 64 * 1024;
+/// `CONNECT 4294967295\n` and some slack.
+const MAX_CONNECT_LINE: usize = 32;
+/// A guest that neither accepts nor refuses a host connection in this long
+/// has no listener worth waiting for (Firecracker uses 2 s as well).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// After a full shutdown the guest owes an RST; it is not waited for longer.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(2);
+/// Host-initiated connections get host ports from here up.
+const HOST_PORT_BASE: u32 = 1 << 30;
+/// As elsewhere in the VMM: guest mistakes logged at warn level per device.
+const LOG_BUDGET: u32 = 32;
+
+/// What the device hands its worker at activation.
+pub struct Parts {
+    pub memory: Arc<GuestMemoryMmap>,
+    pub rx: Queue,
+    pub tx: Queue,
+    /// rx, tx, event queue notifiers.
+    pub kicks: [EventFd; 3],
+    pub stop: EventFd,
+    pub interrupt: Arc<Interrupt>,
+    pub listener: Arc<UnixListener>,
+    pub config: VsockConfig,
+}
+
+/// A control packet for the guest.
+#[derive(Debug, Clone, Copy)]
+struct Reply {
+    key: Key,
+    op: u16,
+    flags: u32,
+}
+
+enum Stream {
+    Handshake,
+    Connection(Key),
+}
+
+/// The queue itself is unusable; the device needs a reset.
+struct Fatal(String);
+
+pub struct Muxer {
+    memory: Arc<GuestMemoryMmap>,
+    rx: Queue,
+    tx: Queue,
+    kicks: [EventFd; 3],
+    stop: EventFd,
+    interrupt: Arc<Interrupt>,
+    listener: Arc<UnixListener>,
+    config: VsockConfig,
+    epoll: Epoll,
+    conns: HashMap<Key, Connection>,
+    handshakes: HashMap<u64, UnixStream>,
+    streams: HashMap<u64, Stream>,
+    next_token: u64,
+    next_host_port: u32,
+    replies: VecDeque<Reply>,
+    /// Connections that may have host data or EOF for the guest.
+    ready: VecDeque<Key>,
+    /// TX chains may be waiting (kicked, or paused at MAX_REPLIES).
+    tx_pending: bool,
+    rx_used: bool,
+    tx_used: bool,
+    broken: bool,
+    bounce: Vec<u8>,
+    complaints: u32,
+}
+
+impl Muxer {
+    pub fn new(p: Parts) -> Result<Self> {
+        let epoll = Epoll::new().context("virtio-vsock: epoll_create")?;
+        let level = EventSet::IN;
+        let m = Muxer {
+            memory: p.memory,
+            rx: p.rx,
+            tx: p.tx,
+            kicks: p.kicks,
+            stop: p.stop,
+            interrupt: p.interrupt,
+            listener: p.listener,
+            config: p.config,
+            epoll,
+            conns: HashMap::new(),
+            handshakes: HashMap::new(),
+            streams: HashMap::new(),
+            next_token: FIRST_STREAM_TOKEN,
+            next_host_port: HOST_PORT_BASE,
+            replies: VecDeque::new(),
+            ready: VecDeque::new(),
+            tx_pending: true,
+            rx_used: false,
+            tx_used: false,
+            broken: false,
+            bounce: vec![0; MAX_PKT_DATA as usize],
+            complaints: 0,
+        };
+        for (fd, token) in [
+            (m.stop.as_raw_fd(), TOKEN_STOP),
+            (m.kicks[0].as_raw_fd(), TOKEN_RX),
+            (m.kicks[1].as_raw_fd(), TOKEN_TX),
+            (m.kicks[2].as_raw_fd(), TOKEN_EVENT),
+            (m.listener.as_raw_fd(), TOKEN_LISTENER),
+        ] {
+            m.epoll
+                .ctl(ControlOperation::Add, fd, EpollEvent::new(level, token))
+                .context("virtio-vsock: epoll_ctl")?;
+        }
+        Ok(m)
+    }
+
+    fn complain(&mut self, what: std::fmt::Arguments<'_>) {
+        if self.complaints < LOG_BUDGET {
+            self.complaints += 1;
+            tracing::warn!("virtio-vsock: {what}");
+            if self.complaints == LOG_BUDGET {
+                tracing::warn!(
+                    "virtio-vsock: more guest errors like these are logged at debug level only"
+                );
+            }
+        } else {
+            tracing::debug!("virtio-vsock: {what}");
+        }
+    }
+
+    pub fn run(mut self) {
+        let mut events = vec![EpollEvent::default(); 64];
+        loop {
+            let n = match self.epoll.wait(self.timeout_ms(), &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::error!("virtio-vsock: epoll_wait: {e}; the worker stops");
+                    return;
+                }
+            };
+            for ev in &events[..n] {
+                match ev.data() {
+                    TOKEN_STOP => return,
+                    // Non-blocking eventfds: a spurious wakeup reads EAGAIN.
+                    TOKEN_RX => {
+                        let _ = self.kicks[0].read();
+                    }
+                    TOKEN_TX => {
+                        let _ = self.kicks[1].read();
+                        self.tx_pending = true;
+                    }
+                    // The device never uses the event queue (it only
+                    // carries transport resets after a migration).
+                    TOKEN_EVENT => {
+                        let _ = self.kicks[2].read();
+                    }
+                    TOKEN_LISTENER => self.accept(),
+                    token => self.stream_event(token, ev.event_set()),
+                }
+            }
+            if self.broken {
+                continue;
+            }
+            self.expire(Instant::now());
+            if let Err(Fatal(why)) = self.step() {
+                tracing::warn!("virtio-vsock: {why}; marking DEVICE_NEEDS_RESET");
+                self.break_down();
+            }
+        }
+    }
+
+    /// Stops serving: no connection survives, nothing is accepted, and only
+    /// the stop signal is still heard.
+    fn break_down(&mut self) {
+        self.broken = true;
+        self.interrupt.signal_needs_reset();
+        let _ = self.epoll.ctl(
+            ControlOperation::Delete,
+            self.listener.as_raw_fd(),
+            EpollEvent::default(),
+        );
+        // Dropping the sockets closes them, which takes them out of epoll.
+        self.conns.clear();
+        self.handshakes.clear();
+        self.streams.clear();
+        self.replies.clear();
+        self.ready.clear();
+    }
+
+    fn timeout_ms(&self) -> i32 {
+        let now = Instant::now();
+        self.conns
+            .values()
+            .filter_map(|c| c.deadline)
+            .min()
+            .map_or(-1, |d| {
+                // Round up, so the deadline has passed when we wake.
+                let ms = d.saturating_duration_since(now).as_micros().div_ceil(1000);
+                i32::try_from(ms).unwrap_or(i32::MAX)
+            })
+    }
+
+    /// Moves packets both ways until neither queue can make progress, then
+    /// interrupts the guest once per queue used. Bounded, so the stop signal
+    /// is seen between rounds; unfinished TX work re-notifies itself.
+    fn step(&mut self) -> Result<(), Fatal> {
+        for _ in 0..4 {
+            let mut progress = false;
+            if self.tx_pending && self.replies.len() < MAX_REPLIES {
+                progress |= self.process_tx()?;
+            }
+            progress |= self.process_rx()?;
+            let tx_can_go = self.tx_pending && self.replies.len() < MAX_REPLIES;
+            if !(progress && tx_can_go) {
+                break;
+            }
+        }
+        if self.tx_pending && self.replies.len() < MAX_REPLIES {
+            let _ = self.kicks[1].write(1);
+        }
+        let memory = self.memory.clone();
+        if std::mem::take(&mut self.rx_used) && self.rx.needs_notification(&*memory).unwrap_or(true)
+        {
+            self.interrupt.signal_used_queue();
+        }
+        if std::mem::take(&mut self.tx_used) && self.tx.needs_notification(&*memory).unwrap_or(true)
+        {
+            self.interrupt.signal_used_queue();
+        }
+        Ok(())
+    }
+
+    // ---- guest → host ------------------------------------------------
+
+    /// Handles up to two queue-sizes of TX chains; true if any was used.
+    fn process_tx(&mut self) -> Result<bool, Fatal> {
+        let memory = self.memory.clone();
+        let mem: &GuestMemoryMmap = &memory;
+        let mut used = false;
+        let mut budget = 2 * u32::from(self.tx.size());
+        while self.replies.len() < MAX_REPLIES {
+            if budget == 0 {
+                return Ok(used);
+            }
+            budget -= 1;
+            let chain = match self.tx.iter(mem) {
+                Ok(mut iter) => iter.next(),
+                Err(e) => return Err(Fatal(format!("the TX available ring is invalid: {e}"))),
+            };
+            let Some(mut chain) = chain else {
+                self.tx_pending = false;
+                return Ok(used);
+            };
+            let head = chain.head_index();
+            match VsockPacket::from_tx_virtq_chain(mem, &mut chain, MAX_PKT_DATA) {
+                Ok(pkt) => self.guest_packet(&pkt),
+                Err(e) => self.complain(format_args!(
+                    "dropping a malformed TX packet (head {head}): {e}"
+                )),
+            }
+            self.tx
+                .add_used(mem, head, 0)
+                .map_err(|e| Fatal(format!("writing the TX used ring: {e}")))?;
+            self.tx_used = true;
+            used = true;
+        }
+        Ok(used)
+    }
+
+    fn guest_packet(&mut self, pkt: &VsockPacket<'_, ()>) {
+        let op = pkt.op();
+        let key = Key {
+            local_port: pkt.dst_port(),
+            peer_port: pkt.src_port(),
+        };
+        let guest_cid = self.config.guest_cid;
+        if pkt.src_cid() != guest_cid {
+            self.complain(format_args!(
+                "dropping a packet from CID {} (the guest is CID {guest_cid})",
+                pkt.src_cid(),
+            ));
+            return;
+        }
+        if pkt.dst_cid() != HOST_CID || pkt.type_() != TYPE_STREAM {
+            self.complain(format_args!(
+                "refusing a packet to CID {} of type {} (only stream sockets to the host, CID {HOST_CID})",
+                pkt.dst_cid(),
+                pkt.type_()
+            ));
+            if op != OP_RST {
+                self.reply(key, OP_RST, 0);
+            }
+            return;
+        }
+        if let Some(c) = self.conns.get_mut(&key) {
+            c.update_peer_credit(pkt.buf_alloc(), pkt.fwd_cnt());
+        }
+        match op {
+            OP_REQUEST => self.guest_connects(key),
+            OP_RESPONSE => self.guest_accepted(key),
+            OP_RW => self.guest_data(key, pkt),
+            OP_CREDIT_UPDATE => {
+                if let Some(c) = self.conns.get_mut(&key)
+                    && c.wants_credit
+                    && c.peer_credit() > 0
+                {
+                    c.wants_credit = false;
+                    self.ready.push_back(key);
+                }
+            }
+            OP_CREDIT_REQUEST => {
+                let op = if self.conns.contains_key(&key) {
+                    OP_CREDIT_UPDATE
+                } else {
+                    OP_RST
+                };
+                self.reply(key, op, 0);
+            }
+            OP_SHUTDOWN => self.guest_shutdown(key, pkt.flags()),
+            OP_RST => self.remove(key),
+            other => {
+                self.complain(format_args!("unknown vsock op {other}; resetting"));
+                self.kill(key);
+            }
+        }
+    }
+
+    /// A guest connection to host port P: a unix connection to `<uds>_P`.
+    fn guest_connects(&mut self, key: Key) {
+        if self.conns.contains_key(&key) {
+            self.complain(format_args!(
+                "a second REQUEST for port {} from guest port {}",
+                key.local_port, key.peer_port
+            ));
+            self.kill(key);
+            return;
+        }
+        if self.conns.len() >= MAX_CONNECTIONS {
+            self.complain(format_args!(
+                "refusing a connection to port {}: {MAX_CONNECTIONS} are open",
+                key.local_port
+            ));
+            self.reply(key, OP_RST, 0);
+            return;
+        }
+        let mut path = self.config.uds.clone().into_os_string();
+        path.push(format!("_{}", key.local_port));
+        let path = PathBuf::from(path);
+        let stream = match connect_nonblocking(&path) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(
+                    "virtio-vsock: guest connection to port {}: {}: {e}",
+                    key.local_port,
+                    path.display()
+                );
+                self.reply(key, OP_RST, 0);
+                return;
+            }
+        };
+        if self
+            .add_connection(key, stream, State::Established)
+            .is_some()
+        {
+            self.reply(key, OP_RESPONSE, 0);
+            self.ready.push_back(key);
+        } else {
+            self.reply(key, OP_RST, 0);
+        }
+    }
+
+    /// The guest accepted a host-initiated connection: tell the host.
+    fn guest_accepted(&mut self, key: Key) {
+        let Some(c) = self.conns.get_mut(&key) else {
+            self.reply(key, OP_RST, 0);
+            return;
+        };
+        if c.state != State::Connecting {
+            self.complain(format_args!(
+                "RESPONSE on the established connection {key:?}"
+            ));
+            self.kill(key);
+            return;
+        }
+        let line = format!("OK {}\n", key.local_port);
+        // A fresh socket's send buffer is empty: the line goes in one write.
+        match c.stream.write(line.as_bytes()) {
+            Ok(n) if n == line.len() => {
+                c.state = State::Established;
+                c.deadline = None;
+                self.ready.push_back(key);
+            }
+            _ => self.kill(key),
+        }
+    }
+
+    fn guest_data(&mut self, key: Key, pkt: &VsockPacket<'_, ()>) {
+        let established = self
+            .conns
+            .get(&key)
+            .is_some_and(|c| c.state == State::Established);
+        if !established {
+            self.reply(key, OP_RST, 0);
+            return;
+        }
+        let len = match pkt.data_slice() {
+            Some(data) => data.copy_to(&mut self.bounce[..]),
+            None => 0,
+        };
+        let Some(c) = self.conns.get_mut(&key) else {
+            return;
+        };
+        if c.peer_shutdown & SHUTDOWN_SEND != 0 {
+            self.complain(format_args!("data after SHUTDOWN on {key:?}"));
+            self.kill(key);
+            return;
+        }
+        match c.send_to_host(&self.bounce[..len]) {
+            Ok(()) => {
+                let (pending, token, fd) = (c.has_pending(), c.token, c.stream.as_raw_fd());
+                let credit = c.wants_credit_update();
+                if pending {
+                    self.watch(fd, token, true);
+                }
+                if credit {
+                    self.reply(key, OP_CREDIT_UPDATE, 0);
+                }
+            }
+            Err(SendError::CreditExceeded { held, more }) => {
+                self.complain(format_args!(
+                    "guest sent {more} bytes on {key:?} with {held} of its {BUF_ALLOC}-byte credit already held; resetting"
+                ));
+                self.kill(key);
+            }
+            Err(SendError::Io(e)) => {
+                tracing::debug!("virtio-vsock: {key:?}: writing to the host: {e}");
+                self.kill(key);
+            }
+        }
+    }
+
+    fn guest_shutdown(&mut self, key: Key, flags: u32) {
+        let Some(c) = self.conns.get_mut(&key) else {
+            self.reply(key, OP_RST, 0);
+            return;
+        };
+        c.peer_shutdown |= flags & SHUTDOWN_BOTH;
+        if c.peer_shutdown == SHUTDOWN_BOTH && !c.has_pending() {
+            self.kill(key);
+            return;
+        }
+        if c.peer_shutdown & SHUTDOWN_SEND != 0 && !c.has_pending() {
+            let _ = c.stream.shutdown(std::net::Shutdown::Write);
+        }
+        if c.peer_shutdown == SHUTDOWN_BOTH {
+            c.deadline = Some(Instant::now() + SHUTDOWN_TIMEOUT);
+        }
+    }
+
+    // ---- host side ---------------------------------------------------
+
+    fn accept(&mut self) {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, _)) => {
+                    if self.handshakes.len() >= MAX_HANDSHAKES {
+                        tracing::warn!(
+                            "virtio-vsock: {MAX_HANDSHAKES} host connections have not sent CONNECT yet; closing a new one"
+                        );
+                        continue;
+                    }
+                    if let Err(e) = stream.set_nonblocking(true) {
+                        tracing::warn!("virtio-vsock: accepted socket: {e}");
+                        continue;
+                    }
+                    let token = self.token();
+                    if let Err(e) = self.epoll.ctl(
+                        ControlOperation::Add,
+                        stream.as_raw_fd(),
+                        EpollEvent::new(EventSet::IN, token),
+                    ) {
+                        tracing::warn!("virtio-vsock: epoll_ctl: {e}");
+                        continue;
+                    }
+                    self.streams.insert(token, Stream::Handshake);
+                    self.handshakes.insert(token, stream);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::warn!("virtio-vsock: accept: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn token(&mut self) -> u64 {
+        let t = self.next_token;
+        self.next_token += 1;
+        t
+    }
+
+    fn stream_event(&mut self, token: u64, events: EventSet) {
+        match self.streams.get(&token) {
+            Some(Stream::Handshake) => self.handshake(token),
+            Some(Stream::Connection(key)) => {
+                let key = *key;
+                let Some(c) = self.conns.get_mut(&key) else {
+                    return;
+                };
+                if events.contains(EventSet::HANG_UP) {
+                    c.host_hup = true;
+                }
+                if events.intersects(
+                    EventSet::IN | EventSet::READ_HANG_UP | EventSet::HANG_UP | EventSet::ERROR,
+                ) {
+                    c.readable = true;
+                    self.ready.push_back(key);
+                }
+                if events.contains(EventSet::OUT) {
+                    self.host_writable(key);
+                }
+            }
+            None => {}
+        }
+    }
+
+    /// Reads `CONNECT <port>\n` from a new host socket: peeked first, so no
+    /// byte after the line is consumed before the guest accepts.
+    fn handshake(&mut self, token: u64) {
+        let Some(stream) = self.handshakes.get(&token) else {
+            return;
+        };
+        let mut line = [0u8; MAX_CONNECT_LINE];
+        let peeked = match peek(stream.as_raw_fd(), &mut line) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(_) => 0,
+        };
+        let end = line[..peeked].iter().position(|&b| b == b'\n');
+        let port = match end {
+            None if peeked > 0 && peeked < MAX_CONNECT_LINE => return,
+            None => None,
+            Some(end) => std::str::from_utf8(&line[..end])
+                .ok()
+                .and_then(|l| l.strip_prefix("CONNECT "))
+                .and_then(|p| p.trim().parse::<u32>().ok()),
+        };
+        let Some(mut stream) = self.handshakes.remove(&token) else {
+            return;
+        };
+        self.streams.remove(&token);
+        let _ = self.epoll.ctl(
+            ControlOperation::Delete,
+            stream.as_raw_fd(),
+            EpollEvent::default(),
+        );
+        let (Some(port), Some(end)) = (port, end) else {
+            tracing::debug!("virtio-vsock: a host connection sent no valid CONNECT line");
+            return;
+        };
+        // Consume exactly the line.
+        if stream.read_exact(&mut line[..=end]).is_err() {
+            return;
+        }
+        if self.conns.len() >= MAX_CONNECTIONS {
+            tracing::warn!(
+                "virtio-vsock: refusing a host connection to guest port {port}: {MAX_CONNECTIONS} are open"
+            );
+            return;
+        }
+        let Some(local_port) = self.free_host_port(port) else {
+            return;
+        };
+        let key = Key {
+            local_port,
+            peer_port: port,
+        };
+        if let Some(c) = self.add_connection(key, stream, State::Connecting) {
+            c.deadline = Some(Instant::now() + CONNECT_TIMEOUT);
+            self.reply(key, OP_REQUEST, 0);
+        }
+    }
+
+    fn free_host_port(&mut self, peer_port: u32) -> Option<u32> {
+        for _ in 0..=MAX_CONNECTIONS {
+            let p = self.next_host_port;
+            self.next_host_port = p.checked_add(1).unwrap_or(HOST_PORT_BASE);
+            let key = Key {
+                local_port: p,
+                peer_port,
+            };
+            if !self.conns.contains_key(&key) {
+                return Some(p);
+            }
+        }
+        None
+    }
+
+    /// Registers `stream` (edge-triggered) and records the connection.
+    fn add_connection(
+        &mut self,
+        key: Key,
+        stream: UnixStream,
+        state: State,
+    ) -> Option<&mut Connection> {
+        let token = self.token();
+        let events = EventSet::IN | EventSet::READ_HANG_UP | EventSet::EDGE_TRIGGERED;
+        if let Err(e) = self.epoll.ctl(
+            ControlOperation::Add,
+            stream.as_raw_fd(),
+            EpollEvent::new(events, token),
+        ) {
+            tracing::warn!("virtio-vsock: epoll_ctl: {e}");
+            return None;
+        }
+        self.streams.insert(token, Stream::Connection(key));
+        Some(
+            self.conns
+                .entry(key)
+                .insert_entry(Connection::new(stream, token, state))
+                .into_mut(),
+        )
+    }
+
+    /// Adds or drops EPOLLOUT interest (held guest data waits for it).
+    fn watch(&self, fd: RawFd, token: u64, writable: bool) {
+        let mut events = EventSet::IN | EventSet::READ_HANG_UP | EventSet::EDGE_TRIGGERED;
+        if writable {
+            events |= EventSet::OUT;
+        }
+        if let Err(e) = self
+            .epoll
+            .ctl(ControlOperation::Modify, fd, EpollEvent::new(events, token))
+        {
+            tracing::warn!("virtio-vsock: epoll_ctl: {e}");
+        }
+    }
+
+    fn host_writable(&mut self, key: Key) {
+        let Some(c) = self.conns.get_mut(&key) else {
+            return;
+        };
+        if let Err(e) = c.flush() {
+            tracing::debug!("virtio-vsock: {key:?}: writing to the host: {e}");
+            self.kill(key);
+            return;
+        }
+        if c.has_pending() {
+            return;
+        }
+        let (token, fd) = (c.token, c.stream.as_raw_fd());
+        let shutdown = c.peer_shutdown;
+        let credit = c.wants_credit_update();
+        if shutdown == SHUTDOWN_BOTH {
+            self.kill(key);
+            return;
+        }
+        if shutdown & SHUTDOWN_SEND != 0 {
+            let _ = c.stream.shutdown(std::net::Shutdown::Write);
+        }
+        self.watch(fd, token, false);
+        if credit {
+            self.reply(key, OP_CREDIT_UPDATE, 0);
+        }
+    }
+
+    fn expire(&mut self, now: Instant) {
+        let due: Vec<Key> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.deadline.is_some_and(|d| d <= now))
+            .map(|(k, _)| *k)
+            .collect();
+        for key in due {
+            tracing::debug!("virtio-vsock: {key:?} timed out");
+            self.kill(key);
+        }
+    }
+
+    /// Closes a connection and tells the guest with RST.
+    fn kill(&mut self, key: Key) {
+        self.remove(key);
+        self.reply(key, OP_RST, 0);
+    }
+
+    /// Forgets a connection; dropping its socket closes the host end.
+    fn remove(&mut self, key: Key) {
+        if let Some(c) = self.conns.remove(&key) {
+            self.streams.remove(&c.token);
+        }
+    }
+
+    fn reply(&mut self, key: Key, op: u16, flags: u32) {
+        self.replies.push_back(Reply { key, op, flags });
+    }
+
+    // ---- host → guest ------------------------------------------------
+
+    /// Fills the guest's RX buffers: replies first, then data. True if any
+    /// buffer was used.
+    fn process_rx(&mut self) -> Result<bool, Fatal> {
+        let memory = self.memory.clone();
+        let mem: &GuestMemoryMmap = &memory;
+        let mut used = false;
+        let mut budget = 2 * u32::from(self.rx.size());
+        while budget > 0 && (!self.replies.is_empty() || !self.ready.is_empty()) {
+            budget -= 1;
+            let chain = match self.rx.iter(mem) {
+                Ok(mut iter) => iter.next(),
+                Err(e) => return Err(Fatal(format!("the RX available ring is invalid: {e}"))),
+            };
+            let Some(mut chain) = chain else {
+                // No buffers: the guest's next RX notify brings us back.
+                break;
+            };
+            let head = chain.head_index();
+            let written = match VsockPacket::from_rx_virtq_chain(mem, &mut chain, MAX_PKT_DATA) {
+                Ok(mut pkt) => {
+                    if let Some(r) = self.replies.pop_front() {
+                        self.write_header(&mut pkt, r.key, r.op, r.flags, 0);
+                        Some(PKT_HEADER_SIZE as u32)
+                    } else {
+                        self.fill_data(&mut pkt)
+                    }
+                }
+                Err(e) => {
+                    self.complain(format_args!(
+                        "dropping an unusable RX buffer (head {head}): {e}"
+                    ));
+                    Some(0)
+                }
+            };
+            let Some(written) = written else {
+                // Nothing to send after all: the buffer goes back.
+                self.rx.set_next_avail(self.rx.next_avail().wrapping_sub(1));
+                break;
+            };
+            self.rx
+                .add_used(mem, head, written)
+                .map_err(|e| Fatal(format!("writing the RX used ring: {e}")))?;
+            self.rx_used = true;
+            used = true;
+        }
+        Ok(used)
+    }
+
+    /// Host data (or its EOF) from the next ready connection into `pkt`.
+    /// None when no connection has anything to send now.
+    fn fill_data(&mut self, pkt: &mut VsockPacket<'_, ()>) -> Option<u32> {
+        let room = pkt.data_slice().map_or(0, VolatileSlice::len);
+        while let Some(key) = self.ready.pop_front() {
+            let Some(c) = self.conns.get_mut(&key) else {
+                continue;
+            };
+            if c.state != State::Established
+                || !c.readable
+                || c.host_eof
+                || c.peer_shutdown & SHUTDOWN_RCV != 0
+            {
+                continue;
+            }
+            if room == 0 {
+                self.complain(format_args!("an RX buffer with no room for data"));
+                self.ready.push_front(key);
+                return Some(0);
+            }
+            let credit = c.peer_credit() as usize;
+            if credit == 0 {
+                if !c.wants_credit {
+                    c.wants_credit = true;
+                    self.write_header(pkt, key, OP_CREDIT_REQUEST, 0, 0);
+                    return Some(PKT_HEADER_SIZE as u32);
+                }
+                continue;
+            }
+            let max = credit.min(room).min(self.bounce.len());
+            match c.read_from_host(&mut self.bounce[..max]) {
+                Ok(0) => {
+                    c.readable = false;
+                    c.host_eof = true;
+                    let flags = if c.host_hup {
+                        SHUTDOWN_BOTH
+                    } else {
+                        SHUTDOWN_SEND
+                    };
+                    if flags == SHUTDOWN_BOTH || c.peer_shutdown & SHUTDOWN_SEND != 0 {
+                        c.deadline = Some(Instant::now() + SHUTDOWN_TIMEOUT);
+                    }
+                    self.write_header(pkt, key, OP_SHUTDOWN, flags, 0);
+                    return Some(PKT_HEADER_SIZE as u32);
+                }
+                Ok(n) => {
+                    if let Some(data) = pkt.data_slice() {
+                        data.copy_from(&self.bounce[..n]);
+                    }
+                    self.write_header(pkt, key, OP_RW, 0, n as u32);
+                    // More may be waiting; others get their turn first.
+                    self.ready.push_back(key);
+                    return Some((PKT_HEADER_SIZE + n) as u32);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => c.readable = false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => self.ready.push_front(key),
+                Err(e) => {
+                    tracing::debug!("virtio-vsock: {key:?}: reading from the host: {e}");
+                    self.kill(key);
+                }
+            }
+        }
+        None
+    }
+
+    fn write_header(
+        &mut self,
+        pkt: &mut VsockPacket<'_, ()>,
+        key: Key,
+        op: u16,
+        flags: u32,
+        len: u32,
+    ) {
+        let fwd_cnt = self
+            .conns
+            .get_mut(&key)
+            .map_or(0, Connection::stamp_fwd_cnt);
+        // Zero first: the buffer holds whatever the guest left there.
+        let _ = pkt.header_slice().write_slice(&[0u8; PKT_HEADER_SIZE], 0);
+        pkt.set_src_cid(HOST_CID)
+            .set_dst_cid(self.config.guest_cid)
+            .set_src_port(key.local_port)
+            .set_dst_port(key.peer_port)
+            .set_type(TYPE_STREAM)
+            .set_op(op)
+            .set_flags(flags)
+            .set_len(len)
+            .set_buf_alloc(BUF_ALLOC)
+            .set_fwd_cnt(fwd_cnt);
+    }
+}
+
+/// `recv(MSG_PEEK)`: what the socket holds, without consuming it.
+fn peek(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: buf is valid for writes of its length; fd is a socket we own.
+    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_PEEK) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// A unix stream connection that cannot block the worker: a host listener
+/// whose backlog is full refuses (EAGAIN) instead of stalling every other
+/// connection of the VM.
+fn connect_nonblocking(path: &std::path::Path) -> io::Result<UnixStream> {
+    let bytes = path.as_os_str().as_encoded_bytes();
+    // SAFETY: sockaddr_un is plain data; all-zero is a valid value.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    if bytes.len() >= addr.sun_path.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "socket path too long",
+        ));
+    }
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: plain socket(2); the fd is owned right away.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a new socket nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let len = std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1;
+    // SAFETY: addr is a valid sockaddr_un of at least `len` bytes.
+    let r = unsafe {
+        libc::connect(
+            fd.as_raw_fd(),
+            (&raw const addr).cast(),
+            len as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(UnixStream::from(fd))
+}
