@@ -427,6 +427,13 @@ impl Machine {
                 helper.wait().await;
             }
         }
+        // Whoever served the hybrid-vsock socket (the in-process device or
+        // vhost-device-vsock) is gone; its socket file goes too.
+        if let Err(e) = std::fs::remove_file(self.pod.hybrid_vsock())
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!("removing {}: {e}", self.pod.hybrid_vsock().display());
+        }
         // virtiofsd's namespace sandbox forks; its inner process dies with
         // the outer one and is reparented to us (the shim is a subreaper).
         process::reap_orphans(ORPHAN_GRACE).await;

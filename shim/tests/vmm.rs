@@ -590,10 +590,7 @@ async fn kvm_backend_reports_console_and_exit() {
     let refused = Kvm.start(&config, tx.clone());
     let e = refused.err().expect("refuses a vhost vsock").to_string();
     assert!(e.contains("serves vsock itself"), "{e}");
-    config.vsock = Vsock::InProcess {
-        guest_cid: 3,
-        uds: uds.clone(),
-    };
+    config.vsock = Vsock::InProcess { guest_cid: 3, uds };
 
     let backend = Kvm;
     assert_eq!(backend.name(), "kvm");
@@ -617,8 +614,6 @@ async fn kvm_backend_reports_console_and_exit() {
     // Stopping a VM that already ended returns its status at once.
     let status = vm.stop(Duration::from_secs(1)).await;
     assert_eq!(status.code(), Some(0));
-    drop(vm);
-    assert!(!uds.exists(), "the vsock socket goes with the VM");
 }
 
 /// A disk image for the virtio-blk guests: sector 0 starts with a marker the
@@ -838,7 +833,6 @@ fn vsock_echoes_a_mebibyte_host_initiated_and_guest_initiated() {
         "{serial}"
     );
     assert_eq!(echo.join().expect("echo thread"), TOTAL);
-    assert!(!uds.exists(), "the VMM removes its socket");
 }
 
 #[test]

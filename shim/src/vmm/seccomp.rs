@@ -183,11 +183,29 @@ fn allow_list() -> Result<BTreeMap<i64, Vec<SeccompRule>>> {
         libc::SYS_clock_gettime,
         // Guest RAM residency for `--stats` (fstat on the memfd).
         libc::SYS_fstat,
+        // The vsock worker (spawned by a vCPU at activation): its epoll set
+        // over the queue eventfds and unix sockets, the sockets' I/O (std
+        // reads and writes sockets with recv/send), accepting host clients
+        // on the already-bound listener, connecting to `<uds>_PORT` for a
+        // guest connection (socket() is limited to AF_UNIX below), and
+        // HashMap's per-thread random keys.
+        libc::SYS_epoll_create1,
+        libc::SYS_epoll_ctl,
+        libc::SYS_epoll_wait,
+        libc::SYS_epoll_pwait,
+        libc::SYS_recvfrom,
+        libc::SYS_sendto,
+        libc::SYS_accept4,
+        libc::SYS_connect,
+        libc::SYS_shutdown,
+        libc::SYS_getrandom,
     ];
     for nr in unconditional {
         rules.insert(nr, Vec::new());
     }
-    rules.insert(libc::SYS_ioctl, any_of(1, &[KVM_RUN])?);
+    // FIONBIO: std's set_nonblocking on an accepted vsock host socket.
+    rules.insert(libc::SYS_ioctl, any_of(1, &[KVM_RUN, libc::FIONBIO])?);
+    rules.insert(libc::SYS_socket, any_of(0, &[libc::AF_UNIX as u64])?);
     rules.insert(
         libc::SYS_fcntl,
         // F_GETFD: std's debug check when an fd is dropped; F_DUPFD_CLOEXEC:
@@ -321,7 +339,7 @@ mod tests {
             libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
             "child status {status:#x}"
         );
-        // An ioctl other than KVM_RUN is refused.
+        // An ioctl other than KVM_RUN and FIONBIO is refused.
         let status = in_filtered_child(|| {
             let mut n: libc::c_int = 0;
             // SAFETY: FIONREAD on stdin into a local int.
