@@ -404,6 +404,7 @@ fn pause_resume_and_stop_join_every_vcpu() {
         serial: Box::new(out.clone()),
         boot: BootProtocol::Auto,
         virtio: Vec::new(),
+        user: None,
     })
     .expect("build");
     let handle = vm.handle();
@@ -420,6 +421,22 @@ fn pause_resume_and_stop_join_every_vcpu() {
     }
     let me = std::fs::read_to_string("/proc/thread-self/status").expect("own status");
     assert_eq!(seccomp_mode(&me), Some(0), "{me}");
+    // Likewise their privileges: the vCPU threads hold no capability, this
+    // one keeps what it had.
+    for (tid, status) in &vcpus {
+        assert_eq!(
+            status_field(status, "CapEff:"),
+            "0000000000000000",
+            "vCPU {tid}"
+        );
+        assert_eq!(
+            status_field(status, "CapBnd:"),
+            "0000000000000000",
+            "vCPU {tid}"
+        );
+    }
+    let mine = std::fs::read_to_string("/proc/self/status").expect("process status");
+    assert_eq!(status_field(&me, "CapEff:"), status_field(&mine, "CapEff:"));
     handle.pause();
     assert!(handle.is_paused());
     assert_eq!(handle.exit_reason(), None);
@@ -466,8 +483,8 @@ fn threads_of(pid: &str) -> Vec<(String, String)> {
 
 /// Starts `vmpod-vmm` on the SMP guest with one vCPU (it spins waiting for
 /// the AP, so it runs until killed), waits for its first line, and returns
-/// the Seccomp mode and filter count of each of its threads.
-fn spinning_vmm_seccomp(extra: &[&str]) -> Vec<(String, Option<u32>, Option<u32>)> {
+/// the /proc status of each of its threads.
+fn spinning_vmm_threads(extra: &[&str]) -> Vec<(String, String)> {
     let serial = std::env::temp_dir().join(format!(
         "vmpod-vmm-test-seccomp-{}-{}",
         std::process::id(),
@@ -503,26 +520,62 @@ fn spinning_vmm_seccomp(extra: &[&str]) -> Vec<(String, Option<u32>, Option<u32>
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    let field = |status: &str, name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().parse().ok())
-    };
-    let threads = threads_of(&child.id().to_string())
-        .into_iter()
-        .map(|(tid, status)| {
-            (
-                tid,
-                field(&status, "Seccomp:"),
-                field(&status, "Seccomp_filters:"),
-            )
-        })
-        .collect();
+    let threads = threads_of(&child.id().to_string());
     let _ = child.kill();
     let _ = child.wait();
     let _ = std::fs::remove_file(&serial);
     threads
+}
+
+/// A /proc status field, its words joined by one space.
+fn status_field(status: &str, name: &str) -> String {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+/// The Seccomp mode and filter count of each thread.
+fn spinning_vmm_seccomp(extra: &[&str]) -> Vec<(String, Option<u32>, Option<u32>)> {
+    spinning_vmm_threads(extra)
+        .into_iter()
+        .map(|(tid, status)| {
+            (
+                tid,
+                status_field(&status, "Seccomp:").parse().ok(),
+                status_field(&status, "Seccomp_filters:").parse().ok(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn vmpod_vmm_threads_hold_no_privilege() {
+    let caps = ["CapInh:", "CapPrm:", "CapEff:", "CapBnd:", "CapAmb:"];
+    let none = "0000000000000000";
+    for extra in [&[][..], &["--user", "65534:65534"][..]] {
+        let threads = spinning_vmm_threads(extra);
+        assert!(threads.len() >= 2, "{threads:?}");
+        for (tid, status) in &threads {
+            for set in caps {
+                assert_eq!(
+                    status_field(status, set),
+                    none,
+                    "{extra:?} thread {tid}: {set}"
+                );
+            }
+            assert_eq!(status_field(status, "NoNewPrivs:"), "1", "thread {tid}");
+            if !extra.is_empty() {
+                assert_eq!(status_field(status, "Uid:"), "65534 65534 65534 65534");
+                assert_eq!(status_field(status, "Gid:"), "65534 65534 65534 65534");
+                assert_eq!(status_field(status, "Groups:"), "");
+            }
+        }
+    }
+    let r = run(&["--kernel", &guest("elf64.elf"), "--user", "0:0"]);
+    assert_eq!(r.code, Some(2), "{}", r.stderr);
+    assert!(r.stderr.contains("uid 0 is root"), "{}", r.stderr);
 }
 
 #[test]
@@ -555,6 +608,7 @@ fn two_vms_in_one_process() {
         serial: Box::new(out.clone()),
         boot: BootProtocol::Auto,
         virtio: Vec::new(),
+        user: None,
     };
     let mut va = vmm::build(config(&a)).expect("build a");
     let mut vb = vmm::build(config(&b)).expect("build b");

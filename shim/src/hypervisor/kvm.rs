@@ -86,6 +86,9 @@ impl Hypervisor for Kvm {
             serial: Box::new(std::fs::File::from(console_tx)),
             boot: BootProtocol::Auto,
             virtio,
+            // The shim runs as root; its VMM threads keep uid 0 but lose
+            // every capability (see vmm::privilege).
+            user: None,
         })?;
         let handle = vm.handle();
         let console = tokio::net::unix::pipe::Receiver::from_owned_fd(console_rx)

@@ -25,6 +25,7 @@ use super::devices::legacy::serial::{COM1_BASE, COM1_LEN, SerialDevice};
 use super::devices::virtio::Interrupt;
 use super::devices::virtio::mmio::{MmioTransport, cmdline_entry, reg};
 use super::memory::GuestRam;
+use super::privilege;
 use super::seccomp::{Filters, Seccomp};
 use super::vstate::vcpu::{self, Control, Vcpu};
 use super::vstate::vm::Vm;
@@ -56,6 +57,7 @@ pub fn build_with(config: VmmConfig, seccomp: Seccomp) -> Result<Vmm> {
         serial,
         boot: protocol,
         virtio,
+        user,
     } = config;
     if vcpus == 0 || vcpus > MAX_VCPUS {
         bail!("{vcpus} vCPUs requested; the built-in VMM supports 1..={MAX_VCPUS}");
@@ -141,6 +143,12 @@ pub fn build_with(config: VmmConfig, seccomp: Seccomp) -> Result<Vmm> {
         Seccomp::Off => None,
         Seccomp::VmmThreads | Seccomp::Process => Some(Arc::new(Filters::new()?)),
     };
+    // The whole process drops privileges on its only thread, so the vCPU
+    // threads inherit it; otherwise each vCPU thread drops its own.
+    let process_wide = seccomp == Seccomp::Process;
+    if process_wide {
+        privilege::drop_current_thread(user).context("dropping the VMM's privileges")?;
+    }
     if let (Seccomp::Process, Some(f)) = (seccomp, &filters) {
         f.apply_to_process()?;
     }
@@ -160,12 +168,18 @@ pub fn build_with(config: VmmConfig, seccomp: Seccomp) -> Result<Vmm> {
             .name(format!("vcpu{index}"))
             .stack_size(VCPU_STACK_SIZE)
             .spawn(move || {
-                let installed = match &filters_t {
+                let dropped = if process_wide {
+                    Ok(())
+                } else {
+                    privilege::drop_current_thread(user)
+                        .with_context(|| format!("vCPU {index}: dropping privileges"))
+                };
+                let installed = dropped.and_then(|()| match &filters_t {
                     Some(f) => f
                         .apply_to_current_thread()
                         .with_context(|| format!("vCPU {index}")),
                     None => Ok(()),
-                };
+                });
                 let _ = installed_t.send(installed);
                 gate_t.wait();
                 cpu.run(control_t.clone(), buses_t);

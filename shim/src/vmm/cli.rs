@@ -19,6 +19,7 @@ use super::devices::virtio::VirtioDevice;
 use super::devices::virtio::block::{BlockDevice, DiskConfig};
 use super::devices::virtio::null::NullDevice;
 use super::devices::virtio::vsock::{VsockConfig, VsockDevice};
+use super::privilege::Credentials;
 use super::{BootProtocol, Seccomp, VmmConfig};
 
 #[derive(Parser, Debug)]
@@ -62,6 +63,10 @@ pub struct Args {
     /// transport with test guests.
     #[arg(long, hide = true, default_value_t = 0)]
     pub test_virtio_null: usize,
+    /// Run the VM as this unprivileged user once it is set up (every
+    /// capability is dropped in any case; see `vmm/privilege.rs`).
+    #[arg(long, value_name = "UID:GID")]
+    pub user: Option<Credentials>,
     /// Run without the seccomp allow-list (for debugging a filtered
     /// syscall, e.g. under `strace -f`).
     #[arg(long)]
@@ -135,6 +140,7 @@ fn run(args: Args) -> Result<u8> {
                 Boot::Pvh => BootProtocol::Pvh,
             },
             virtio,
+            user: args.user,
         },
         seccomp,
     )?;

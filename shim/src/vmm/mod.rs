@@ -9,6 +9,7 @@
 //! | `boot/` | ELF / PVH / bzImage loading, zero page + e820, page tables + GDT, MP table, the memory map |
 //! | `vstate/` | VM fd (irqchip, PIT, slots, irqfd/ioeventfd), vCPUs (state, threads, kick, pause), CPUID filter |
 //! | `devices/` | PIO/MMIO buses, legacy serial / i8042 / boot timer, virtio-mmio transport and device trait |
+//! | `privilege.rs` | capabilities, no_new_privs and uid/gid dropped on the VMM's threads before the guest runs |
 //! | `seccomp.rs` | the seccomp-BPF allow-list installed on the VMM's threads before the guest runs |
 //! | `cli.rs` | the standalone entry point |
 //!
@@ -22,14 +23,15 @@
 //! the kernel), guest RAM is mapped with guard pages around each region,
 //! every guest-controlled value reaching a device is range-checked, and once
 //! set-up is done a seccomp allow-list (`seccomp.rs`) confines the vCPU and
-//! device threads (the whole process in `vmpod-vmm`). Privilege dropping is
-//! a later milestone (see ARCHITECTURE.md).
+//! device threads (the whole process in `vmpod-vmm`), after those threads
+//! dropped every capability and, if asked, root (`privilege.rs`).
 
 pub mod boot;
 pub mod builder;
 pub mod cli;
 pub mod devices;
 pub mod memory;
+pub mod privilege;
 pub mod seccomp;
 pub mod vstate;
 
@@ -151,6 +153,9 @@ pub struct VmmConfig {
     /// [`devices::virtio::block::DiskConfig`], so a missing file fails
     /// before any KVM set-up.
     pub virtio: Vec<Box<dyn VirtioDevice>>,
+    /// Who the VMM threads run as once the VM is built; `None` keeps the
+    /// uid. Capabilities are dropped either way.
+    pub user: Option<privilege::Credentials>,
 }
 
 /// A running VM. Dropping it stops the VM and joins every thread.
