@@ -9,6 +9,7 @@
 //! | `boot/` | ELF / PVH / bzImage loading, zero page + e820, page tables + GDT, MP table, the memory map |
 //! | `vstate/` | VM fd (irqchip, PIT, slots, irqfd/ioeventfd), vCPUs (state, threads, kick, pause), CPUID filter |
 //! | `devices/` | PIO/MMIO buses, legacy serial / i8042 / boot timer, virtio-mmio transport and device trait |
+//! | `devices/virtio/fs.rs` | virtio-fs: tag and queues here, served by virtiofsd through the vhost-user frontend (`vhost_user.rs`: memory table, kick ioeventfds, call relay, bounded waits) |
 //! | `seccomp.rs` | the seccomp-BPF allow-list installed on the VMM's threads before the guest runs |
 //! | `cli.rs` | the standalone entry point |
 //!
@@ -150,6 +151,9 @@ pub struct VmmConfig {
     /// A disk is a [`devices::virtio::block::BlockDevice`] opened from a
     /// [`devices::virtio::block::DiskConfig`], so a missing file fails
     /// before any KVM set-up.
+    /// A file system is a [`devices::virtio::fs::FsDevice`] connected to
+    /// its vhost-user backend, so a daemon that is not there fails just as
+    /// early.
     pub virtio: Vec<Box<dyn VirtioDevice>>,
 }
 

@@ -9,7 +9,10 @@
 //! to the process's exit, plus three the traced runs did not need but the
 //! same code paths can reach: `brk`/`mremap` (malloc), `clock_gettime` (when
 //! the vDSO falls back to the syscall) and `writev`/`ppoll` (same power as
-//! `write`/`poll`).
+//! `write`/`poll`). The virtio-fs guests against virtiofsd and against the
+//! misbehaving fake backends of `shim/tests/vmm_fs.rs` added what the
+//! vhost-user frontend needs: `sendmsg`/`recvmsg` on the backend's socket
+//! and `shutdown(SHUT_RDWR)` of it.
 //!
 //! Anything else kills the whole process (`SECCOMP_RET_KILL_PROCESS`), not
 //! a trap: a SIGSYS handler would run inside the compromised process and
@@ -183,6 +186,14 @@ fn allow_list() -> Result<BTreeMap<i64, Vec<SeccompRule>>> {
         libc::SYS_clock_gettime,
         // Guest RAM residency for `--stats` (fstat on the memfd).
         libc::SYS_fstat,
+        // The vhost-user frontend (virtio-fs): its requests to the backend
+        // at activation and reset, made on the vCPU thread that wrote
+        // DRIVER_OK or the reset (and at the end, by whichever thread drops
+        // the device). sendmsg carries the memfd and eventfds as
+        // SCM_RIGHTS; recvmsg reads the replies. The socket was connected
+        // before the filter went on; socket/connect stay refused.
+        libc::SYS_sendmsg,
+        libc::SYS_recvmsg,
     ];
     for nr in unconditional {
         rules.insert(nr, Vec::new());
@@ -218,6 +229,10 @@ fn allow_list() -> Result<BTreeMap<i64, Vec<SeccompRule>>> {
         )?])?,
     );
     rules.insert(libc::SYS_prctl, any_of(0, &[libc::PR_SET_NAME as u64])?);
+    // The vhost-user monitor thread ends an exchange that outlived its
+    // deadline, or a connection that misbehaved, by shutting the socket
+    // down both ways (the crate's blocking reads cannot time out).
+    rules.insert(libc::SYS_shutdown, any_of(1, &[libc::SHUT_RDWR as u64])?);
     // glibc installs its SIGSETXID handler on the process's first
     // pthread_create (the first vCPU thread under `Seccomp::Process`); no
     // other handler may change.
