@@ -268,6 +268,13 @@ impl Backend {
         let Some(Running { started, monitor }) = self.running.take() else {
             return;
         };
+        // A failure the monitor saw was logged then; the rings are gone
+        // with the connection.
+        if self.broken.is_none()
+            && let Some(failure) = monitor.failure()
+        {
+            self.broken = Some(failure.describe(self.timeout));
+        }
         if self.broken.is_none() {
             let result = self.exchange(&monitor, "stopping the rings", |f| {
                 for &index in &started {
