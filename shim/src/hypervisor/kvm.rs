@@ -22,6 +22,7 @@ use tokio::sync::watch;
 use super::{BoxFuture, Console, Hypervisor, RunningVm, VirtioFs, VmConfig, Vsock};
 use crate::process::{Exit, ExitSender};
 use crate::vmm::devices::virtio::VirtioDevice;
+use crate::vmm::devices::virtio::fs::{FsConfig, FsDevice};
 use crate::vmm::devices::virtio::vsock::{VsockConfig, VsockDevice};
 use crate::vmm::{self, BootProtocol, VmmConfig, VmmHandle};
 
@@ -48,12 +49,13 @@ fn devices(config: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>> {
     Ok(virtio)
 }
 
+/// virtiofsd is already listening (the shim waited for its socket), so a
+/// connection failure here is a dead helper, reported before any guest runs.
 fn fs_device(fs: &VirtioFs) -> Result<Box<dyn VirtioDevice>> {
-    bail!(
-        "the built-in VMM has no virtio-fs frontend yet (asked for {} tag {:?}); use a qemu backend",
-        fs.socket.display(),
-        fs.tag
-    )
+    Ok(Box::new(FsDevice::connect(&FsConfig {
+        socket: fs.socket.clone(),
+        tag: fs.tag.clone(),
+    })?))
 }
 
 /// The backend's command line: `reboot=t` (triple fault, which QEMU's

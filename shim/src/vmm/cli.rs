@@ -10,6 +10,7 @@ use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, ValueEnum};
@@ -17,7 +18,9 @@ use clap::{Parser, ValueEnum};
 use super::devices::legacy::serial::Output;
 use super::devices::virtio::VirtioDevice;
 use super::devices::virtio::block::{BlockDevice, DiskConfig};
+use super::devices::virtio::fs::{FsConfig, FsDevice};
 use super::devices::virtio::null::NullDevice;
+use super::devices::virtio::vhost_user::DEFAULT_TIMEOUT;
 use super::devices::virtio::vsock::{VsockConfig, VsockDevice};
 use super::privilege::Credentials;
 use super::{BootProtocol, Seccomp, VmmConfig};
@@ -59,6 +62,12 @@ pub struct Args {
     /// `PATH_P`). It follows the disks on the MMIO bus.
     #[arg(long, value_name = "cid=N,uds=PATH")]
     pub vsock: Option<VsockConfig>,
+    /// A virtio-fs device served by the vhost-user backend (virtiofsd)
+    /// listening on PATH, mounted in the guest by TAG; repeatable. Follows
+    /// the disks on the MMIO bus. The backend must be running: it is
+    /// connected before the guest starts.
+    #[arg(long = "fs", value_name = "socket=PATH,tag=TAG")]
+    pub fs: Vec<FsConfig>,
     /// Attach N placeholder virtio-mmio devices (ID 0), to exercise the
     /// transport with test guests.
     #[arg(long, hide = true, default_value_t = 0)]
@@ -67,6 +76,10 @@ pub struct Args {
     /// capability is dropped in any case; see `vmm/privilege.rs`).
     #[arg(long, value_name = "UID:GID")]
     pub user: Option<Credentials>,
+    /// Bound every exchange with a vhost-user backend by this many ms
+    /// instead of the default 5 s, so tests of a stalling backend are quick.
+    #[arg(long, hide = true)]
+    pub test_vhost_user_timeout_ms: Option<u64>,
     /// Run without the seccomp allow-list (for debugging a filtered
     /// syscall, e.g. under `strace -f`).
     #[arg(long)]
@@ -120,6 +133,15 @@ fn run(args: Args) -> Result<u8> {
     }
     if let Some(vsock) = args.vsock {
         virtio.push(Box::new(VsockDevice::new(vsock)?));
+    }
+    let vhost_user_timeout = args
+        .test_vhost_user_timeout_ms
+        .map_or(DEFAULT_TIMEOUT, Duration::from_millis);
+    for fs in &args.fs {
+        virtio.push(Box::new(FsDevice::connect_with_timeout(
+            fs,
+            vhost_user_timeout,
+        )?));
     }
     let seccomp = if args.no_seccomp {
         Seccomp::Off

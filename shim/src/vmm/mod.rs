@@ -10,6 +10,7 @@
 //! | `vstate/` | VM fd (irqchip, PIT, slots, irqfd/ioeventfd), vCPUs (state, threads, kick, pause), CPUID filter |
 //! | `devices/` | PIO/MMIO buses, legacy serial / i8042 / boot timer, virtio-mmio transport and device trait |
 //! | `privilege.rs` | capabilities, no_new_privs and uid/gid dropped on the VMM's threads before the guest runs |
+//! | `devices/virtio/fs.rs` | virtio-fs: tag and queues here, served by virtiofsd through the vhost-user frontend (`vhost_user.rs`: memory table, kick ioeventfds, call relay, bounded waits) |
 //! | `seccomp.rs` | the seccomp-BPF allow-list installed on the VMM's threads before the guest runs |
 //! | `cli.rs` | the standalone entry point |
 //!
@@ -152,6 +153,9 @@ pub struct VmmConfig {
     /// A disk is a [`devices::virtio::block::BlockDevice`] opened from a
     /// [`devices::virtio::block::DiskConfig`], so a missing file fails
     /// before any KVM set-up.
+    /// A file system is a [`devices::virtio::fs::FsDevice`] connected to
+    /// its vhost-user backend, so a daemon that is not there fails just as
+    /// early.
     pub virtio: Vec<Box<dyn VirtioDevice>>,
     /// Who the VMM threads run as once the VM is built; `None` keeps the
     /// uid. Capabilities are dropped either way.

@@ -9,7 +9,13 @@
 //! to the process's exit, plus three the traced runs did not need but the
 //! same code paths can reach: `brk`/`mremap` (malloc), `clock_gettime` (when
 //! the vDSO falls back to the syscall) and `writev`/`ppoll` (same power as
-//! `write`/`poll`).
+//! `write`/`poll`). The virtio-fs guests against virtiofsd and against the
+//! misbehaving fake backends of `shim/tests/vmm_fs.rs` added what the
+//! vhost-user frontend needs: `sendmsg`/`recvmsg` on the backend's socket
+//! and `shutdown(SHUT_RDWR)` of it. The vsock guest's 1 MiB echoes in both
+//! directions added the vsock worker's: epoll, socket I/O, `accept4`, an
+//! AF_UNIX `socket` + `connect` for guest-initiated connections, FIONBIO
+//! and `getrandom`.
 //!
 //! Anything else kills the whole process (`SECCOMP_RET_KILL_PROCESS`), not
 //! a trap: a SIGSYS handler would run inside the compromised process and
@@ -197,8 +203,18 @@ fn allow_list() -> Result<BTreeMap<i64, Vec<SeccompRule>>> {
         libc::SYS_sendto,
         libc::SYS_accept4,
         libc::SYS_connect,
+        // Half-closing a vsock host socket (SHUT_WR), and the vhost-user
+        // monitor ending an exchange past its deadline (SHUT_RDWR).
         libc::SYS_shutdown,
         libc::SYS_getrandom,
+        // The vhost-user frontend (virtio-fs): its requests to the backend
+        // at activation and reset, made on the vCPU thread that wrote
+        // DRIVER_OK or the reset (and at the end, by whichever thread drops
+        // the device). sendmsg carries the memfd and eventfds as
+        // SCM_RIGHTS; recvmsg reads the replies. The socket was connected
+        // before the filter went on; socket/connect stay refused.
+        libc::SYS_sendmsg,
+        libc::SYS_recvmsg,
     ];
     for nr in unconditional {
         rules.insert(nr, Vec::new());
@@ -236,6 +252,9 @@ fn allow_list() -> Result<BTreeMap<i64, Vec<SeccompRule>>> {
         )?])?,
     );
     rules.insert(libc::SYS_prctl, any_of(0, &[libc::PR_SET_NAME as u64])?);
+    // The vhost-user monitor thread ends an exchange that outlived its
+    // deadline, or a connection that misbehaved, by shutting the socket
+    // down both ways (the crate's blocking reads cannot time out).
     // glibc installs its SIGSETXID handler on the process's first
     // pthread_create (the first vCPU thread under `Seccomp::Process`); no
     // other handler may change.

@@ -7,12 +7,15 @@
 //! own thread or event loop; the transport never touches a queue after
 //! activation, so a slow device never stalls a vCPU.
 //!
-//! Devices: [`block`] (virtio-blk on a file). Devices to come (vsock, net,
-//! the vhost-user frontend for fs) each get a module here.
+//! Devices: [`block`] (virtio-blk on a file), [`fs`] (virtio-fs served by
+//! virtiofsd through the vhost-user frontend in [`vhost_user`]). Devices to
+//! come (vsock, net) each get a module here.
 
 pub mod block;
+pub mod fs;
 pub mod mmio;
 pub mod null;
+pub mod vhost_user;
 pub mod vsock;
 
 use std::sync::Arc;
