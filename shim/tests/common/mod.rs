@@ -56,19 +56,30 @@ pub fn find_program(name: &str) -> PathBuf {
 }
 
 pub fn write_spec(pod: &Path, kernel: &Path, initramfs: &Path, timeout_ms: u64) {
+    write_spec_for("qemu-tcg", pod, kernel, initramfs, timeout_ms);
+}
+
+/// `vm.json` for `backend`; the built-in VMM (`kvm`) gets no QEMU and no
+/// vsock helper, since it serves vsock itself.
+pub fn write_spec_for(backend: &str, pod: &Path, kernel: &Path, initramfs: &Path, timeout_ms: u64) {
+    let helpers = if backend == "kvm" {
+        serde_json::json!({ "virtiofsd": find_program("virtiofsd") })
+    } else {
+        serde_json::json!({
+            "qemu": find_program("qemu-system-x86_64"),
+            "virtiofsd": find_program("virtiofsd"),
+            "vhost-device-vsock": find_program("vhost-device-vsock"),
+        })
+    };
     let spec = serde_json::json!({
         "id": "boot-test",
-        "backend": "qemu-tcg",
+        "backend": backend,
         "kernel": kernel,
         "initramfs": initramfs,
         "vcpus": 1,
         "memory-mib": 256,
         "boot-timeout-ms": timeout_ms,
-        "helpers": {
-            "qemu": find_program("qemu-system-x86_64"),
-            "virtiofsd": find_program("virtiofsd"),
-            "vhost-device-vsock": find_program("vhost-device-vsock"),
-        },
+        "helpers": helpers,
         "guest": {
             "hostname": "boot-test",
             "dns-servers": ["10.0.0.10"],
