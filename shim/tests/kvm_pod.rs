@@ -27,7 +27,7 @@ fn main() {
     let trials = vec![
         Trial::test(
             "kvm_backend_boots_the_real_guest_and_serves_the_agent",
-            || boot_and_talk(),
+            boot_and_talk,
         )
         .with_ignored_flag(unavailable.is_some()),
     ];
