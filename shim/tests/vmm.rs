@@ -161,6 +161,60 @@ fn elf_64_bit_entry_prints_writes_boot_timer_and_resets() {
 }
 
 #[test]
+fn rust_no_std_guest_boots_prints_and_resets() {
+    // tests/guests/rust: the entry stub, SSE, the console, the heap and the
+    // i8042 exit of the library every Rust guest links.
+    let r = run(&["--kernel", &guest("hello.elf"), "--stats"]);
+    r.assert_reset();
+    assert!(
+        r.serial
+            .contains("vmpod-guest: hello from Rust, squares=[1, 4, 9, 16]\n"),
+        "{}",
+        r.serial
+    );
+    assert!(!r.serial.contains("PANIC"), "{}", r.serial);
+    assert_eq!(r.stats()["exit"], "reset");
+    // With a disk it reads sector 0 through virtio-drivers: the HAL, the
+    // DMA pages and the device lookup work.
+    let path = disk("rust-hello");
+    let spec = path.to_string_lossy().into_owned();
+    let r = run(&["--kernel", &guest("hello.elf"), "--disk", &spec]);
+    r.assert_reset();
+    assert!(
+        r.serial
+            .contains("vmpod-guest: hello blk0 capacity=8 sector0=vmpod-disk-ok-0!\n"),
+        "{}",
+        r.serial
+    );
+    let _ = std::fs::remove_file(&path);
+}
+
+#[test]
+fn a_panicking_rust_guest_is_a_guest_failure() {
+    // The panic handler prints the message, then triple-faults: a triple
+    // fault (exit 2), or an emulation failure (exit 3) on the nested KVM of
+    // these test machines, never a clean reset.
+    let r = run(&["--kernel", &guest("panic.elf")]);
+    assert!(
+        r.serial
+            .contains("PANIC: on purpose, value 42 at src/bin/panic.rs:"),
+        "{}",
+        r.serial
+    );
+    assert!(
+        matches!(r.code, Some(2 | 3)),
+        "exit {:?}: {}",
+        r.code,
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("vmpod-vmm: guest failed: "),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
 fn pvh_note_is_preferred_and_gets_start_info() {
     let initrd = initrd();
     let r = run(&[

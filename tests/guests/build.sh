@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# Builds the VMM test guests (tests/guests/*.S) with gcc/GNU as into
-# ${VMPOD_GUESTS_OUT:-<target dir>/guests}. Idempotent: a guest is rebuilt only
-# when its source, the shared include, the linker script or this script is
-# newer than the output. Prints the output directory on stdout.
+# Builds the VMM test guests into ${VMPOD_GUESTS_OUT:-<target dir>/guests}:
+# the assembly ones (tests/guests/*.S) with gcc/GNU as, and the Rust ones
+# (tests/guests/rust, one <name>.elf per binary) with cargo. Idempotent: an
+# assembly guest is rebuilt only when its source, the shared include, the
+# linker script or this script is newer than the output; the Rust guests rely
+# on cargo's own freshness check and are copied only when they changed.
+# Prints the output directory on stdout and nothing else (cargo's progress
+# goes to stderr).
 set -euo pipefail
 
 src="$(cd "$(dirname "$0")" && pwd)"
@@ -48,6 +52,25 @@ if stale "$out/bzimage.bin" "$src/bzimage.S" "${common[@]}"; then
     mv "$out/bzimage.bin.tmp" "$out/bzimage.bin"
     rm -f "$out/bzimage.o"
 fi
+
+# The Rust guests: their own workspace and lock file, built for bare metal by
+# the flags in rust/.cargo/config.toml, which RUSTFLAGS from the environment
+# would replace, hence the env -u.
+rust_target="$target/guest-rust"
+(
+    cd "$src/rust"
+    env -u RUSTFLAGS -u CARGO_ENCODED_RUSTFLAGS -u CARGO_BUILD_RUSTFLAGS \
+        -u CARGO_BUILD_TARGET -u CARGO_TARGET_DIR \
+        "${CARGO:-cargo}" build --release --locked --quiet --target-dir "$rust_target"
+) >&2
+for bin in "$src"/rust/src/bin/*.rs; do
+    g="$(basename "$bin" .rs)"
+    built="$rust_target/x86_64-unknown-linux-gnu/release/$g"
+    if ! cmp -s "$built" "$out/$g.elf"; then
+        cp "$built" "$out/$g.elf.tmp"
+        mv "$out/$g.elf.tmp" "$out/$g.elf"
+    fi
+done
 
 # A file that is neither ELF nor bzImage, for the loader's error path.
 [[ -e "$out/garbage.bin" ]] || head -c 4096 /dev/zero | tr '\0' 'x' > "$out/garbage.bin"
