@@ -84,3 +84,12 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     }
     triple_fault()
 }
+
+/// The precompiled `alloc` keeps the unwinding landing pads it was built
+/// with, and they name this. With `panic = "abort"` and a panic handler that
+/// never returns, no unwind ever starts, so it is never called.
+#[unsafe(no_mangle)]
+pub extern "C" fn _Unwind_Resume() -> ! {
+    println!("PANIC: _Unwind_Resume called");
+    triple_fault()
+}
