@@ -17,6 +17,7 @@ use clap::{Parser, ValueEnum};
 use super::devices::legacy::serial::Output;
 use super::devices::virtio::VirtioDevice;
 use super::devices::virtio::block::{BlockDevice, DiskConfig};
+use super::devices::virtio::net::{NetBackend, NetConfig, NetDevice};
 use super::devices::virtio::null::NullDevice;
 use super::{BootProtocol, Seccomp, VmmConfig};
 
@@ -51,6 +52,15 @@ pub struct Args {
     /// Disks follow the placeholder devices on the MMIO bus.
     #[arg(long = "disk", value_name = "FILE[,ro]")]
     pub disks: Vec<DiskConfig>,
+    /// A virtio-net device on a TAP; repeatable. `tap=NAME` attaches to the
+    /// existing TAP NAME in vmpod-vmm's network namespace (`ip tuntap add
+    /// dev NAME mode tap`; it is never created); `fd=N` takes over the
+    /// inherited TAP fd N, opened with IFF_TAP | IFF_NO_PI | IFF_VNET_HDR.
+    /// `mac=` sets the guest's address (default: random, locally
+    /// administered). Network devices follow the disks on the MMIO bus, in
+    /// the order given.
+    #[arg(long = "net", value_name = "tap=NAME|fd=N[,mac=MAC]")]
+    pub nets: Vec<NetConfig>,
     /// Attach N placeholder virtio-mmio devices (ID 0), to exercise the
     /// transport with test guests.
     #[arg(long, hide = true, default_value_t = 0)]
@@ -105,6 +115,21 @@ fn run(args: Args) -> Result<u8> {
         .collect();
     for disk in &args.disks {
         virtio.push(Box::new(BlockDevice::open(disk)?));
+    }
+    let mut fds: Vec<_> = args
+        .nets
+        .iter()
+        .filter_map(|n| match n.backend {
+            NetBackend::Fd(fd) => Some(fd),
+            NetBackend::Tap(_) => None,
+        })
+        .collect();
+    fds.sort_unstable();
+    if let Some(w) = fds.windows(2).find(|w| w[0] == w[1]) {
+        anyhow::bail!("TAP fd {} is given to more than one --net device", w[0]);
+    }
+    for net in &args.nets {
+        virtio.push(Box::new(NetDevice::open(net)?));
     }
     let seccomp = if args.no_seccomp {
         Seccomp::Off

@@ -9,6 +9,7 @@
 //! | `boot/` | ELF / PVH / bzImage loading, zero page + e820, page tables + GDT, MP table, the memory map |
 //! | `vstate/` | VM fd (irqchip, PIT, slots, irqfd/ioeventfd), vCPUs (state, threads, kick, pause), CPUID filter |
 //! | `devices/` | PIO/MMIO buses, legacy serial / i8042 / boot timer, virtio-mmio transport and device trait |
+//! | `devices/virtio/` | the devices: virtio-blk on a file, virtio-net on a TAP (by name or fd, one worker thread polling TAP and queues) |
 //! | `seccomp.rs` | the seccomp-BPF allow-list installed on the VMM's threads before the guest runs |
 //! | `cli.rs` | the standalone entry point |
 //!
@@ -149,7 +150,9 @@ pub struct VmmConfig {
     /// the boot timer and IRQ 5 + i, and a `virtio_mmio.device=` entry.
     /// A disk is a [`devices::virtio::block::BlockDevice`] opened from a
     /// [`devices::virtio::block::DiskConfig`], so a missing file fails
-    /// before any KVM set-up.
+    /// before any KVM set-up; a network card is a
+    /// [`devices::virtio::net::NetDevice`] opened from a
+    /// [`devices::virtio::net::NetConfig`], so a missing TAP does too.
     pub virtio: Vec<Box<dyn VirtioDevice>>,
 }
 

@@ -19,12 +19,15 @@
 //! - [`heap`] is a bump allocator over a static arena, so `alloc` works.
 //! - [`hal::GuestHal`] is virtio-drivers' HAL for identity-mapped memory and
 //!   [`virtio`] finds the VMM's virtio-mmio devices.
+//! - [`eth`] builds Ethernet frames and holds the protocol the network
+//!   guests speak with the host tests.
 
 #![no_std]
 
 extern crate alloc;
 
 pub mod entry;
+pub mod eth;
 pub mod hal;
 pub mod heap;
 mod logger;

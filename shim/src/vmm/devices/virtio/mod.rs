@@ -7,11 +7,13 @@
 //! own thread or event loop; the transport never touches a queue after
 //! activation, so a slow device never stalls a vCPU.
 //!
-//! Devices: [`block`] (virtio-blk on a file). Devices to come (vsock, net,
-//! the vhost-user frontend for fs) each get a module here.
+//! Devices: [`block`] (virtio-blk on a file), [`net`] (virtio-net on a TAP,
+//! opened by name or handed over as an fd). Devices to come (vsock, the
+//! vhost-user frontend for fs) each get a module here.
 
 pub mod block;
 pub mod mmio;
+pub mod net;
 pub mod null;
 
 use std::sync::Arc;
