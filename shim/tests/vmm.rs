@@ -183,17 +183,19 @@ fn rust_no_std_guest_boots_prints_and_resets() {
     assert!(!r.serial.contains("PANIC"), "{}", r.serial);
     assert_eq!(r.stats()["exit"], "reset");
     // With a disk it reads sector 0 through virtio-drivers: the HAL, the
-    // DMA pages and the device lookup work.
+    // DMA pages and the device lookup work. Dropping the driver stops the
+    // queues (QueueReady 0, read back) and resets the device.
     let path = disk("rust-hello");
     let spec = path.to_string_lossy().into_owned();
     let r = run(&["--kernel", &guest("hello.elf"), "--disk", &spec]);
     r.assert_reset();
-    assert!(
-        r.serial
-            .contains("vmpod-guest: hello blk0 capacity=8 sector0=vmpod-disk-ok-0!\n"),
-        "{}",
-        r.serial
-    );
+    for line in [
+        "vmpod-guest: hello blk0 capacity=8 sector0=vmpod-disk-ok-0!\n",
+        "vmpod-guest: hello blk0 released\n",
+    ] {
+        assert!(r.serial.contains(line), "{line:?} missing: {}", r.serial);
+    }
+    assert!(!r.stderr.contains("WARN"), "{}", r.stderr);
     let _ = std::fs::remove_file(&path);
 }
 

@@ -19,6 +19,7 @@ use super::devices::legacy::serial::Output;
 use super::devices::virtio::VirtioDevice;
 use super::devices::virtio::block::{BlockDevice, DiskConfig};
 use super::devices::virtio::fs::{FsConfig, FsDevice};
+use super::devices::virtio::net::{NetBackend, NetConfig, NetDevice};
 use super::devices::virtio::null::NullDevice;
 use super::devices::virtio::vhost_user::DEFAULT_TIMEOUT;
 use super::devices::virtio::vsock::{VsockConfig, VsockDevice};
@@ -68,6 +69,15 @@ pub struct Args {
     /// connected before the guest starts.
     #[arg(long = "fs", value_name = "socket=PATH,tag=TAG")]
     pub fs: Vec<FsConfig>,
+    /// A virtio-net device on a TAP; repeatable. `tap=NAME` attaches to the
+    /// existing TAP NAME in vmpod-vmm's network namespace (`ip tuntap add
+    /// dev NAME mode tap`; it is never created); `fd=N` takes over the
+    /// inherited TAP fd N, opened with IFF_TAP | IFF_NO_PI | IFF_VNET_HDR.
+    /// `mac=` sets the guest's address (default: random, locally
+    /// administered). Network devices follow the disks on the MMIO bus, in
+    /// the order given.
+    #[arg(long = "net", value_name = "tap=NAME|fd=N[,mac=MAC]")]
+    pub nets: Vec<NetConfig>,
     /// Attach N placeholder virtio-mmio devices (ID 0), to exercise the
     /// transport with test guests.
     #[arg(long, hide = true, default_value_t = 0)]
@@ -142,6 +152,21 @@ fn run(args: Args) -> Result<u8> {
             fs,
             vhost_user_timeout,
         )?));
+    }
+    let mut fds: Vec<_> = args
+        .nets
+        .iter()
+        .filter_map(|n| match n.backend {
+            NetBackend::Fd(fd) => Some(fd),
+            NetBackend::Tap(_) => None,
+        })
+        .collect();
+    fds.sort_unstable();
+    if let Some(w) = fds.windows(2).find(|w| w[0] == w[1]) {
+        anyhow::bail!("TAP fd {} is given to more than one --net device", w[0]);
+    }
+    for net in &args.nets {
+        virtio.push(Box::new(NetDevice::open(net)?));
     }
     let seccomp = if args.no_seccomp {
         Seccomp::Off

@@ -9,6 +9,7 @@
 //! | `boot/` | ELF / PVH / bzImage loading, zero page + e820, page tables + GDT, MP table, the memory map |
 //! | `vstate/` | VM fd (irqchip, PIT, slots, irqfd/ioeventfd), vCPUs (state, threads, kick, pause), CPUID filter |
 //! | `devices/` | PIO/MMIO buses, legacy serial / i8042 / boot timer, virtio-mmio transport and device trait |
+//! | `devices/virtio/` | the devices: virtio-blk on a file, virtio-net on a TAP (by name or fd, one worker thread polling TAP and queues) |
 //! | `privilege.rs` | capabilities, no_new_privs and uid/gid dropped on the VMM's threads before the guest runs |
 //! | `devices/virtio/fs.rs` | virtio-fs: tag and queues here, served by virtiofsd through the vhost-user frontend (`vhost_user.rs`: memory table, kick ioeventfds, call relay, bounded waits) |
 //! | `seccomp.rs` | the seccomp-BPF allow-list installed on the VMM's threads before the guest runs |
@@ -156,6 +157,9 @@ pub struct VmmConfig {
     /// A file system is a [`devices::virtio::fs::FsDevice`] connected to
     /// its vhost-user backend, so a daemon that is not there fails just as
     /// early.
+    /// before any KVM set-up; a network card is a
+    /// [`devices::virtio::net::NetDevice`] opened from a
+    /// [`devices::virtio::net::NetConfig`], so a missing TAP does too.
     pub virtio: Vec<Box<dyn VirtioDevice>>,
     /// Who the VMM threads run as once the VM is built; `None` keeps the
     /// uid. Capabilities are dropped either way.

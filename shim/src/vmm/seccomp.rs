@@ -5,7 +5,8 @@
 //! spawns, which inherit its filter) needs afterwards is small. The list
 //! below is what `strace -f` of `vmpod-vmm` shows for every test guest
 //! (ELF/PVH/bzImage entry, two vCPUs, the hostile guest, virtio-blk
-//! read-write, read-only and hostile) from the first vCPU thread's creation
+//! read-write, read-only and hostile, virtio-net on a named TAP, a TAP fd
+//! and hostile) from the first vCPU thread's creation
 //! to the process's exit, plus three the traced runs did not need but the
 //! same code paths can reach: `brk`/`mremap` (malloc), `clock_gettime` (when
 //! the vDSO falls back to the syscall) and `writev`/`ppoll` (same power as
@@ -151,15 +152,17 @@ fn allow_list() -> Result<BTreeMap<i64, Vec<SeccompRule>>> {
     let pid = unsafe { libc::getpid() } as u64;
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     let unconditional = [
-        // Device emulation, serial and log output, virtio-blk I/O.
+        // Device emulation, serial and log output, virtio-blk I/O, frames
+        // to and from a virtio-net TAP.
         libc::SYS_read,
         libc::SYS_write,
         libc::SYS_writev,
         libc::SYS_pread64,
         libc::SYS_pwrite64,
         libc::SYS_fdatasync,
-        // The blk worker's wait on its queue and stop eventfds, created
-        // (and their fds dropped) at activation and reset.
+        // The blk and net workers' wait on their queue and stop eventfds
+        // (and the TAP), created (and their fds dropped) at activation and
+        // reset.
         libc::SYS_poll,
         libc::SYS_ppoll,
         libc::SYS_eventfd2,
@@ -177,7 +180,7 @@ fn allow_list() -> Result<BTreeMap<i64, Vec<SeccompRule>>> {
         libc::SYS_sigaltstack,
         libc::SYS_getpid,
         libc::SYS_gettid,
-        // A new thread (the blk worker, spawned by a vCPU at activation;
+        // A new thread (a blk or net worker, spawned by a vCPU at activation;
         // the vCPU threads themselves under `Seccomp::Process`). clone3
         // gets ENOSYS from the first filter.
         libc::SYS_clone3,

@@ -19,12 +19,15 @@
 //! - [`heap`] is a bump allocator over a static arena, so `alloc` works.
 //! - [`hal::GuestHal`] is virtio-drivers' HAL for identity-mapped memory and
 //!   [`virtio`] finds the VMM's virtio-mmio devices.
+//! - [`eth`] builds Ethernet frames and holds the protocol the network
+//!   guests speak with the host tests.
 
 #![no_std]
 
 extern crate alloc;
 
 pub mod entry;
+pub mod eth;
 pub mod hal;
 pub mod heap;
 mod logger;
@@ -82,5 +85,14 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
         Some(l) => println!("PANIC: {} at {}:{}", info.message(), l.file(), l.line()),
         None => println!("PANIC: {}", info.message()),
     }
+    triple_fault()
+}
+
+/// The precompiled `alloc` keeps the unwinding landing pads it was built
+/// with, and they name this. With `panic = "abort"` and a panic handler that
+/// never returns, no unwind ever starts, so it is never called.
+#[unsafe(no_mangle)]
+pub extern "C" fn _Unwind_Resume() -> ! {
+    println!("PANIC: _Unwind_Resume called");
     triple_fault()
 }

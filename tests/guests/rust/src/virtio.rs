@@ -3,11 +3,9 @@
 //! (disks first, then network devices). An address past the last device
 //! reads as all ones, so the magic value ends the scan.
 //!
-//! Dropping a virtio-drivers device stops its queues: it writes 0 to
-//! QueueReady and spins until it reads 0 back, as virtio 1.x 4.2.2.2 asks.
-//! The VMM's transport ignores QueueReady writes once the driver is live, so
-//! that loop never ends: keep devices alive and end the guest with
-//! [`crate::exit`] while they are.
+//! Dropping a virtio-drivers device stops its queues (QueueReady 0, read
+//! back) and resets it; the VMM's transport stops serving the device at the
+//! first queue stopped.
 
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU32, Ordering};

@@ -7,7 +7,9 @@
 //! are logged and ignored; an illegal status transition, an invalid queue
 //! configuration or a failed activation sets DEVICE_NEEDS_RESET (and raises
 //! a config interrupt when the driver is live), after which only a reset
-//! (status 0) is accepted. QueueNotify normally never exits: an ioeventfd per
+//! (status 0) is accepted, and the queue teardown a driver may do before it
+//! (QueueSel, QueueReady 0). QueueReady 0 on a live device stops it until
+//! the next reset (no VIRTIO_F_RING_RESET: queues cannot stop one by one). QueueNotify normally never exits: an ioeventfd per
 //! queue catches it in KVM; a notify that does exit names no valid queue or
 //! came before the ioeventfd was registered, and is forwarded or logged.
 
@@ -227,8 +229,58 @@ impl MmioTransport {
         true
     }
 
+    /// QueueReady = 0: "to stop using the queue the driver MUST write zero
+    /// to QueueReady and MUST read the value back" (virtio 1.x 4.2.2.2),
+    /// allowed at any time, since a driver may take its queues down before
+    /// it resets the device (virtio-drivers does so on drop). Without
+    /// VIRTIO_F_RING_RESET a device cannot lose one queue and keep serving
+    /// the others, so a live device stops serving altogether until the
+    /// driver resets it; the queue reads back 0 at once.
+    fn stop_queue(&mut self) {
+        let sel = self.queue_sel;
+        let Some(q) = self.queues.get_mut(sel as usize) else {
+            complain!(
+                self,
+                complaints,
+                "QueueReady 0 for queue {sel}, which does not exist"
+            );
+            return;
+        };
+        if !q.ready() {
+            return;
+        }
+        q.set_ready(false);
+        if self.activated {
+            tracing::debug!(
+                "virtio-mmio@{:#x}: the driver stopped queue {sel}; the device stops until reset",
+                self.base
+            );
+            self.device.reset();
+            self.activated = false;
+        }
+    }
+
+    /// A zero written to a stopped queue's size or ring address once the
+    /// driver is live: the rest of a teardown (virtio-drivers clears them
+    /// after QueueReady 0). Ignored without a complaint.
+    fn queue_teardown(&self, offset: u64, value: u32) -> bool {
+        let stopped = self
+            .queues
+            .get(self.queue_sel as usize)
+            .is_some_and(|q| !q.ready());
+        let quiet = value == 0 && stopped && self.status & STATUS_DRIVER_OK != 0;
+        if quiet {
+            tracing::debug!(
+                "virtio-mmio@{:#x}: queue {} register +{offset:#x} cleared after DRIVER_OK; ignored",
+                self.base,
+                self.queue_sel
+            );
+        }
+        quiet
+    }
+
     fn set_queue_address(&mut self, offset: u64, value: u32) {
-        if !self.queue_writable(offset) {
+        if self.queue_teardown(offset, value) || !self.queue_writable(offset) {
             return;
         }
         let Some(q) = self.selected_queue() else {
@@ -427,7 +479,7 @@ impl MmioTransport {
             }
             reg::QUEUE_SEL => self.queue_sel = value,
             reg::QUEUE_NUM => {
-                if !self.queue_writable(offset) {
+                if self.queue_teardown(offset, value) || !self.queue_writable(offset) {
                     return;
                 }
                 let sel = self.queue_sel;
@@ -441,6 +493,7 @@ impl MmioTransport {
                     self.needs_reset(&format!("queue {sel}: invalid size {value}: {e}"));
                 }
             }
+            reg::QUEUE_READY if value == 0 => self.stop_queue(),
             reg::QUEUE_READY => {
                 if self.queue_writable(offset)
                     && let Some(q) = self.selected_queue()
@@ -522,9 +575,13 @@ impl BusDevice for MmioTransport {
             return;
         }
         let value = u32::from_le_bytes(bytes);
+        // A driver that found the device broken may still take its queues
+        // down (select, QueueReady 0) before it resets it.
+        let teardown = offset == reg::QUEUE_SEL || (offset == reg::QUEUE_READY && value == 0);
         if self.status & STATUS_NEEDS_RESET != 0
             && offset != reg::STATUS
             && offset != reg::INTERRUPT_ACK
+            && !teardown
         {
             tracing::debug!(
                 "virtio-mmio@{:#x}: +{offset:#x} written while NEEDS_RESET; ignored",
@@ -668,6 +725,44 @@ mod tests {
         w(&mut t, reg::STATUS, 0);
         assert_eq!(r(&mut t, reg::STATUS), 0, "a reset clears it");
         assert!(!t.is_activated());
+    }
+
+    #[test]
+    fn queue_ready_zero_stops_a_live_device_and_reads_back_zero() {
+        let mut t = transport();
+        negotiate(&mut t);
+        set_queue(&mut t, 16, 0x1000, 0x2000, 0x3000);
+        w(&mut t, reg::STATUS, 0xf);
+        assert!(t.is_activated());
+        w(&mut t, reg::QUEUE_SEL, 0);
+        w(&mut t, reg::QUEUE_READY, 0);
+        assert_eq!(r(&mut t, reg::QUEUE_READY), 0, "read back at once");
+        assert!(!t.is_activated(), "the device stopped serving");
+        // virtio-drivers then clears the queue's size and addresses.
+        for offset in [reg::QUEUE_NUM, reg::QUEUE_DESC_LOW, reg::QUEUE_DEVICE_HIGH] {
+            w(&mut t, offset, 0);
+        }
+        assert_eq!(t.complaints, 0, "a teardown is no guest error");
+        assert_eq!(t.status() & STATUS_NEEDS_RESET, 0, "not an error");
+        // A queue that is not ready, or does not exist: nothing happens.
+        w(&mut t, reg::QUEUE_READY, 0);
+        w(&mut t, reg::QUEUE_SEL, 7);
+        w(&mut t, reg::QUEUE_READY, 0);
+        assert_eq!(t.status() & STATUS_NEEDS_RESET, 0);
+        // Re-initialisation after a reset works as before.
+        negotiate(&mut t);
+        set_queue(&mut t, 16, 0x1000, 0x2000, 0x3000);
+        w(&mut t, reg::STATUS, 0xf);
+        assert!(t.is_activated());
+
+        // Teardown is accepted while NEEDS_RESET, too.
+        t.interrupt.signal_needs_reset();
+        w(&mut t, reg::QUEUE_SEL, 0);
+        w(&mut t, reg::QUEUE_READY, 0);
+        assert_eq!(r(&mut t, reg::QUEUE_READY), 0);
+        assert!(!t.is_activated());
+        w(&mut t, reg::STATUS, 0);
+        assert_eq!(r(&mut t, reg::STATUS), 0);
     }
 
     #[test]

@@ -7,13 +7,15 @@
 //! own thread or event loop; the transport never touches a queue after
 //! activation, so a slow device never stalls a vCPU.
 //!
-//! Devices: [`block`] (virtio-blk on a file), [`fs`] (virtio-fs served by
-//! virtiofsd through the vhost-user frontend in [`vhost_user`]). Devices to
-//! come (vsock, net) each get a module here.
+//! Devices: [`block`] (virtio-blk on a file), [`net`] (virtio-net on a TAP,
+//! opened by name or handed over as an fd), [`fs`] (virtio-fs served by
+//! virtiofsd through the vhost-user frontend in [`vhost_user`]) and
+//! [`vsock`] (the hybrid vsock: a unix socket on the host side).
 
 pub mod block;
 pub mod fs;
 pub mod mmio;
+pub mod net;
 pub mod null;
 pub mod vhost_user;
 pub mod vsock;
