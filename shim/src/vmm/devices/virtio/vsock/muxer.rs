@@ -338,22 +338,22 @@ impl Muxer {
             }
             return;
         }
+        if op == OP_REQUEST {
+            self.guest_connects(key);
+        }
+        // Every packet carries the guest's buffer space, a REQUEST too.
         if let Some(c) = self.conns.get_mut(&key) {
             c.update_peer_credit(pkt.buf_alloc(), pkt.fwd_cnt());
+            if c.wants_credit && c.peer_credit() > 0 {
+                c.wants_credit = false;
+                self.ready.push_back(key);
+            }
         }
         match op {
-            OP_REQUEST => self.guest_connects(key),
+            OP_REQUEST => {}
             OP_RESPONSE => self.guest_accepted(key),
             OP_RW => self.guest_data(key, pkt),
-            OP_CREDIT_UPDATE => {
-                if let Some(c) = self.conns.get_mut(&key)
-                    && c.wants_credit
-                    && c.peer_credit() > 0
-                {
-                    c.wants_credit = false;
-                    self.ready.push_back(key);
-                }
-            }
+            OP_CREDIT_UPDATE => {}
             OP_CREDIT_REQUEST => {
                 let op = if self.conns.contains_key(&key) {
                     OP_CREDIT_UPDATE
@@ -1278,6 +1278,40 @@ mod tests {
             }
         }
         assert!(total > 0 && total < 64 * chunk.len(), "{total}");
+    }
+
+    #[test]
+    fn host_data_reaches_a_guest_connection_on_the_credit_of_its_request() {
+        let (mut d, mut m) = Driver::new();
+        let listener = UnixListener::bind(d.dir.join("v.sock_9")).unwrap();
+        let posted = d.post_rx(8);
+        d.send(100, 9, OP_REQUEST, &[]);
+        assert!(m.step().is_ok());
+        let (mut host, _) = listener.accept().unwrap();
+        assert_eq!(op_of(&d.received(&posted)[0]), OP_RESPONSE);
+        host.write_all(b"hello").unwrap();
+        let key = Key {
+            local_port: 9,
+            peer_port: 100,
+        };
+        let token = m.conns[&key].token;
+        m.stream_event(token, EventSet::IN);
+        assert!(m.step().is_ok());
+        let used = d.rx.take_used(&d.mem);
+        assert_eq!(used.len(), 1, "{used:?}");
+        let (id, len) = used[0];
+        let h: PacketHeader = d
+            .mem
+            .read_obj(GuestAddress(posted[id as usize / 2]))
+            .unwrap();
+        assert_eq!(op_of(&h), OP_RW, "the REQUEST's buf_alloc is credit enough");
+        assert_eq!(len as usize, PKT_HEADER_SIZE + 5);
+        // The data buffer follows its header in the test allocator.
+        let mut data = [0u8; 5];
+        d.mem
+            .read_slice(&mut data, GuestAddress(posted[id as usize / 2] + 64))
+            .unwrap();
+        assert_eq!(&data, b"hello");
     }
 
     #[test]
