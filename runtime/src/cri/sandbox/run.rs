@@ -47,6 +47,9 @@ fn handler_backend(handler: &str, configured: BackendChoice) -> BackendChoice {
     }
 }
 
+/// `shim/src/vmm/boot/layout.rs` MAX_VCPUS.
+const BUILTIN_VMM_MAX_VCPUS: u32 = 32;
+
 /// Extra time, past the guest's boot timeout, for the shim to tear down and
 /// report before the daemon gives up on it.
 const SHIM_REPORT_MARGIN: Duration = Duration::from_secs(10);
@@ -95,11 +98,20 @@ pub async fn run_pod_sandbox(
         ReserveError::Store(e) => store_err(e),
     })?;
 
-    let size = resources::vm_size(
+    let mut size = resources::vm_size(
         &daemon.config.vm,
         linux.and_then(|l| l.resources.as_ref()),
         linux.and_then(|l| l.overhead.as_ref()),
     );
+    // The built-in VMM's MP table holds at most this many CPUs; a bigger
+    // limit gets a VM that size, like any limit past MAX_VCPUS.
+    if plan.backend == BackendSpec::Kvm && size.vcpus > BUILTIN_VMM_MAX_VCPUS {
+        tracing::warn!(
+            vcpus = size.vcpus,
+            "the built-in VMM runs at most {BUILTIN_VMM_MAX_VCPUS} vCPUs; the VM gets that many"
+        );
+        size.vcpus = BUILTIN_VMM_MAX_VCPUS;
+    }
     let cgroup_parent = linux.map(|l| l.cgroup_parent.clone()).unwrap_or_default();
     let guest = GuestSetup {
         hostname: valid.hostname,
