@@ -25,7 +25,6 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use anyhow::{Context, Result, bail};
 use virtio_queue::desc::split::Descriptor;
@@ -33,9 +32,10 @@ use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{Activation, Interrupt, VIRTIO_F_VERSION_1, VirtioDevice};
+use super::{
+    Activation, Interrupt, VIRTIO_F_VERSION_1, VirtioDevice, WorkerThread, read_config_space,
+};
 use crate::vmm::memory::GuestMemoryMmap;
-use crate::vmm::vstate::vm::new_eventfd;
 
 /// virtio device ID of a block device.
 pub const DEVICE_ID: u32 = 2;
@@ -106,7 +106,7 @@ pub struct BlockDevice {
     /// `struct virtio_blk_config` up to and including `blk_size`; the rest
     /// reads as zero.
     config: [u8; 24],
-    worker: Option<(EventFd, JoinHandle<()>)>,
+    worker: Option<WorkerThread>,
 }
 
 impl BlockDevice {
@@ -151,20 +151,6 @@ impl BlockDevice {
     pub fn capacity(&self) -> u64 {
         self.capacity
     }
-
-    fn stop_worker(&mut self) {
-        if let Some((stop, thread)) = self.worker.take() {
-            if let Err(e) = stop.write(1) {
-                tracing::error!(
-                    "virtio-blk {}: stopping the worker: {e}",
-                    self.path.display()
-                );
-            }
-            if thread.join().is_err() {
-                tracing::error!("virtio-blk {}: the worker panicked", self.path.display());
-            }
-        }
-    }
 }
 
 /// GET_ID's answer: the file name, cut to 20 bytes, so a guest can tell its
@@ -178,14 +164,6 @@ fn disk_id(path: &Path) -> [u8; ID_BYTES] {
     let n = name.len().min(ID_BYTES);
     id[..n].copy_from_slice(&name[..n]);
     id
-}
-
-impl Drop for BlockDevice {
-    /// The worker holds guest memory, which must not outlive the VM's
-    /// mappings: it is joined here, before the buses (and so the memory) go.
-    fn drop(&mut self) {
-        self.stop_worker();
-    }
 }
 
 impl VirtioDevice for BlockDevice {
@@ -203,13 +181,7 @@ impl VirtioDevice for BlockDevice {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        for (i, byte) in data.iter_mut().enumerate() {
-            *byte = offset
-                .checked_add(i as u64)
-                .and_then(|at| usize::try_from(at).ok())
-                .and_then(|at| self.config.get(at).copied())
-                .unwrap_or(0);
-        }
+        read_config_space(&self.config, offset, data);
     }
 
     /// Only `writeback` would be writable, and only with
@@ -217,7 +189,7 @@ impl VirtioDevice for BlockDevice {
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
 
     fn activate(&mut self, activation: Activation) -> Result<()> {
-        self.stop_worker();
+        self.worker = None;
         let Activation {
             memory,
             acked_features: _,
@@ -233,31 +205,33 @@ impl VirtioDevice for BlockDevice {
         if !queue.ready() {
             bail!("the driver did not make queue 0 ready");
         }
-        let stop = new_eventfd()?;
-        let worker = Worker {
-            memory,
-            queue,
-            notifier,
-            stop: stop.try_clone().context("duplicating the stop eventfd")?,
-            interrupt,
-            file: self.file.clone(),
-            name: self.path.display().to_string(),
-            read_only: self.read_only,
-            capacity: self.capacity,
-            id: self.id,
-            bounce: vec![0; BOUNCE],
-            complaints: 0,
-        };
-        let thread = std::thread::Builder::new()
-            .name("virtio-blk".to_owned())
-            .spawn(move || worker.run())
-            .context("spawning the virtio-blk worker thread")?;
-        self.worker = Some((stop, thread));
+        let name = self.path.display().to_string();
+        let label = format!("virtio-blk {name}");
+        let (file, read_only, capacity, id) =
+            (self.file.clone(), self.read_only, self.capacity, self.id);
+        let worker = WorkerThread::spawn("virtio-blk", label, |stop| {
+            let worker = Worker {
+                memory,
+                queue,
+                notifier,
+                stop,
+                interrupt,
+                file,
+                name,
+                read_only,
+                capacity,
+                id,
+                bounce: vec![0; BOUNCE],
+                complaints: 0,
+            };
+            Ok(move || worker.run())
+        })?;
+        self.worker = Some(worker);
         Ok(())
     }
 
     fn reset(&mut self) {
-        self.stop_worker();
+        self.worker = None;
     }
 }
 
@@ -616,6 +590,7 @@ fn read_exact_or_zero(file: &File, buf: &mut [u8], offset: u64) -> std::io::Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vmm::vstate::vm::new_eventfd;
 
     #[test]
     fn disk_specs() {

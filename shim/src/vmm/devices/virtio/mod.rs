@@ -22,8 +22,9 @@ pub mod vsock;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::thread::JoinHandle;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use virtio_queue::Queue;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -138,4 +139,61 @@ pub trait VirtioDevice: Send {
 
     /// The driver reset the device: stop serving, drop the queues.
     fn reset(&mut self);
+}
+
+/// Reads a device's config space `config` at `offset`; bytes past its end
+/// (or past `usize`) read as zero, as the transport promises the driver.
+pub fn read_config_space(config: &[u8], offset: u64, data: &mut [u8]) {
+    for (i, byte) in data.iter_mut().enumerate() {
+        *byte = offset
+            .checked_add(i as u64)
+            .and_then(|at| usize::try_from(at).ok())
+            .and_then(|at| config.get(at).copied())
+            .unwrap_or(0);
+    }
+}
+
+/// A device's worker thread between activation and reset. Dropping it
+/// signals the worker's stop eventfd and joins the thread: the worker holds
+/// guest memory, which must not outlive the VM's mappings, so a device that
+/// is reset or dropped (before the buses and the memory go) waits here.
+pub struct WorkerThread {
+    label: String,
+    stop: EventFd,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl WorkerThread {
+    /// Spawns `run` on a thread named `name`. `build` gets the eventfd the
+    /// worker must poll and return on, and makes the worker's body.
+    pub fn spawn<F, B>(name: &'static str, label: String, build: B) -> Result<WorkerThread>
+    where
+        F: FnOnce() + Send + 'static,
+        B: FnOnce(EventFd) -> Result<F>,
+    {
+        let stop = crate::vmm::vstate::vm::new_eventfd()?;
+        let run = build(stop.try_clone().context("duplicating the stop eventfd")?)?;
+        let thread = std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(run)
+            .with_context(|| format!("spawning the {name} worker thread"))?;
+        Ok(WorkerThread {
+            label,
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for WorkerThread {
+    fn drop(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            if let Err(e) = self.stop.write(1) {
+                tracing::error!("{}: stopping the worker: {e}", self.label);
+            }
+            if thread.join().is_err() {
+                tracing::error!("{}: the worker panicked", self.label);
+            }
+        }
+    }
 }

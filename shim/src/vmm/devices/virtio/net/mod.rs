@@ -18,16 +18,13 @@ use std::fmt;
 use std::os::fd::RawFd;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use virtio_queue::QueueT;
-use vmm_sys_util::eventfd::EventFd;
 
 use self::tap::Tap;
 use self::worker::Worker;
-use super::{Activation, VIRTIO_F_VERSION_1, VirtioDevice};
-use crate::vmm::vstate::vm::new_eventfd;
+use super::{Activation, VIRTIO_F_VERSION_1, VirtioDevice, WorkerThread, read_config_space};
 
 /// virtio device ID of a network card.
 pub const DEVICE_ID: u32 = 1;
@@ -182,7 +179,7 @@ impl FromStr for NetConfig {
 pub struct NetDevice {
     tap: Arc<Tap>,
     mac: MacAddress,
-    worker: Option<(EventFd, JoinHandle<()>)>,
+    worker: Option<WorkerThread>,
 }
 
 impl NetDevice {
@@ -215,25 +212,6 @@ impl NetDevice {
     pub fn tap_name(&self) -> &str {
         self.tap.name()
     }
-
-    fn stop_worker(&mut self) {
-        if let Some((stop, thread)) = self.worker.take() {
-            if let Err(e) = stop.write(1) {
-                tracing::error!("virtio-net {}: stopping the worker: {e}", self.tap.name());
-            }
-            if thread.join().is_err() {
-                tracing::error!("virtio-net {}: the worker panicked", self.tap.name());
-            }
-        }
-    }
-}
-
-impl Drop for NetDevice {
-    /// The worker holds guest memory, which must not outlive the VM's
-    /// mappings: it is joined here, before the buses (and so the memory) go.
-    fn drop(&mut self) {
-        self.stop_worker();
-    }
 }
 
 impl VirtioDevice for NetDevice {
@@ -252,13 +230,7 @@ impl VirtioDevice for NetDevice {
     /// `struct virtio_net_config` up to `mac`; the rest (status, queue
     /// pairs, MTU: features not offered) reads as zero.
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        for (i, byte) in data.iter_mut().enumerate() {
-            *byte = offset
-                .checked_add(i as u64)
-                .and_then(|at| usize::try_from(at).ok())
-                .and_then(|at| self.mac.0.get(at).copied())
-                .unwrap_or(0);
-        }
+        read_config_space(&self.mac.0, offset, data);
     }
 
     /// The MAC is writable only through the legacy interface, which is not
@@ -266,7 +238,7 @@ impl VirtioDevice for NetDevice {
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
 
     fn activate(&mut self, activation: Activation) -> Result<()> {
-        self.stop_worker();
+        self.worker = None;
         let Activation {
             memory,
             acked_features: _,
@@ -288,25 +260,18 @@ impl VirtioDevice for NetDevice {
                 );
             }
         }
-        let stop = new_eventfd()?;
-        let worker = Worker::new(
-            memory,
-            queues,
-            notifiers,
-            stop.try_clone().context("duplicating the stop eventfd")?,
-            interrupt,
-            self.tap.clone(),
-        );
-        let thread = std::thread::Builder::new()
-            .name("virtio-net".to_owned())
-            .spawn(move || worker.run())
-            .context("spawning the virtio-net worker thread")?;
-        self.worker = Some((stop, thread));
+        let label = format!("virtio-net {}", self.tap.name());
+        let tap = self.tap.clone();
+        let worker = WorkerThread::spawn("virtio-net", label, |stop| {
+            let worker = Worker::new(memory, queues, notifiers, stop, interrupt, tap);
+            Ok(move || worker.run())
+        })?;
+        self.worker = Some(worker);
         Ok(())
     }
 
     fn reset(&mut self) {
-        self.stop_worker();
+        self.worker = None;
     }
 }
 

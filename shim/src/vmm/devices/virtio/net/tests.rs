@@ -14,6 +14,7 @@ use super::worker::Worker;
 use super::*;
 use crate::vmm::devices::virtio::{INT_USED_RING, Interrupt};
 use crate::vmm::memory::GuestMemoryMmap;
+use crate::vmm::vstate::vm::new_eventfd;
 
 const RX_BASE: u64 = 0x1000;
 const TX_BASE: u64 = 0x4000;

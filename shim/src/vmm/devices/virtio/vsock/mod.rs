@@ -25,14 +25,11 @@ mod muxer;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use anyhow::{Context, Result, bail};
 use virtio_queue::QueueT;
-use vmm_sys_util::eventfd::EventFd;
 
-use super::{Activation, VIRTIO_F_VERSION_1, VirtioDevice};
-use crate::vmm::vstate::vm::new_eventfd;
+use super::{Activation, VIRTIO_F_VERSION_1, VirtioDevice, WorkerThread, read_config_space};
 
 /// virtio device ID of a socket device.
 pub const DEVICE_ID: u32 = 19;
@@ -90,7 +87,11 @@ impl std::str::FromStr for VsockConfig {
 pub struct VsockDevice {
     config: VsockConfig,
     listener: Arc<UnixListener>,
-    worker: Option<(EventFd, JoinHandle<()>)>,
+    /// Every connection ends with the worker (their host sockets see EOF).
+    /// The socket file stays when the device goes: it may be dropped under
+    /// the VMM's seccomp filter, which allows no path operation, so whoever
+    /// chose the path removes it (the shim's teardown does).
+    worker: Option<WorkerThread>,
 }
 
 impl VsockDevice {
@@ -118,27 +119,6 @@ impl VsockDevice {
     pub fn uds(&self) -> &Path {
         &self.config.uds
     }
-
-    fn stop_worker(&mut self) {
-        if let Some((stop, thread)) = self.worker.take() {
-            if let Err(e) = stop.write(1) {
-                tracing::error!("virtio-vsock: stopping the worker: {e}");
-            }
-            if thread.join().is_err() {
-                tracing::error!("virtio-vsock: the worker panicked");
-            }
-        }
-    }
-}
-
-impl Drop for VsockDevice {
-    /// Joins the worker: it holds guest memory. The socket file stays: the
-    /// device may be dropped under the VMM's seccomp filter, which allows no
-    /// path operation, so whoever chose the path removes it (the shim's pod
-    /// dir goes with the pod).
-    fn drop(&mut self) {
-        self.stop_worker();
-    }
 }
 
 impl VirtioDevice for VsockDevice {
@@ -156,21 +136,14 @@ impl VirtioDevice for VsockDevice {
 
     /// `struct virtio_vsock_config { le64 guest_cid; }`.
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let config = self.config.guest_cid.to_le_bytes();
-        for (i, byte) in data.iter_mut().enumerate() {
-            *byte = offset
-                .checked_add(i as u64)
-                .and_then(|at| usize::try_from(at).ok())
-                .and_then(|at| config.get(at).copied())
-                .unwrap_or(0);
-        }
+        read_config_space(&self.config.guest_cid.to_le_bytes(), offset, data);
     }
 
     /// The config space is read-only.
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
 
     fn activate(&mut self, activation: Activation) -> Result<()> {
-        self.stop_worker();
+        self.worker = None;
         let Activation {
             memory,
             acked_features: _,
@@ -192,29 +165,28 @@ impl VirtioDevice for VsockDevice {
         if !rx.ready() || !tx.ready() {
             bail!("the driver did not make the RX and TX queues ready");
         }
-        let stop = new_eventfd()?;
-        let muxer = muxer::Muxer::new(muxer::Parts {
-            memory,
-            rx,
-            tx,
-            kicks: [rx_kick, tx_kick, event_kick],
-            stop: stop.try_clone().context("duplicating the stop eventfd")?,
-            interrupt,
-            listener: self.listener.clone(),
-            config: self.config.clone(),
+        let (listener, config) = (self.listener.clone(), self.config.clone());
+        let worker = WorkerThread::spawn("virtio-vsock", "virtio-vsock".into(), |stop| {
+            let muxer = muxer::Muxer::new(muxer::Parts {
+                memory,
+                rx,
+                tx,
+                kicks: [rx_kick, tx_kick, event_kick],
+                stop,
+                interrupt,
+                listener,
+                config,
+            })?;
+            Ok(move || muxer.run())
         })?;
-        let thread = std::thread::Builder::new()
-            .name("virtio-vsock".to_owned())
-            .spawn(move || muxer.run())
-            .context("spawning the virtio-vsock worker thread")?;
-        self.worker = Some((stop, thread));
+        self.worker = Some(worker);
         Ok(())
     }
 
     /// Every connection ends with the worker (their host sockets see EOF);
     /// the listening socket stays for the next activation.
     fn reset(&mut self) {
-        self.stop_worker();
+        self.worker = None;
     }
 }
 
