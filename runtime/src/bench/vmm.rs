@@ -82,19 +82,65 @@ impl Sample {
     }
 }
 
+/// `scripts/build-vmm.sh`'s static build when it exists beside this
+/// target dir, else the `vmpod-vmm` next to vmpod.
+fn default_vmm(exe_dir: &Path) -> PathBuf {
+    let triple = format!("{}-unknown-linux-gnu", std::env::consts::ARCH);
+    let built = exe_dir.join("..").join(triple).join("vmm/vmpod-vmm");
+    if built.is_file() {
+        built
+    } else {
+        exe_dir.join("vmpod-vmm")
+    }
+}
+
+/// An ELF without a PT_INTERP program header needs no dynamic loader.
+fn is_static(binary: &Path) -> bool {
+    const PT_INTERP: u32 = 3;
+    let Ok(elf) = std::fs::read(binary) else {
+        return false;
+    };
+    let word = |at: usize, n: usize| -> Option<u64> {
+        let b = elf.get(at..at + n)?;
+        Some(
+            b.iter()
+                .rev()
+                .fold(0u64, |acc, x| (acc << 8) | u64::from(*x)),
+        )
+    };
+    // 64-bit little-endian ELF only: e_phoff at 0x20, e_phentsize 0x36, e_phnum 0x38.
+    if elf.get(..6) != Some(&[0x7f, b'E', b'L', b'F', 2, 1][..]) {
+        return false;
+    }
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (word(0x20, 8), word(0x36, 2), word(0x38, 2))
+    else {
+        return false;
+    };
+    !(0..phnum).any(|i| {
+        let at = usize::try_from(phoff + i * phentsize).unwrap_or(usize::MAX);
+        word(at, 4) == Some(u64::from(PT_INTERP))
+    })
+}
+
 pub fn run(opts: Options) -> Result<()> {
     if opts.count == 0 {
         bail!("--count must be at least 1");
     }
     let exe = std::env::current_exe().context("locating the vmpod binary")?;
     let exe_dir = exe.parent().context("the vmpod binary has no directory")?;
-    let vmm = opts
-        .vmm
-        .clone()
-        .unwrap_or_else(|| exe_dir.join("vmpod-vmm"));
+    let vmm = match &opts.vmm {
+        Some(v) => v.clone(),
+        None => default_vmm(exe_dir),
+    };
     if !vmm.is_file() {
         bail!(
-            "{} not found: build it with `cargo build --release -p vmpod-shim --bin vmpod-vmm` or pass --vmm",
+            "{} not found: build it with scripts/build-vmm.sh (static, as benchmarked) or pass --vmm",
+            vmm.display()
+        );
+    }
+    if !is_static(&vmm) {
+        eprintln!(
+            "note: {} is dynamically linked; ld.so and libc.so add about 1.3 MiB of RSS (scripts/build-vmm.sh builds it static)",
             vmm.display()
         );
     }
@@ -542,4 +588,22 @@ fn svg(vmms: &[Vmm]) -> String {
     }
     s += "</svg>\n";
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn static_binaries_are_told_from_dynamic_ones() {
+        let me = std::env::current_exe().expect("test binary");
+        assert!(!is_static(&me), "the test binary is dynamically linked");
+        // busybox-static is installed by scripts/install-deps.sh.
+        assert!(is_static(Path::new("/bin/busybox")));
+        assert!(!is_static(Path::new("/nonexistent")));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let junk = dir.path().join("junk");
+        std::fs::write(&junk, b"not an elf").expect("write");
+        assert!(!is_static(&junk));
+    }
 }

@@ -105,14 +105,18 @@ pub enum Boot {
 
 pub fn main() -> ExitCode {
     let args = Args::parse();
+    // A plain level, not an EnvFilter: its directive parser and regex
+    // engine are a few hundred KiB of code the process would fault in on
+    // every start, and the standalone VMM has one module worth filtering.
+    let level = std::env::var("VMPOD_VMM_LOG")
+        .ok()
+        .and_then(|v| v.parse::<tracing_subscriber::filter::LevelFilter>().ok())
+        .unwrap_or(tracing_subscriber::filter::LevelFilter::INFO);
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .with_target(false)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("VMPOD_VMM_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+        .with_max_level(level)
         .init();
     match run(args) {
         Ok(code) => ExitCode::from(code),
