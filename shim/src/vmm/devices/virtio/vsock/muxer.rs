@@ -342,7 +342,7 @@ impl Muxer {
             c.update_peer_credit(pkt.buf_alloc(), pkt.fwd_cnt());
         }
         match op {
-            OP_REQUEST => self.guest_connects(key),
+            OP_REQUEST => self.guest_connects(key, pkt.buf_alloc(), pkt.fwd_cnt()),
             OP_RESPONSE => self.guest_accepted(key),
             OP_RW => self.guest_data(key, pkt),
             OP_CREDIT_UPDATE => {
@@ -372,7 +372,9 @@ impl Muxer {
     }
 
     /// A guest connection to host port P: a unix connection to `<uds>_P`.
-    fn guest_connects(&mut self, key: Key) {
+    /// The REQUEST carries the guest's buffer space, as every packet does:
+    /// the connection starts with that credit.
+    fn guest_connects(&mut self, key: Key, buf_alloc: u32, fwd_cnt: u32) {
         if self.conns.contains_key(&key) {
             self.complain(format_args!(
                 "a second REQUEST for port {} from guest port {}",
@@ -404,10 +406,8 @@ impl Muxer {
                 return;
             }
         };
-        if self
-            .add_connection(key, stream, State::Established)
-            .is_some()
-        {
+        if let Some(c) = self.add_connection(key, stream, State::Established) {
+            c.update_peer_credit(buf_alloc, fwd_cnt);
             self.reply(key, OP_RESPONSE, 0);
             self.ready.push_back(key);
         } else {
@@ -1278,6 +1278,35 @@ mod tests {
             }
         }
         assert!(total > 0 && total < 64 * chunk.len(), "{total}");
+    }
+
+    #[test]
+    fn a_guest_connection_takes_its_credit_from_the_request() {
+        let (mut d, mut m) = Driver::new();
+        let listener = UnixListener::bind(d.dir.join("v.sock_9")).unwrap();
+        let posted = d.post_rx(8);
+        // The REQUEST says the guest has 64 KiB of buffer (see `header`).
+        d.send(100, 9, OP_REQUEST, &[]);
+        assert!(m.step().is_ok());
+        let (mut host, _) = listener.accept().unwrap();
+        let ops: Vec<u16> = d.received(&posted).iter().map(op_of).collect();
+        assert_eq!(ops, [OP_RESPONSE], "no CREDIT_REQUEST before any data");
+        // Host data flows at once, within that credit, unasked.
+        host.write_all(b"hello guest").unwrap();
+        let mut ops = Vec::new();
+        let mut events = vec![EpollEvent::default(); 8];
+        for _ in 0..100 {
+            let n = m.epoll.wait(10, &mut events).unwrap();
+            for ev in &events[..n] {
+                m.stream_event(ev.data(), ev.event_set());
+            }
+            assert!(m.step().is_ok());
+            ops.extend(d.received(&posted).iter().map(op_of));
+            if !ops.is_empty() {
+                break;
+            }
+        }
+        assert_eq!(ops, [OP_RW]);
     }
 
     #[test]
