@@ -891,6 +891,143 @@ fn vsock_echoes_a_mebibyte_host_initiated_and_guest_initiated() {
     assert_eq!(echo.join().expect("echo thread"), TOTAL);
 }
 
+/// A host listener on `path` polled from a thread until `stop`: it accepts
+/// every connection and keeps it unread; at the end it reads each to EOF
+/// and returns the bytes each carried.
+fn hold_connections(
+    path: &Path,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Vec<usize>> {
+    use std::io::Read;
+    use std::sync::atomic::Ordering;
+    let listener = std::os::unix::net::UnixListener::bind(path).expect("bind");
+    listener.set_nonblocking(true).expect("nonblocking");
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        while !stop.load(Ordering::SeqCst) {
+            match listener.accept() {
+                Ok((s, _)) => held.push(s),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => panic!("accept: {e}"),
+            }
+        }
+        held.into_iter()
+            .map(|mut s| {
+                s.set_nonblocking(false).expect("blocking");
+                s.set_read_timeout(Some(Duration::from_secs(10)))
+                    .expect("timeout");
+                let mut data = Vec::new();
+                s.read_to_end(&mut data).expect("read to EOF");
+                data.len()
+            })
+            .collect()
+    })
+}
+
+#[test]
+fn vsock_survives_a_hostile_driver() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let uds = dir.path().join("vm.vsock");
+    let stop = Arc::new(AtomicBool::new(false));
+    // 6001 accepts (steps 2 and 5), 6002 accepts and never reads (step 4);
+    // nothing listens on 6003 (the flood of step 3).
+    let accept = hold_connections(&dir.path().join("vm.vsock_6001"), stop.clone());
+    let sink = hold_connections(&dir.path().join("vm.vsock_6002"), stop.clone());
+    let vsock = format!("cid=3,uds={}", uds.display());
+    let kernel = guest("vsock_hostile.elf");
+    let started = Instant::now();
+    let r = run(&["--kernel", &kernel, "--vsock", &vsock]);
+    let elapsed = started.elapsed();
+    stop.store(true, Ordering::SeqCst);
+    r.assert_reset();
+    for line in [
+        "vsock-hostile: garbage written magic=0x74726976 device=19 unknown=0 queue77-max=0 cid=3 status=0x0\n",
+        "vsock-hostile: illegal status 0x40 then 0x40, after reset 0x0\n",
+        "vsock-hostile: ready cid=3\n",
+        "vsock-hostile: tx short-header returned len=0\n",
+        "vsock-hostile: tx writable-header returned len=0\n",
+        "vsock-hostile: tx data-outside-ram returned len=0\n",
+        "vsock-hostile: tx len-over-64k returned len=0\n",
+        "vsock-hostile: tx looped returned len=0\n",
+        "vsock-hostile: tx chain-as-long-as-queue returned len=0\n",
+        "vsock-hostile: tx next-out-of-range returned len=0\n",
+        "vsock-hostile: tx indirect-outside-ram returned len=0\n",
+        "vsock-hostile: still serving: RESPONSE from port 6001 buf_alloc=262144\n",
+        // With no RX buffer given back, the device answered into the 256 it
+        // had, queued 1024 more replies (its cap) and stopped taking TX
+        // chains; a whole TX queue (256) waited.
+        "vsock-hostile: flood stalled tx-used=1280 posted=1536 rx-buffers=256 rst=256 other=0 backlog=1024\n",
+        "vsock-hostile: flood resumed tx-used=3000 rst=3000 other=0\n",
+        "vsock-hostile: credit connected to port 6002 buf_alloc=262144\n",
+        "vsock-hostile: needs-reset ok status=0x4f interrupt-status=0x3\n",
+        "vsock-hostile: after reset status=0x0, RESPONSE from port 6001\n",
+    ] {
+        assert!(r.serial.contains(line), "{line:?} missing: {}", r.serial);
+    }
+    // "credit reset after S KiB sent, credit-updates=N (the host took T KiB)"
+    let credit = r
+        .serial
+        .lines()
+        .find(|l| l.starts_with("vsock-hostile: credit reset after "))
+        .unwrap_or_else(|| panic!("no credit reset line: {}", r.serial));
+    let kib = |after: &str| -> usize {
+        credit
+            .split(after)
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|n| n.parse::<usize>().ok())
+            .unwrap_or_else(|| panic!("no number after {after:?} in {credit:?}"))
+            * 1024
+    };
+    let (sent, took) = (kib("reset after "), kib("the host took "));
+    assert!(!r.serial.contains("unexpected"), "{}", r.serial);
+    for logged in [
+        "ignored 1-byte register write",
+        "ignored 4-byte unaligned register write",
+        "ignored 8-byte register write",
+        "QueueNotify for queue 99, which does not exist",
+        "write to the read-only config space",
+        "illegal status transition 0x0 -> 0x4; marking DEVICE_NEEDS_RESET",
+        "dropping a malformed TX packet",
+        "-byte credit already held; resetting",
+        "the TX available ring is invalid",
+        "virtio-vsock: the TX available ring is invalid",
+    ] {
+        assert!(
+            r.stderr.contains(logged),
+            "{logged:?} not logged: {}",
+            r.stderr
+        );
+    }
+    assert!(
+        r.stderr.contains("marking DEVICE_NEEDS_RESET"),
+        "{}",
+        r.stderr
+    );
+    // Guest-triggered warnings are capped: the 3000 refused connections
+    // are not logged one by one.
+    let warnings = r.stderr.lines().filter(|l| l.contains("WARN")).count();
+    assert!(warnings < 100, "{warnings} warning lines: {}", r.stderr);
+    // Step 2's and step 5's connections; step 4's, cut by the device.
+    assert_eq!(accept.join().expect("6001").len(), 2);
+    let sunk = sink.join().expect("6002");
+    assert_eq!(sunk.len(), 1, "{sunk:?}");
+    // The device held no more than its 256 KiB credit for the host, and
+    // refused the 64 KiB packet past it: the rest reached the socket.
+    const BUF_ALLOC: usize = 256 << 10;
+    const PACKET: usize = 64 << 10;
+    assert!(sent > BUF_ALLOC, "reset after only {sent} bytes: {credit}");
+    assert!(
+        took <= sunk[0] && sunk[0] < sent && sent <= sunk[0] + BUF_ALLOC + PACKET,
+        "the host got {} bytes of the {sent} the guest sent: {credit}",
+        sunk[0]
+    );
+    assert!(elapsed < Duration::from_secs(10), "took {elapsed:?}");
+}
+
 #[test]
 fn a_vsock_socket_that_cannot_be_bound_is_named() {
     let kernel = guest("elf64.elf");

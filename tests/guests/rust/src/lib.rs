@@ -19,6 +19,8 @@
 //! - [`heap`] is a bump allocator over a static arena, so `alloc` works.
 //! - [`hal::GuestHal`] is virtio-drivers' HAL for identity-mapped memory and
 //!   [`virtio`] finds the VMM's virtio-mmio devices.
+//! - [`rawq`] drives a device's registers and split queues by hand, for the
+//!   devices virtio-drivers does not know and for the hostile guests.
 //! - [`eth`] builds Ethernet frames and holds the protocol the network
 //!   guests speak with the host tests.
 
@@ -32,6 +34,7 @@ pub mod hal;
 pub mod heap;
 mod logger;
 mod mem;
+pub mod rawq;
 pub mod serial;
 pub mod virtio;
 

@@ -2,7 +2,7 @@
 //! by hand, since virtio-drivers has no file system driver (and its MMIO
 //! transport refuses device IDs it does not know, 26 among them), so this
 //! guest drives the registers and one small split queue per virtio-fs queue
-//! itself. Interrupts stay off: it polls the used ring, then checks that
+//! itself, through [`vmpod_guest::rawq`]. Interrupts stay off: it polls the used ring, then checks that
 //! InterruptStatus shows the used-ring bit (the VMM's call relay).
 //!
 //! Steps, each printed as `vmpod-guest: fs ...`: the config space (tag,
@@ -22,11 +22,11 @@ extern crate alloc;
 
 use alloc::vec::Vec;
 use core::ptr::NonNull;
-use core::sync::atomic::{Ordering, fence};
 
 use vmpod_guest::hal::{GuestHal, PAGE_SIZE};
 use vmpod_guest::println;
-use vmpod_guest::virtio::{MAX_DEVICES, MMIO_SIZE, MMIO_START, device_id};
+use vmpod_guest::rawq::{self, DESC_WRITE, F_VERSION_1, Queue, Regs, TIMEOUT_CYCLES, reg};
+use vmpod_guest::virtio::{MAX_DEVICES, device_id};
 use vmpod_guest::virtio_drivers::{BufferDirection, Hal};
 
 vmpod_guest::entry!(main);
@@ -35,34 +35,10 @@ vmpod_guest::entry!(main);
 const PAYLOAD: &[u8] = b"written by the vmpod fs guest\n";
 
 const FS_DEVICE_ID: u32 = 26;
-const HIPRIO: u32 = 0;
-const REQUEST: u32 = 1;
+const HIPRIO: u16 = 0;
+const REQUEST: u16 = 1;
 /// Entries per ring: one request is in flight at a time.
-const QSIZE: usize = 8;
-
-// virtio-mmio registers.
-const DEVICE_FEATURES: usize = 0x010;
-const DEVICE_FEATURES_SEL: usize = 0x014;
-const DRIVER_FEATURES: usize = 0x020;
-const DRIVER_FEATURES_SEL: usize = 0x024;
-const QUEUE_SEL: usize = 0x030;
-const QUEUE_NUM_MAX: usize = 0x034;
-const QUEUE_NUM: usize = 0x038;
-const QUEUE_READY: usize = 0x044;
-const QUEUE_NOTIFY: usize = 0x050;
-const INTERRUPT_STATUS: usize = 0x060;
-const INTERRUPT_ACK: usize = 0x064;
-const STATUS: usize = 0x070;
-const QUEUE_DESC_LOW: usize = 0x080;
-const QUEUE_DRIVER_LOW: usize = 0x090;
-const QUEUE_DEVICE_LOW: usize = 0x0a0;
-const CONFIG: usize = 0x100;
-
-const ACKNOWLEDGE: u32 = 1;
-const DRIVER: u32 = 2;
-const DRIVER_OK: u32 = 4;
-const FEATURES_OK: u32 = 8;
-const NEEDS_RESET: u32 = 0x40;
+const QSIZE: u16 = 8;
 
 // FUSE.
 const FUSE_LOOKUP: u32 = 1;
@@ -84,49 +60,6 @@ const O_WRONLY: u32 = 1;
 const O_CREAT: u32 = 0o100;
 const O_EXCL: u32 = 0o200;
 
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct Desc {
-    addr: u64,
-    len: u32,
-    flags: u16,
-    next: u16,
-}
-const DESC_NEXT: u16 = 1;
-const DESC_WRITE: u16 = 2;
-
-#[repr(C)]
-struct Avail {
-    flags: u16,
-    idx: u16,
-    ring: [u16; QSIZE],
-    used_event: u16,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct UsedElem {
-    id: u32,
-    len: u32,
-}
-
-#[repr(C)]
-struct Used {
-    flags: u16,
-    idx: u16,
-    ring: [UsedElem; QSIZE],
-    avail_event: u16,
-}
-
-/// A split virtqueue, all of it in one zeroed DMA page (identity-mapped:
-/// its address is what the device is told).
-#[repr(C, align(4096))]
-struct Ring {
-    desc: [Desc; QSIZE],
-    avail: Avail,
-    used: Used,
-}
-
 fn dma_pages(pages: usize) -> NonNull<u8> {
     let (paddr, vaddr) = GuestHal::dma_alloc(pages, BufferDirection::Both);
     if paddr == 0 {
@@ -144,15 +77,30 @@ enum Stop {
     Error(&'static str, i64),
 }
 
+impl From<rawq::Error> for Stop {
+    fn from(e: rawq::Error) -> Stop {
+        match e {
+            rawq::Error::NoVersion1 { high_features } => Stop::Error(
+                "no VIRTIO_F_VERSION_1, high features",
+                i64::from(high_features),
+            ),
+            rawq::Error::FeaturesRefused { status } => {
+                Stop::Error("FEATURES_OK refused, status", i64::from(status))
+            }
+            rawq::Error::QueueTooSmall { max, .. } => {
+                Stop::Error("queue too small, max", i64::from(max))
+            }
+            rawq::Error::NeedsReset => Stop::NeedsReset,
+            rawq::Error::Timeout => Stop::Timeout,
+        }
+    }
+}
+
 struct Device {
-    base: usize,
-    /// The request queue's ring, and the hiprio queue's (never used).
-    ring: *mut Ring,
-    hiprio: *mut Ring,
-    /// Avail index of the next request on the request queue, and the used
-    /// index last seen.
-    next: u16,
-    seen: u16,
+    regs: Regs,
+    /// The request queue, and the hiprio queue (never used).
+    request_queue: Queue,
+    hiprio: Queue,
     unique: u64,
     /// Request and reply buffers, one DMA page each... times four: reads
     /// and writes of a few bytes, FUSE_INIT's reply.
@@ -163,57 +111,10 @@ struct Device {
 const BUFFER: usize = 4 * PAGE_SIZE;
 
 impl Device {
-    fn reg(&self, offset: usize) -> u32 {
-        // SAFETY: an aligned 32-bit register of the device's identity-mapped
-        // MMIO page.
-        unsafe { ((self.base + offset) as *const u32).read_volatile() }
-    }
-
-    fn set(&self, offset: usize, value: u32) {
-        // SAFETY: as in `reg`.
-        unsafe { ((self.base + offset) as *mut u32).write_volatile(value) }
-    }
-
-    fn config_byte(&self, offset: usize) -> u8 {
-        // SAFETY: a byte of the device's config space, in its MMIO page.
-        unsafe { ((self.base + CONFIG + offset) as *const u8).read_volatile() }
-    }
-
-    fn status(&self) -> u32 {
-        self.reg(STATUS)
-    }
-
-    /// Queue `q` of the device, on its own ring page.
-    fn setup_queue(&self, q: u32, ring: *mut Ring) -> Result<(), Stop> {
-        self.set(QUEUE_SEL, q);
-        let max = self.reg(QUEUE_NUM_MAX);
-        if (max as usize) < QSIZE {
-            return Err(Stop::Error("queue too small, max", i64::from(max)));
-        }
-        self.set(QUEUE_NUM, QSIZE as u32);
-        // SAFETY: `ring` is a live DMA page; only its address is taken.
-        let (desc, avail, used) = unsafe {
-            (
-                core::ptr::addr_of!((*ring).desc) as u64,
-                core::ptr::addr_of!((*ring).avail) as u64,
-                core::ptr::addr_of!((*ring).used) as u64,
-            )
-        };
-        for (reg, addr) in [
-            (QUEUE_DESC_LOW, desc),
-            (QUEUE_DRIVER_LOW, avail),
-            (QUEUE_DEVICE_LOW, used),
-        ] {
-            self.set(reg, addr as u32);
-            self.set(reg + 4, (addr >> 32) as u32);
-        }
-        self.set(QUEUE_READY, 1);
-        Ok(())
-    }
-
     /// Sends `request` (device-readable) with room for `reply_len` bytes of
     /// answer (device-writable) on the request queue and polls for the
-    /// answer; returns the reply bytes the device wrote.
+    /// answer, giving up at NEEDS_RESET; returns the reply bytes the device
+    /// wrote.
     fn send(&mut self, request: &[u8], reply_len: usize) -> Result<Vec<u8>, Stop> {
         if request.len() > BUFFER || reply_len > BUFFER {
             return Err(Stop::Error("request too large", request.len() as i64));
@@ -224,61 +125,22 @@ impl Device {
         unsafe {
             core::ptr::copy_nonoverlapping(request.as_ptr(), self.request, request.len());
             core::ptr::write_bytes(self.reply, 0, reply_len);
-            let ring = &mut *self.ring;
-            ring.desc[0] = Desc {
-                addr: self.request as u64,
-                len: request.len() as u32,
-                flags: DESC_NEXT,
-                next: 1,
-            };
-            ring.desc[1] = Desc {
-                addr: self.reply as u64,
-                len: reply_len as u32,
-                flags: DESC_WRITE,
-                next: 0,
-            };
-            let slot = usize::from(self.next) % QSIZE;
-            core::ptr::addr_of_mut!(ring.avail.ring[slot]).write_volatile(0);
-            fence(Ordering::SeqCst);
-            self.next = self.next.wrapping_add(1);
-            core::ptr::addr_of_mut!(ring.avail.idx).write_volatile(self.next);
-            fence(Ordering::SeqCst);
         }
-        self.set(QUEUE_NOTIFY, REQUEST);
-        // Poll the used ring; between looks, the status register (an MMIO
-        // exit, which also paces the loop) for NEEDS_RESET.
-        let mut rounds = 0u32;
-        loop {
-            for _ in 0..1000 {
-                // SAFETY: the used ring lives in our DMA page; the device
-                // writes it, so read it volatile.
-                let idx = unsafe { core::ptr::addr_of!((*self.ring).used.idx).read_volatile() };
-                if idx != self.seen {
-                    fence(Ordering::SeqCst);
-                    self.seen = idx;
-                    let slot = usize::from(idx.wrapping_sub(1)) % QSIZE;
-                    // SAFETY: as above; the entry is complete once idx moved.
-                    let used = unsafe {
-                        core::ptr::addr_of!((*self.ring).used.ring[slot]).read_volatile()
-                    };
-                    let len = (used.len as usize).min(reply_len);
-                    let mut out = Vec::with_capacity(len);
-                    // SAFETY: the device wrote `len` bytes of our reply buffer.
-                    unsafe {
-                        out.extend_from_slice(core::slice::from_raw_parts(self.reply, len));
-                    }
-                    return Ok(out);
-                }
-                core::hint::spin_loop();
-            }
-            if self.status() & NEEDS_RESET != 0 {
-                return Err(Stop::NeedsReset);
-            }
-            rounds += 1;
-            if rounds > 200_000 {
-                return Err(Stop::Timeout);
-            }
+        self.request_queue.post(
+            &self.regs,
+            &[
+                (self.request as u64, request.len() as u32, 0),
+                (self.reply as u64, reply_len as u32, DESC_WRITE),
+            ],
+        );
+        let used = self.request_queue.wait_used(&self.regs, TIMEOUT_CYCLES)?;
+        let len = (used.len as usize).min(reply_len);
+        let mut out = Vec::with_capacity(len);
+        // SAFETY: the device wrote `len` bytes of our reply buffer.
+        unsafe {
+            out.extend_from_slice(core::slice::from_raw_parts(self.reply, len));
         }
+        Ok(out)
     }
 
     /// One FUSE request: header + `args`; returns the reply after its
@@ -323,9 +185,9 @@ impl Device {
     /// relays the backend's call); acknowledged if so.
     fn used_ring_interrupt(&self) -> bool {
         for _ in 0..100_000 {
-            let s = self.reg(INTERRUPT_STATUS);
+            let s = self.regs.read(reg::INTERRUPT_STATUS);
             if s & 1 != 0 {
-                self.set(INTERRUPT_ACK, s);
+                self.regs.write(reg::INTERRUPT_ACK, s);
                 return true;
             }
         }
@@ -365,19 +227,17 @@ fn main() {
         return;
     };
     let mut dev = Device {
-        base: MMIO_START + index * MMIO_SIZE,
-        ring: dma_pages(1).as_ptr().cast(),
-        hiprio: dma_pages(1).as_ptr().cast(),
-        next: 0,
-        seen: 0,
+        regs: Regs::of(index),
+        request_queue: Queue::new(QSIZE),
+        hiprio: Queue::new(QSIZE),
         unique: 0,
         request: dma_pages(BUFFER / PAGE_SIZE).as_ptr(),
         reply: dma_pages(BUFFER / PAGE_SIZE).as_ptr(),
     };
     match run(&mut dev) {
         Ok(()) => {
-            dev.set(STATUS, 0);
-            println!("vmpod-guest: fs done status={:#x}", dev.status());
+            dev.regs.set_status(0);
+            println!("vmpod-guest: fs done status={:#x}", dev.regs.status());
             // A driver that comes back after a reset (a rebooted kernel):
             // the device starts again, and the guest ends with it live, so
             // the VMM stops the rings on its way out.
@@ -390,8 +250,8 @@ fn main() {
         }
         Err(Stop::NeedsReset) => {
             println!("vmpod-guest: fs needs-reset");
-            dev.set(STATUS, 0);
-            if dev.status() == 0 {
+            dev.regs.set_status(0);
+            if dev.regs.status() == 0 {
                 println!("vmpod-guest: fs needs-reset ok");
             }
         }
@@ -403,63 +263,34 @@ fn main() {
 /// Initialises the device again on fresh rings (FUSE_INIT was done in the
 /// first round: the backend's session lives on) and looks `hello.txt` up.
 fn again(dev: &mut Device) -> Result<u64, Stop> {
-    // SAFETY: the device was reset, so nothing reads or writes the ring
-    // page; zeroed, it is a fresh ring (used index 0).
-    unsafe { core::ptr::write_bytes(dev.ring.cast::<u8>(), 0, PAGE_SIZE) };
-    dev.next = 0;
-    dev.seen = 0;
+    // The queues' setup clears their rings: fresh rings, used index 0.
     init(dev)?;
     let entry = dev.fuse(FUSE_LOOKUP, FUSE_ROOT_ID, &name("hello.txt"), ENTRY_OUT)?;
     Ok(get64(&entry, 0))
 }
 
 /// Device initialisation (virtio 1.x 3.1.1), VERSION_1 only, up to
-/// DRIVER_OK with both queues ready.
+/// DRIVER_OK with both queues ready (on cleared rings: the device was just
+/// reset).
 fn init(dev: &mut Device) -> Result<(), Stop> {
-    dev.set(STATUS, 0);
-    dev.set(STATUS, ACKNOWLEDGE);
-    dev.set(STATUS, ACKNOWLEDGE | DRIVER);
-    dev.set(DEVICE_FEATURES_SEL, 1);
-    let high = dev.reg(DEVICE_FEATURES);
-    if high & 1 == 0 {
-        return Err(Stop::Error(
-            "no VIRTIO_F_VERSION_1, high features",
-            i64::from(high),
-        ));
-    }
-    dev.set(DRIVER_FEATURES_SEL, 0);
-    dev.set(DRIVER_FEATURES, 0);
-    dev.set(DRIVER_FEATURES_SEL, 1);
-    dev.set(DRIVER_FEATURES, 1);
-    dev.set(STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK);
-    if dev.status() & FEATURES_OK == 0 {
-        return Err(Stop::Error(
-            "FEATURES_OK refused, status",
-            i64::from(dev.status()),
-        ));
-    }
+    dev.regs.negotiate(F_VERSION_1)?;
     let tag: Vec<u8> = (0..36)
-        .map(|i| dev.config_byte(i))
+        .map(|i| dev.regs.config8(i))
         .take_while(|b| *b != 0)
         .collect();
     let queues = u32::from_le_bytes([
-        dev.config_byte(36),
-        dev.config_byte(37),
-        dev.config_byte(38),
-        dev.config_byte(39),
+        dev.regs.config8(36),
+        dev.regs.config8(37),
+        dev.regs.config8(38),
+        dev.regs.config8(39),
     ]);
     println!(
         "vmpod-guest: fs tag={} request-queues={queues}",
         core::str::from_utf8(&tag).unwrap_or("?")
     );
-    // SAFETY: the device was reset, so it does not use the hiprio page.
-    unsafe { core::ptr::write_bytes(dev.hiprio.cast::<u8>(), 0, PAGE_SIZE) };
-    dev.setup_queue(HIPRIO, dev.hiprio)?;
-    dev.setup_queue(REQUEST, dev.ring)?;
-    dev.set(STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK);
-    if dev.status() & NEEDS_RESET != 0 {
-        return Err(Stop::NeedsReset);
-    }
+    dev.hiprio.setup(&dev.regs, HIPRIO)?;
+    dev.request_queue.setup(&dev.regs, REQUEST)?;
+    dev.regs.driver_ok()?;
     Ok(())
 }
 

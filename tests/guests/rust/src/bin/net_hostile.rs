@@ -17,170 +17,43 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::ptr::NonNull;
 use vmpod_guest::eth::{self, Mac, Payload};
-use vmpod_guest::hal::{GuestHal, PAGE_SIZE};
 use vmpod_guest::println;
-use vmpod_guest::virtio::{self, MMIO_SIZE, MMIO_START};
+use vmpod_guest::rawq::{DESC_NEXT, DESC_WRITE, F_VERSION_1, Queue, Regs, TIMEOUT_CYCLES, reg};
+use vmpod_guest::virtio;
 use vmpod_guest::virtio_drivers::transport::DeviceType;
-use vmpod_guest::virtio_drivers::{BufferDirection, Hal};
 
 vmpod_guest::entry!(main);
 
 const QSIZE: u16 = 8;
-const NEXT: u16 = 1;
-const WRITE: u16 = 2;
 const HDR: usize = 12;
 /// Far above the guest's 128 MiB, below the MMIO gap: no RAM there.
 const OUTSIDE_RAM: u64 = 0x8000_0000;
-const STATUS_NEEDS_RESET: u32 = 0x40;
+/// VIRTIO_NET_F_MAC.
+const F_MAC: u64 = 1 << 5;
 
-/// A virtio-mmio register file.
-struct Regs(usize);
-
-impl Regs {
-    fn read(&self, offset: usize) -> u32 {
-        // SAFETY: an aligned register of the identity-mapped device page.
-        unsafe { ((self.0 + offset) as *const u32).read_volatile() }
+/// Waits for the next used entry of `q`: (head, length).
+fn wait_used(q: &mut Queue, regs: &Regs, what: &str) -> (u32, u32) {
+    match q.wait_used(regs, TIMEOUT_CYCLES) {
+        Ok(u) => (u.id, u.len),
+        Err(e) => panic!("waiting for the device to use {what}: {e}"),
     }
-
-    fn write(&self, offset: usize, value: u32) {
-        // SAFETY: as read.
-        unsafe { ((self.0 + offset) as *mut u32).write_volatile(value) }
-    }
-}
-
-/// One split virtqueue: descriptor table, avail and used ring, a page each.
-struct Queue {
-    index: u16,
-    desc: usize,
-    avail: usize,
-    used: usize,
-    avail_idx: u16,
-    used_seen: u16,
-}
-
-fn w16(addr: usize, v: u16) {
-    // SAFETY: addresses inside the queue's own DMA pages.
-    unsafe { (addr as *mut u16).write_volatile(v) }
-}
-
-impl Queue {
-    fn new(regs: &Regs, index: u16) -> Queue {
-        let (paddr, _) = GuestHal::dma_alloc(3, BufferDirection::Both);
-        if paddr == 0 {
-            panic!("no DMA memory for queue {index}");
-        }
-        let base = paddr as usize;
-        let q = Queue {
-            index,
-            desc: base,
-            avail: base + PAGE_SIZE,
-            used: base + 2 * PAGE_SIZE,
-            avail_idx: 0,
-            used_seen: 0,
-        };
-        regs.write(0x30, u32::from(index));
-        if regs.read(0x34) < u32::from(QSIZE) {
-            panic!("queue {index} is smaller than {QSIZE}");
-        }
-        regs.write(0x38, u32::from(QSIZE));
-        for (low, addr) in [(0x80, q.desc), (0x90, q.avail), (0xa0, q.used)] {
-            regs.write(low, addr as u32);
-            regs.write(low + 4, (addr as u64 >> 32) as u32);
-        }
-        regs.write(0x44, 1);
-        q
-    }
-
-    fn set_desc(&self, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
-        let at = self.desc + 16 * usize::from(i);
-        // SAFETY: descriptor i < QSIZE of our own table.
-        unsafe {
-            (at as *mut u64).write_volatile(addr);
-            ((at + 8) as *mut u32).write_volatile(len);
-        }
-        w16(at + 12, flags);
-        w16(at + 14, next);
-    }
-
-    /// Posts `chain` (address, length, flags) from descriptor 0 on and
-    /// notifies the device.
-    fn post(&mut self, regs: &Regs, chain: &[(u64, u32, u16)]) {
-        for (i, (addr, len, flags)) in chain.iter().enumerate() {
-            let next = if i + 1 < chain.len() { NEXT } else { 0 };
-            self.set_desc(i as u16, *addr, *len, flags | next, i as u16 + 1);
-        }
-        self.post_head(regs, 0);
-    }
-
-    fn post_head(&mut self, regs: &Regs, head: u16) {
-        w16(
-            self.avail + 4 + 2 * usize::from(self.avail_idx % QSIZE),
-            head,
-        );
-        core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
-        self.avail_idx = self.avail_idx.wrapping_add(1);
-        w16(self.avail + 2, self.avail_idx);
-        core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
-        regs.write(0x50, u32::from(self.index));
-    }
-
-    /// Waits for the next used entry: (head, length).
-    fn wait_used(&mut self, what: &str) -> (u32, u32) {
-        let deadline = rdtsc() + TIMEOUT_CYCLES;
-        loop {
-            // SAFETY: the used ring's index, in our own DMA page.
-            let idx = unsafe { ((self.used + 2) as *const u16).read_volatile() };
-            if idx != self.used_seen {
-                let at = self.used + 4 + 8 * usize::from(self.used_seen % QSIZE);
-                self.used_seen = self.used_seen.wrapping_add(1);
-                // SAFETY: a used element of our own ring.
-                return unsafe {
-                    (
-                        (at as *const u32).read_volatile(),
-                        ((at + 4) as *const u32).read_volatile(),
-                    )
-                };
-            }
-            if rdtsc() > deadline {
-                panic!("timed out waiting for the device to use {what}");
-            }
-            core::hint::spin_loop();
-        }
-    }
-}
-
-/// A few seconds at any plausible TSC rate.
-const TIMEOUT_CYCLES: u64 = 20_000_000_000;
-
-fn rdtsc() -> u64 {
-    // SAFETY: reads the time-stamp counter.
-    unsafe { core::arch::x86_64::_rdtsc() }
 }
 
 /// Resets and negotiates VERSION_1 | MAC, sets up both queues, DRIVER_OK.
 fn init(regs: &Regs) -> (Queue, Queue) {
-    regs.write(0x70, 0);
-    regs.write(0x70, 1);
-    regs.write(0x70, 3);
-    regs.write(0x14, 1);
-    if regs.read(0x10) & 1 == 0 {
-        panic!("VERSION_1 not offered");
+    let ready = || -> Result<(Queue, Queue), vmpod_guest::rawq::Error> {
+        regs.negotiate(F_VERSION_1 | F_MAC)?;
+        let mut rx = Queue::new(QSIZE);
+        rx.setup(regs, 0)?;
+        let mut tx = Queue::new(QSIZE);
+        tx.setup(regs, 1)?;
+        regs.driver_ok()?;
+        Ok((rx, tx))
+    };
+    match ready() {
+        Ok(queues) => queues,
+        Err(e) => panic!("initialising the device: {e}"),
     }
-    regs.write(0x24, 1);
-    regs.write(0x20, 1);
-    regs.write(0x24, 0);
-    regs.write(0x20, 1 << 5);
-    regs.write(0x70, 0xb);
-    if regs.read(0x70) & 8 == 0 {
-        panic!("FEATURES_OK refused");
-    }
-    let rx = Queue::new(regs, 0);
-    let tx = Queue::new(regs, 1);
-    regs.write(0x70, 0xf);
-    if regs.read(0x70) & STATUS_NEEDS_RESET != 0 {
-        panic!("the device refused DRIVER_OK");
-    }
-    (rx, tx)
 }
 
 fn addr(buf: &[u8]) -> u64 {
@@ -191,12 +64,11 @@ fn main() {
     let Some(index) = virtio::find(DeviceType::Network, 0) else {
         panic!("no virtio-net device");
     };
-    let regs = Regs(MMIO_START + index * MMIO_SIZE);
+    let regs = Regs::of(index);
     let (mut rx, mut tx) = init(&regs);
     let mut mac = [0u8; 6];
     for (i, b) in mac.iter_mut().enumerate() {
-        // SAFETY: config space bytes of the device page.
-        *b = unsafe { ((regs.0 + 0x100 + i) as *const u8).read_volatile() };
+        *b = regs.config8(i);
     }
     println!("vmpod-net-hostile: mac {}", Mac(mac));
 
@@ -205,15 +77,15 @@ fn main() {
     let readable = vec![0x5au8; 2048];
     rx.post(&regs, &[(addr(&readable), 2048, 0)]);
     println!("vmpod-net-hostile: rx posted");
-    let (_, len) = rx.wait_used("the device-readable receive buffer");
+    let (_, len) = wait_used(&mut rx, &regs, "the device-readable receive buffer");
     // SAFETY: volatile reads of our own buffer, which the device must not
     // have written (the compiler cannot know either way).
     let untouched =
         (0..readable.len()).all(|i| unsafe { readable.as_ptr().add(i).read_volatile() } == 0x5a);
     println!("vmpod-net-hostile: rx readable buffer returned len={len} untouched={untouched}");
     let good = vec![0u8; 2048];
-    rx.post(&regs, &[(addr(&good), 2048, WRITE)]);
-    let (_, len) = rx.wait_used("the receive buffer");
+    rx.post(&regs, &[(addr(&good), 2048, DESC_WRITE)]);
+    let (_, len) = wait_used(&mut rx, &regs, "the receive buffer");
     let len = (len as usize).min(good.len());
     // SAFETY: the device wrote `len` bytes; read them back through volatile
     // reads, as the compiler cannot know it did.
@@ -239,7 +111,7 @@ fn main() {
         &regs,
         &[(addr(&header), HDR as u32, 0), (OUTSIDE_RAM, 64, 0)],
     );
-    let (_, len) = tx.wait_used("the chain outside RAM");
+    let (_, len) = wait_used(&mut tx, &regs, "the chain outside RAM");
     println!("vmpod-net-hostile: tx outside-ram returned len={len}");
 
     // 80000 bytes of frame: over the limit.
@@ -252,7 +124,7 @@ fn main() {
             (addr(&big), 40_000, 0),
         ],
     );
-    let (_, len) = tx.wait_used("the oversized chain");
+    let (_, len) = wait_used(&mut tx, &regs, "the oversized chain");
     println!("vmpod-net-hostile: tx oversized returned len={len}");
 
     // Still serving.
@@ -264,22 +136,18 @@ fn main() {
             (addr(&ok), ok.len() as u32, 0),
         ],
     );
-    tx.wait_used("the valid frame");
+    wait_used(&mut tx, &regs, "the valid frame");
     println!("vmpod-net-hostile: tx ok sent");
 
     // A descriptor chained to itself: nothing sane to answer.
-    tx.set_desc(0, addr(&header), HDR as u32, NEXT, 0);
+    tx.set_desc(0, addr(&header), HDR as u32, DESC_NEXT, 0);
     tx.post_head(&regs, 0);
-    let deadline = rdtsc() + TIMEOUT_CYCLES;
-    while regs.read(0x70) & STATUS_NEEDS_RESET == 0 {
-        if rdtsc() > deadline {
-            panic!("the looped chain did not set DEVICE_NEEDS_RESET");
-        }
-        core::hint::spin_loop();
+    if regs.wait_needs_reset(TIMEOUT_CYCLES).is_err() {
+        panic!("the looped chain did not set DEVICE_NEEDS_RESET");
     }
     println!(
         "vmpod-net-hostile: needs-reset ok interrupt-status={:#x}",
-        regs.read(0x60)
+        regs.read(reg::INTERRUPT_STATUS)
     );
 
     // A reset brings the device back.
@@ -292,7 +160,7 @@ fn main() {
             (addr(&after), after.len() as u32, 0),
         ],
     );
-    tx.wait_used("the frame after the reset");
+    wait_used(&mut tx, &regs, "the frame after the reset");
     println!("vmpod-net-hostile: after reset sent");
     // Keep the buffers alive until the device is done with them.
     drop((readable, good, big, ok, after, header));

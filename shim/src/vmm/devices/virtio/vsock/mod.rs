@@ -42,6 +42,8 @@ const MAX_GUEST_CID: u64 = u32::MAX as u64 - 1;
 /// rx, tx, event; Linux posts 4 KiB RX buffers, so 256 of them keep a
 /// connection streaming without waiting for the guest.
 const QUEUES: [u16; 3] = [256, 256, 256];
+/// Config space writes logged at warn level per device; the rest at debug.
+const CONFIG_WRITES_LOGGED: u32 = 8;
 
 /// `vmpod-vmm --vsock cid=N,uds=PATH`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,6 +94,8 @@ pub struct VsockDevice {
     /// the VMM's seccomp filter, which allows no path operation, so whoever
     /// chose the path removes it (the shim's teardown does).
     worker: Option<WorkerThread>,
+    /// Config space writes so far (the guest's mistakes, logged).
+    config_writes: u32,
 }
 
 impl VsockDevice {
@@ -113,6 +117,7 @@ impl VsockDevice {
             config,
             listener: Arc::new(listener),
             worker: None,
+            config_writes: 0,
         })
     }
 
@@ -139,8 +144,19 @@ impl VirtioDevice for VsockDevice {
         read_config_space(&self.config.guest_cid.to_le_bytes(), offset, data);
     }
 
-    /// The config space is read-only.
-    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+    /// The config space is read-only: a write is logged and dropped.
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        self.config_writes = self.config_writes.saturating_add(1);
+        let len = data.len();
+        let what = format_args!(
+            "ignored a {len}-byte write to the read-only config space at +{offset:#x}"
+        );
+        if self.config_writes <= CONFIG_WRITES_LOGGED {
+            tracing::warn!("virtio-vsock: {what}");
+        } else {
+            tracing::debug!("virtio-vsock: {what}");
+        }
+    }
 
     fn activate(&mut self, activation: Activation) -> Result<()> {
         self.worker = None;
@@ -214,7 +230,7 @@ mod tests {
     #[test]
     fn config_space_is_the_guest_cid() {
         let dir = tempfile::tempdir().unwrap();
-        let dev = VsockDevice::new(VsockConfig {
+        let mut dev = VsockDevice::new(VsockConfig {
             guest_cid: 0x0102_0304,
             uds: dir.path().join("v.sock"),
         })
@@ -222,6 +238,14 @@ mod tests {
         let mut b = [0xffu8; 12];
         dev.read_config(0, &mut b);
         assert_eq!(b, [4, 3, 2, 1, 0, 0, 0, 0, 0, 0, 0, 0]);
+        // Writes change nothing, at any offset and size, however many.
+        for i in 0..2 * CONFIG_WRITES_LOGGED as u64 {
+            dev.write_config(i % 12, &[0xaa; 4][..(i % 4 + 1) as usize]);
+        }
+        dev.write_config(u64::MAX, &[1; 8]);
+        let mut b = [0xffu8; 8];
+        dev.read_config(0, &mut b);
+        assert_eq!(b, [4, 3, 2, 1, 0, 0, 0, 0]);
         // A second device on the same path is refused, naming it.
         let again = VsockDevice::new(dev.config.clone()).err().unwrap();
         assert!(format!("{again:#}").contains("v.sock"), "{again:#}");

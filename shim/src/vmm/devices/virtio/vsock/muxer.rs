@@ -338,10 +338,8 @@ impl Muxer {
             }
             return;
         }
-        if op == OP_REQUEST {
-            self.guest_connects(key);
-        }
-        // Every packet carries the guest's buffer space, a REQUEST too.
+        // Every packet carries the guest's buffer space (a REQUEST's is
+        // taken by `guest_connects`).
         if let Some(c) = self.conns.get_mut(&key) {
             c.update_peer_credit(pkt.buf_alloc(), pkt.fwd_cnt());
             if c.wants_credit && c.peer_credit() > 0 {
@@ -350,7 +348,7 @@ impl Muxer {
             }
         }
         match op {
-            OP_REQUEST => {}
+            OP_REQUEST => self.guest_connects(key, pkt.buf_alloc(), pkt.fwd_cnt()),
             OP_RESPONSE => self.guest_accepted(key),
             OP_RW => self.guest_data(key, pkt),
             OP_CREDIT_UPDATE => {}
@@ -372,7 +370,9 @@ impl Muxer {
     }
 
     /// A guest connection to host port P: a unix connection to `<uds>_P`.
-    fn guest_connects(&mut self, key: Key) {
+    /// The REQUEST carries the guest's buffer space, as every packet does:
+    /// the connection starts with that credit.
+    fn guest_connects(&mut self, key: Key, buf_alloc: u32, fwd_cnt: u32) {
         if self.conns.contains_key(&key) {
             self.complain(format_args!(
                 "a second REQUEST for port {} from guest port {}",
@@ -404,10 +404,8 @@ impl Muxer {
                 return;
             }
         };
-        if self
-            .add_connection(key, stream, State::Established)
-            .is_some()
-        {
+        if let Some(c) = self.add_connection(key, stream, State::Established) {
+            c.update_peer_credit(buf_alloc, fwd_cnt);
             self.reply(key, OP_RESPONSE, 0);
             self.ready.push_back(key);
         } else {
@@ -520,10 +518,12 @@ impl Muxer {
                         continue;
                     }
                     let token = self.token();
+                    // Edge-triggered: a partial line is peeked, not read,
+                    // so level-triggered it would be reported forever.
                     if let Err(e) = self.epoll.ctl(
                         ControlOperation::Add,
                         stream.as_raw_fd(),
-                        EpollEvent::new(EventSet::IN, token),
+                        EpollEvent::new(EventSet::IN | EventSet::EDGE_TRIGGERED, token),
                     ) {
                         tracing::warn!("virtio-vsock: epoll_ctl: {e}");
                         continue;
@@ -1312,6 +1312,64 @@ mod tests {
             .read_slice(&mut data, GuestAddress(posted[id as usize / 2] + 64))
             .unwrap();
         assert_eq!(&data, b"hello");
+    }
+
+    #[test]
+    fn a_guest_connection_takes_its_credit_from_the_request() {
+        let (mut d, mut m) = Driver::new();
+        let listener = UnixListener::bind(d.dir.join("v.sock_9")).unwrap();
+        let posted = d.post_rx(8);
+        // The REQUEST says the guest has 64 KiB of buffer (see `header`).
+        d.send(100, 9, OP_REQUEST, &[]);
+        assert!(m.step().is_ok());
+        let (mut host, _) = listener.accept().unwrap();
+        let ops: Vec<u16> = d.received(&posted).iter().map(op_of).collect();
+        assert_eq!(ops, [OP_RESPONSE], "no CREDIT_REQUEST before any data");
+        // Host data flows at once, within that credit, unasked.
+        host.write_all(b"hello guest").unwrap();
+        let mut ops = Vec::new();
+        let mut events = vec![EpollEvent::default(); 8];
+        for _ in 0..100 {
+            let n = m.epoll.wait(10, &mut events).unwrap();
+            for ev in &events[..n] {
+                m.stream_event(ev.data(), ev.event_set());
+            }
+            assert!(m.step().is_ok());
+            ops.extend(d.received(&posted).iter().map(op_of));
+            if !ops.is_empty() {
+                break;
+            }
+        }
+        assert_eq!(ops, [OP_RW]);
+    }
+
+    #[test]
+    fn a_partial_connect_line_waits_without_spinning() {
+        let (d, mut m) = Driver::new();
+        let mut host = UnixStream::connect(d.dir.join("v.sock")).unwrap();
+        host.write_all(b"CONNECT 12").unwrap();
+        m.accept();
+        let mut events = vec![EpollEvent::default(); 8];
+        let n = m.epoll.wait(100, &mut events).unwrap();
+        assert_eq!(n, 1, "the first bytes are reported");
+        m.stream_event(events[0].data(), events[0].event_set());
+        assert_eq!(m.handshakes.len(), 1, "still waiting for the newline");
+        assert_eq!(m.epoll.wait(0, &mut events).unwrap(), 0, "and not again");
+        host.write_all(b"34\n").unwrap();
+        let n = m.epoll.wait(100, &mut events).unwrap();
+        assert_eq!(n, 1, "the rest of the line is");
+        m.stream_event(events[0].data(), events[0].event_set());
+        assert!(m.handshakes.is_empty());
+        let c = m
+            .conns
+            .values()
+            .next()
+            .expect("a connection to guest port 1234");
+        assert_eq!(c.state, State::Connecting);
+        assert_eq!(
+            m.replies.back().map(|r| (r.key.peer_port, r.op)),
+            Some((1234, OP_REQUEST))
+        );
     }
 
     #[test]
