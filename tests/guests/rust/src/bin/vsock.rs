@@ -39,7 +39,11 @@ const CHUNK: usize = 4096;
 /// The guest's receive buffer per connection (its advertised credit).
 const CREDIT: u32 = 64 * 1024;
 
-type Manager = VsockConnectionManager<GuestHal, MmioTransport<'static>>;
+/// 4 KiB RX buffers, as Linux posts them (the default 512 would take
+/// eight times the packets and exits).
+const RX_BUFFER: usize = 4096;
+
+type Manager = VsockConnectionManager<GuestHal, MmioTransport<'static>, RX_BUFFER>;
 
 fn pattern(i: usize) -> u8 {
     (i.wrapping_mul(7).wrapping_add(13) % 251) as u8
@@ -52,7 +56,7 @@ fn main() {
     let Some(transport) = virtio::transport(index) else {
         panic!("virtio device {index} cannot be claimed");
     };
-    let socket = match VirtIOSocket::<GuestHal, _>::new(transport) {
+    let socket = match VirtIOSocket::<GuestHal, _, RX_BUFFER>::new(transport) {
         Ok(s) => s,
         Err(e) => panic!("virtio-vsock: {e}"),
     };
