@@ -12,11 +12,15 @@
 //! socket. Without /dev/kvm (or virtiofsd) these tests fail: they never
 //! pass by skipping.
 
+mod common;
+
+use common::guests::*;
+
 use std::io::{Read, Write};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -28,102 +32,11 @@ const HELLO: &str = "hello from the host\nsecond line\n";
 /// What the guest writes (its `PAYLOAD`).
 const PAYLOAD: &str = "written by the vmpod fs guest\n";
 
-/// Builds the guests once (the script is cached) and returns their dir.
-fn guests() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        require_kvm();
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/guests/build.sh");
-        let out = Command::new(&script)
-            .output()
-            .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
-        assert!(
-            out.status.success(),
-            "{} failed: {}",
-            script.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-    })
-}
-
-fn require_kvm() {
-    if let Err(e) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        panic!("these tests need a usable /dev/kvm and this host has none ({e}); they do not skip");
-    }
-}
-
 fn fs_guest() -> String {
     guests().join("fs.elf").to_string_lossy().into_owned()
 }
 
-/// Runs `vmpod-vmm` with a deadline; returns its output.
-fn vmm(args: &[&str]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vmpod-vmm"))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn vmpod-vmm");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if child.try_wait().expect("try_wait").is_some() {
-            return child.wait_with_output().expect("output");
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let out = child.wait_with_output().expect("output");
-            panic!(
-                "vmpod-vmm {args:?} did not exit within 60 s; stdout: {} stderr: {}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-struct Run {
-    code: Option<i32>,
-    serial: String,
-    stderr: String,
-}
-
-fn run(args: &[&str]) -> Run {
-    let out = vmm(args);
-    Run {
-        code: out.status.code(),
-        serial: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
 impl Run {
-    fn assert_reset(&self) {
-        assert_eq!(
-            self.code,
-            Some(0),
-            "serial: {}\nstderr: {}",
-            self.serial,
-            self.stderr
-        );
-        assert!(
-            self.stderr.contains("guest reset (i8042)"),
-            "{}",
-            self.stderr
-        );
-        assert!(
-            self.serial.ends_with("vmpod-guest: reset\n"),
-            "{}",
-            self.serial
-        );
-    }
-
     fn assert_serial(&self, line: &str) {
         assert!(
             self.serial.contains(line),

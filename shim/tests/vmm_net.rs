@@ -5,14 +5,16 @@
 //! directions, then the guest's serial output. The protocol is documented
 //! in tests/guests/rust/src/eth.rs. Needs root (network namespaces, TAPs)
 //! and /dev/kvm; without them these tests fail, they never skip.
+mod common;
+
+use common::guests::*;
 
 use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The guest's address, given with `mac=`, and the TAP's on the host side.
@@ -26,41 +28,6 @@ const TYPE_HOST: u16 = 0x88b6;
 const TYPE_ECHO: u16 = 0x88b7;
 const BIG: usize = 1500;
 const DEADLINE: Duration = Duration::from_secs(60);
-
-// --- copied from vmm.rs: the guests and the KVM requirement ---
-
-/// Builds the guests once (the script is cached) and returns their dir.
-fn guests() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        require_kvm();
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/guests/build.sh");
-        let out = Command::new(&script)
-            .output()
-            .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
-        assert!(
-            out.status.success(),
-            "{} failed: {}",
-            script.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-    })
-}
-
-fn require_kvm() {
-    if let Err(e) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        panic!("these tests need a usable /dev/kvm and this host has none ({e}); they do not skip");
-    }
-}
-
-fn guest(name: &str) -> String {
-    guests().join(name).to_string_lossy().into_owned()
-}
 
 // --- the network namespace ---
 
