@@ -158,6 +158,40 @@ pub struct VmConfig {
     /// 10 s with KVM.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub boot_timeout_secs: Option<u64>,
+    /// `UID:GID` the built-in VMM's threads run as once a pod's VM is
+    /// built (they drop every capability in any case); never root.
+    pub vmm_user: VmmUser,
+}
+
+/// An unprivileged `UID:GID`, written that way in the config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VmmUser {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl Serialize for VmmUser {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{}:{}", self.uid, self.gid))
+    }
+}
+
+impl<'de> Deserialize<'de> for VmmUser {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let bad = || serde::de::Error::custom(format!("{s:?} is not UID:GID"));
+        let (uid, gid) = s.split_once(':').ok_or_else(bad)?;
+        let (uid, gid): (u32, u32) = (
+            uid.parse().map_err(|_| bad())?,
+            gid.parse().map_err(|_| bad())?,
+        );
+        if uid == 0 || gid == 0 {
+            return Err(serde::de::Error::custom(format!(
+                "{s:?} is root; the VMM threads must run unprivileged"
+            )));
+        }
+        Ok(VmmUser { uid, gid })
+    }
 }
 
 impl Default for VmConfig {
@@ -169,6 +203,11 @@ impl Default for VmConfig {
             vcpus: 1,
             memory_mib: 256,
             boot_timeout_secs: None,
+            // nobody:nogroup on Debian.
+            vmm_user: VmmUser {
+                uid: 65534,
+                gid: 65534,
+            },
         }
     }
 }
@@ -490,6 +529,9 @@ memory-mib = 256
 # How long a VM may take to reach agent-ready before RunPodSandbox fails.
 # Unset: 60 under TCG, 10 with KVM.
 # boot-timeout-secs = 60
+# UID:GID the built-in VMM's threads run as once a VM is built (they drop
+# every capability as well). Never root.
+vmm-user = "65534:65534"
 
 [helpers]
 # The per-pod shim. A bare name is looked for beside the vmpod binary first.
@@ -567,6 +609,14 @@ mod tests {
             "{msg}"
         );
         assert!(parse("[vm]\nmemory-mib = 16\n").is_err());
+        let msg = parse("[vm]\nvmm-user = \"0:0\"\n").unwrap_err().to_string();
+        assert!(msg.contains("vm.vmm-user") && msg.contains("root"), "{msg}");
+        assert!(parse("[vm]\nvmm-user = \"nobody\"\n").is_err());
+        let user = parse("[vm]\nvmm-user = \"1000:1001\"\n")
+            .unwrap()
+            .vm
+            .vmm_user;
+        assert_eq!((user.uid, user.gid), (1000, 1001));
         assert_eq!(
             parse("[vm]\nmemory-mib = 512\n").unwrap().vm.memory_mib,
             512

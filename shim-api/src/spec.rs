@@ -20,6 +20,18 @@ pub struct VmSpec {
     pub boot_timeout_ms: u64,
     pub helpers: Helpers,
     pub guest: GuestSetup,
+    /// Who the built-in VMM's threads run as once the VM is built (they
+    /// drop every capability in any case). Ignored by the qemu backends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vmm_user: Option<VmmUser>,
+}
+
+/// An unprivileged uid/gid; 0 is refused by the shim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct VmmUser {
+    pub uid: u32,
+    pub gid: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -88,6 +88,14 @@ pub fn validate(spec: &VmSpec) -> Result<(), (&'static str, String)> {
     if let Some(vsock) = &spec.helpers.vhost_device_vsock {
         file(vsock, "helpers.vhost-device-vsock")?;
     }
+    if let Some(u) = spec.vmm_user
+        && (u.uid == 0 || u.gid == 0)
+    {
+        return Err((
+            "vmm-user",
+            format!("{}:{} is root; the VMM threads must not be", u.uid, u.gid),
+        ));
+    }
     let h = &spec.guest.hostname;
     if h.len() > 64
         || h.chars()
@@ -134,6 +142,7 @@ mod tests {
                 hostname: "web-1".into(),
                 ..Default::default()
             },
+            vmm_user: None,
         }
     }
 
@@ -164,6 +173,9 @@ mod tests {
         assert_eq!(validate(&s).unwrap_err().0, "helpers.qemu");
         s.backend = BackendSpec::Kvm;
         assert_eq!(validate(&s), Ok(()), "the built-in VMM needs no QEMU");
+        let mut s = good();
+        s.vmm_user = Some(vmpod_shim_api::spec::VmmUser { uid: 0, gid: 5 });
+        assert_eq!(validate(&s).unwrap_err().0, "vmm-user");
         let mut s = good();
         s.guest.hostname = "a b".into();
         assert_eq!(validate(&s).unwrap_err().0, "guest.hostname");

@@ -298,6 +298,7 @@ impl Machine {
                 tag: SHARE_TAG.to_owned(),
             }),
             log: pod.process_log(self.hypervisor.name()),
+            vmm_user: self.spec.vmm_user.map(|u| (u.uid, u.gid)),
         };
         let mut vm = self
             .hypervisor

@@ -542,6 +542,7 @@ async fn kvm_backend_reports_console_and_exit() {
         vsock: Vsock::Kernel { guest_cid: 3 },
         fs: None,
         log: std::env::temp_dir().join("vmpod-kvm-test.log"),
+        vmm_user: None,
     };
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let refused = Kvm.start(&config, tx.clone());
@@ -571,6 +572,62 @@ async fn kvm_backend_reports_console_and_exit() {
     // Stopping a VM that already ended returns its status at once.
     let status = vm.stop(Duration::from_secs(1)).await;
     assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn kvm_backend_runs_the_vcpus_as_the_vmm_user() {
+    use vmpod_shim::hypervisor::kvm::Kvm;
+    use vmpod_shim::hypervisor::{BASE_CMDLINE, Hypervisor, VmConfig, Vsock};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = VmConfig {
+        name: "test".into(),
+        // One vCPU: the SMP guest spins waiting for its AP, so it runs
+        // until stopped.
+        kernel: guests().join("smp.elf"),
+        initramfs: initrd(),
+        cmdline: BASE_CMDLINE.into(),
+        vcpus: 1,
+        memory_mib: 64,
+        vsock: Vsock::InProcess {
+            guest_cid: 3,
+            uds: dir.path().join("vm.vsock"),
+        },
+        fs: None,
+        log: dir.path().join("kvm.log"),
+        vmm_user: Some((65534, 65534)),
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut vm = Kvm.start(&config, tx).expect("start");
+    let mut console = vm.take_console().expect("console");
+    let mut text = String::new();
+    let mut buf = [0u8; 256];
+    while !text.contains("cpu0 up") {
+        let n = tokio::time::timeout(
+            Duration::from_secs(20),
+            tokio::io::AsyncReadExt::read(&mut console, &mut buf),
+        )
+        .await
+        .expect("the guest printed in time")
+        .expect("read console");
+        assert!(n > 0, "console closed: {text}");
+        text.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    // Other tests of this binary run VMs in this process too, as root;
+    // this VM's vCPU is the one running as the VMM user.
+    let ours: Vec<_> = threads_named("vcpu")
+        .into_iter()
+        .filter(|(_, st)| status_field(st, "Uid:") == "65534 65534 65534 65534")
+        .collect();
+    assert_eq!(ours.len(), 1, "{ours:?}");
+    let (tid, st) = &ours[0];
+    assert_eq!(status_field(st, "Gid:"), "65534 65534 65534 65534", "{tid}");
+    assert_eq!(status_field(st, "CapEff:"), "0000000000000000", "{tid}");
+    let me = std::fs::read_to_string("/proc/thread-self/status").expect("own status");
+    assert_ne!(status_field(&me, "Uid:"), "65534 65534 65534 65534");
+    let status = vm.stop(Duration::from_secs(5)).await;
+    assert_eq!(status.code(), Some(0), "stopped by the host");
+    assert_eq!(rx.recv().await.expect("exit").name, "kvm");
 }
 
 /// A disk image for the virtio-blk guests: sector 0 starts with a marker the

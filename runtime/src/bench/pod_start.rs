@@ -216,6 +216,7 @@ fn measure_raw(config: &Config, count: usize, work: &Path) -> Result<Samples> {
                 tag: vmpod_agent_proto::SHARE_TAG.to_string(),
             }),
             log: dir.join("qemu.log"),
+            vmm_user: None,
         };
         let mut child = Command::new(&qemu_bin)
             .args(qemu::args(&vm, accel)?)

@@ -24,6 +24,7 @@ use crate::process::{Exit, ExitSender};
 use crate::vmm::devices::virtio::VirtioDevice;
 use crate::vmm::devices::virtio::fs::{FsConfig, FsDevice};
 use crate::vmm::devices::virtio::vsock::{VsockConfig, VsockDevice};
+use crate::vmm::privilege::Credentials;
 use crate::vmm::{self, BootProtocol, VmmConfig, VmmHandle};
 
 pub const PROCESS_NAME: &str = "kvm";
@@ -88,9 +89,10 @@ impl Hypervisor for Kvm {
             serial: Box::new(std::fs::File::from(console_tx)),
             boot: BootProtocol::Auto,
             virtio,
-            // The shim runs as root; its VMM threads keep uid 0 but lose
-            // every capability (see vmm::privilege).
-            user: None,
+            // The shim stays root (it mounts the containers' roots); its
+            // VMM threads lose every capability and, when asked, root
+            // (see vmm::privilege).
+            user: config.vmm_user.map(|(uid, gid)| Credentials { uid, gid }),
         })?;
         let handle = vm.handle();
         let console = tokio::net::unix::pipe::Receiver::from_owned_fd(console_rx)

@@ -56,6 +56,9 @@ pub struct VmConfig {
     pub fs: Option<VirtioFs>,
     /// Where the VMM's own diagnostics (not the guest console) go.
     pub log: PathBuf,
+    /// The built-in VMM's threads switch to this uid/gid before the guest
+    /// runs; QEMU ignores it.
+    pub vmm_user: Option<(u32, u32)>,
 }
 
 pub type Console = Pin<Box<dyn AsyncRead + Send + Sync + Unpin>>;

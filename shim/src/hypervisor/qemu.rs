@@ -192,6 +192,7 @@ mod tests {
                 tag: "vmpod".into(),
             }),
             log: "/pods/p/run/qemu.log".into(),
+            vmm_user: None,
         }
     }
 

@@ -73,7 +73,7 @@ pub fn write_spec_for(backend: &str, pod: &Path, kernel: &Path, initramfs: &Path
             "vhost-device-vsock": find_program("vhost-device-vsock"),
         })
     };
-    let spec = serde_json::json!({
+    let mut spec = serde_json::json!({
         "id": "boot-test",
         "backend": backend,
         "kernel": kernel,
@@ -89,6 +89,10 @@ pub fn write_spec_for(backend: &str, pod: &Path, kernel: &Path, initramfs: &Path
             "dns-options": ["ndots:5"],
         },
     });
+    if backend == "kvm" {
+        // As the daemon's default `vm.vmm-user`.
+        spec["vmm-user"] = serde_json::json!({ "uid": 65534, "gid": 65534 });
+    }
     std::fs::write(
         pod.join("vm.json"),
         serde_json::to_vec_pretty(&spec).expect("json"),

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use tonic::Status;
 use vmpod_cri_api::v1::{PodSandboxConfig, RunPodSandboxRequest, RunPodSandboxResponse};
-use vmpod_shim_api::spec::{BackendSpec, GuestSetup, Helpers, VmSpec};
+use vmpod_shim_api::spec::{BackendSpec, GuestSetup, Helpers, VmSpec, VmmUser};
 use vmpod_shim_api::v1::VmState;
 
 use super::store_err;
@@ -436,6 +436,10 @@ async fn boot(
         boot_timeout_ms: u64::try_from(plan.boot_timeout.as_millis()).unwrap_or(u64::MAX),
         helpers: plan.helpers,
         guest,
+        vmm_user: (plan.backend == BackendSpec::Kvm).then_some(VmmUser {
+            uid: daemon.config.vm.vmm_user.uid,
+            gid: daemon.config.vm.vmm_user.gid,
+        }),
     };
     let pid = shim::spawn(&plan.shim, &rec.pod_dir, &spec, &procs).map_err(Status::internal)?;
     rec.vm.shim_pid = pid;
