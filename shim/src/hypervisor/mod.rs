@@ -1,6 +1,6 @@
 //! The VMM behind a trait, so the VM state machine never knows which one runs
-//! the pod: QEMU (with KVM or TCG), or the built-in KVM VMM (`kvm.rs`, which
-//! has the boot path but not yet the virtio devices a pod needs).
+//! the pod: QEMU (with KVM or TCG), or the built-in KVM VMM on the shim's own
+//! threads (`kvm.rs`).
 //!
 //! The contract is deliberately small: start a VM from a description of its
 //! boot files and devices, report exactly one exit on the shared exit
