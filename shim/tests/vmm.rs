@@ -82,6 +82,18 @@ fn rust_no_std_guest_boots_prints_and_resets() {
         r.serial
     );
     assert!(!r.serial.contains("PANIC"), "{}", r.serial);
+    // The CMOS clock shows the host's year (UTC).
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let year = vmpod_shim::vmm::devices::legacy::cmos::Civil::from_unix(secs).year;
+    assert!(
+        r.serial
+            .contains(&format!("vmpod-guest: hello rtc {year}\n")),
+        "{}",
+        r.serial
+    );
     assert_eq!(r.stats()["exit"], "reset");
     // With a disk it reads sector 0 through virtio-drivers: the HAL, the
     // DMA pages and the device lookup work. Dropping the driver stops the

@@ -20,6 +20,7 @@ use super::boot::layout::{
 use super::boot::{self, BootSpec};
 use super::devices::bus::Buses;
 use super::devices::legacy::boot_timer::BootTimer;
+use super::devices::legacy::cmos::{CMOS_BASE, CMOS_LEN, Cmos};
 use super::devices::legacy::i8042::{I8042, I8042_BASE, I8042_LEN};
 use super::devices::legacy::serial::{COM1_BASE, COM1_LEN, SerialDevice};
 use super::devices::virtio::Interrupt;
@@ -95,6 +96,9 @@ pub fn build_with(config: VmmConfig, seccomp: Seccomp) -> Result<Vmm> {
         I8042_LEN,
         Arc::new(Mutex::new(I8042::new(control.clone()))),
     )?;
+    buses
+        .pio
+        .insert(CMOS_BASE, CMOS_LEN, Arc::new(Mutex::new(Cmos::default())))?;
     let boot_time = Arc::new(OnceLock::new());
     buses.mmio.insert(
         BOOT_TIMER_START,

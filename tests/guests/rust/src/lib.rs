@@ -52,6 +52,20 @@ pub unsafe fn outb(port: u16, value: u8) {
     }
 }
 
+/// Reads an I/O port.
+///
+/// # Safety
+///
+/// Reading an I/O port can have side effects on the device behind it.
+pub unsafe fn inb(port: u16) -> u8 {
+    let value: u8;
+    // SAFETY: the caller vouches for the port; `in` touches no memory.
+    unsafe {
+        core::arch::asm!("in al, dx", in("dx") port, out("al") value, options(nomem, nostack, preserves_flags));
+    }
+    value
+}
+
 /// Ends the guest cleanly: prints `vmpod-guest: reset` and pulses the
 /// i8042's reset line (the VMM ends the VM with "guest reset (i8042)").
 pub fn exit() -> ! {

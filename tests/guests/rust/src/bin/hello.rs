@@ -21,6 +21,16 @@ vmpod_guest::entry!(main);
 fn main() {
     let squares: Vec<u64> = (1..=4u64).map(|i| i * i).collect();
     println!("vmpod-guest: hello from Rust, squares={squares:?}");
+    // The CMOS clock: century and year, in BCD.
+    let cmos = |index: u8| {
+        // SAFETY: the RTC's index and data ports; reading has no effect
+        // beyond the value.
+        unsafe {
+            vmpod_guest::outb(0x70, index);
+            vmpod_guest::inb(0x71)
+        }
+    };
+    println!("vmpod-guest: hello rtc {:02x}{:02x}", cmos(0x32), cmos(0x09));
     let Some(index) = virtio::find(DeviceType::Block, 0) else {
         return;
     };
