@@ -8,6 +8,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer, Serialize};
+use vmpod_shim::vmm::privilege::Credentials;
 
 /// Where `vmpod serve` looks for its config when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/vmpod/config.toml";
@@ -160,38 +161,20 @@ pub struct VmConfig {
     pub boot_timeout_secs: Option<u64>,
     /// `UID:GID` the built-in VMM's threads run as once a pod's VM is
     /// built (they drop every capability in any case); never root.
-    pub vmm_user: VmmUser,
+    #[serde(deserialize_with = "vmm_user", serialize_with = "vmm_user_text")]
+    pub vmm_user: Credentials,
 }
 
-/// An unprivileged `UID:GID`, written that way in the config.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct VmmUser {
-    pub uid: u32,
-    pub gid: u32,
+/// `vm.vmm-user` is written `UID:GID`, parsed (and root refused) as
+/// `vmpod-vmm --user` parses it.
+fn vmm_user<'de, D: Deserializer<'de>>(d: D) -> Result<Credentials, D::Error> {
+    String::deserialize(d)?
+        .parse()
+        .map_err(serde::de::Error::custom)
 }
 
-impl Serialize for VmmUser {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&format!("{}:{}", self.uid, self.gid))
-    }
-}
-
-impl<'de> Deserialize<'de> for VmmUser {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        let bad = || serde::de::Error::custom(format!("{s:?} is not UID:GID"));
-        let (uid, gid) = s.split_once(':').ok_or_else(bad)?;
-        let (uid, gid): (u32, u32) = (
-            uid.parse().map_err(|_| bad())?,
-            gid.parse().map_err(|_| bad())?,
-        );
-        if uid == 0 || gid == 0 {
-            return Err(serde::de::Error::custom(format!(
-                "{s:?} is root; the VMM threads must run unprivileged"
-            )));
-        }
-        Ok(VmmUser { uid, gid })
-    }
+fn vmm_user_text<S: serde::Serializer>(c: &Credentials, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{}:{}", c.uid, c.gid))
 }
 
 impl Default for VmConfig {
@@ -204,7 +187,7 @@ impl Default for VmConfig {
             memory_mib: 256,
             boot_timeout_secs: None,
             // nobody:nogroup on Debian.
-            vmm_user: VmmUser {
+            vmm_user: Credentials {
                 uid: 65534,
                 gid: 65534,
             },

@@ -27,6 +27,7 @@ use crate::helpers;
 use crate::hypervisor::{BASE_CMDLINE, Hypervisor, RunningVm, VirtioFs, VmConfig, Vsock};
 use crate::pod_dir::PodDir;
 use crate::process::{self, Exit, ExitSender, Process, describe, log_tail};
+use crate::vmm::privilege::Credentials;
 
 /// Grace for QEMU when the shim stops on its own (failure, signal).
 pub const DEFAULT_STOP_GRACE: Duration = Duration::from_millis(2000);
@@ -298,7 +299,10 @@ impl Machine {
                 tag: SHARE_TAG.to_owned(),
             }),
             log: pod.process_log(self.hypervisor.name()),
-            vmm_user: self.spec.vmm_user.map(|u| (u.uid, u.gid)),
+            vmm_user: self.spec.vmm_user.map(|u| Credentials {
+                uid: u.uid,
+                gid: u.gid,
+            }),
         };
         let mut vm = self
             .hypervisor

@@ -607,7 +607,10 @@ async fn kvm_backend_runs_the_vcpus_as_the_vmm_user() {
         },
         fs: None,
         log: dir.path().join("kvm.log"),
-        vmm_user: Some((65534, 65534)),
+        vmm_user: Some(vmpod_shim::vmm::privilege::Credentials {
+            uid: 65534,
+            gid: 65534,
+        }),
     };
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let mut vm = Kvm.start(&config, tx).expect("start");

@@ -24,7 +24,6 @@ use crate::process::{Exit, ExitSender};
 use crate::vmm::devices::virtio::VirtioDevice;
 use crate::vmm::devices::virtio::fs::{FsConfig, FsDevice};
 use crate::vmm::devices::virtio::vsock::{VsockConfig, VsockDevice};
-use crate::vmm::privilege::Credentials;
 use crate::vmm::{self, BootProtocol, VmmConfig, VmmHandle};
 
 pub const PROCESS_NAME: &str = "kvm";
@@ -92,7 +91,7 @@ impl Hypervisor for Kvm {
             // The shim stays root (it mounts the containers' roots); its
             // VMM threads lose every capability and, when asked, root
             // (see vmm::privilege).
-            user: config.vmm_user.map(|(uid, gid)| Credentials { uid, gid }),
+            user: config.vmm_user,
         })?;
         let handle = vm.handle();
         let console = tokio::net::unix::pipe::Receiver::from_owned_fd(console_rx)

@@ -19,6 +19,7 @@ use anyhow::Result;
 use tokio::io::AsyncRead;
 
 use crate::process::ExitSender;
+use crate::vmm::privilege::Credentials;
 
 /// Kernel command line every backend uses. `reboot=t` + `panic=-1` turn a
 /// guest reboot or panic into a VM exit, which the shim supervises.
@@ -58,7 +59,7 @@ pub struct VmConfig {
     pub log: PathBuf,
     /// The built-in VMM's threads switch to this uid/gid before the guest
     /// runs; QEMU ignores it.
-    pub vmm_user: Option<(u32, u32)>,
+    pub vmm_user: Option<Credentials>,
 }
 
 pub type Console = Pin<Box<dyn AsyncRead + Send + Sync + Unpin>>;

@@ -47,8 +47,8 @@ fn handler_backend(handler: &str, configured: BackendChoice) -> BackendChoice {
     }
 }
 
-/// `shim/src/vmm/boot/layout.rs` MAX_VCPUS.
-const BUILTIN_VMM_MAX_VCPUS: u32 = 32;
+/// The built-in VMM's MP table holds at most this many CPUs.
+const BUILTIN_VMM_MAX_VCPUS: u32 = vmpod_shim::vmm::boot::layout::MAX_VCPUS as u32;
 
 /// Extra time, past the guest's boot timeout, for the shim to tear down and
 /// report before the daemon gives up on it.
@@ -436,9 +436,12 @@ async fn boot(
         boot_timeout_ms: u64::try_from(plan.boot_timeout.as_millis()).unwrap_or(u64::MAX),
         helpers: plan.helpers,
         guest,
-        vmm_user: (plan.backend == BackendSpec::Kvm).then_some(VmmUser {
-            uid: daemon.config.vm.vmm_user.uid,
-            gid: daemon.config.vm.vmm_user.gid,
+        vmm_user: (plan.backend == BackendSpec::Kvm).then(|| {
+            let user = daemon.config.vm.vmm_user;
+            VmmUser {
+                uid: user.uid,
+                gid: user.gid,
+            }
         }),
     };
     let pid = shim::spawn(&plan.shim, &rec.pod_dir, &spec, &procs).map_err(Status::internal)?;
