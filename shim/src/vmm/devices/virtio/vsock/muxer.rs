@@ -246,31 +246,38 @@ impl Muxer {
             })
     }
 
+    /// TX chains may be waiting and the reply backlog has room for their
+    /// answers.
+    fn tx_can_go(&self) -> bool {
+        self.tx_pending && self.replies.len() < MAX_REPLIES
+    }
+
     /// Moves packets both ways until neither queue can make progress, then
-    /// interrupts the guest once per queue used. Bounded, so the stop signal
-    /// is seen between rounds; unfinished TX work re-notifies itself.
+    /// interrupts the guest once if either queue was used. Bounded, so the
+    /// stop signal is seen between rounds; unfinished TX work re-notifies
+    /// itself.
     fn step(&mut self) -> Result<(), Fatal> {
         for _ in 0..4 {
             let mut progress = false;
-            if self.tx_pending && self.replies.len() < MAX_REPLIES {
+            if self.tx_can_go() {
                 progress |= self.process_tx()?;
             }
             progress |= self.process_rx()?;
-            let tx_can_go = self.tx_pending && self.replies.len() < MAX_REPLIES;
-            if !(progress && tx_can_go) {
+            if !(progress && self.tx_can_go()) {
                 break;
             }
         }
-        if self.tx_pending && self.replies.len() < MAX_REPLIES {
+        if self.tx_can_go() {
             let _ = self.kicks[1].write(1);
         }
         let memory = self.memory.clone();
-        if std::mem::take(&mut self.rx_used) && self.rx.needs_notification(&*memory).unwrap_or(true)
-        {
-            self.interrupt.signal_used_queue();
-        }
-        if std::mem::take(&mut self.tx_used) && self.tx.needs_notification(&*memory).unwrap_or(true)
-        {
+        // Both queues share the one used-ring interrupt; each honours its
+        // VRING_AVAIL_F_NO_INTERRUPT.
+        let rx = std::mem::take(&mut self.rx_used)
+            && self.rx.needs_notification(&*memory).unwrap_or(true);
+        let tx = std::mem::take(&mut self.tx_used)
+            && self.tx.needs_notification(&*memory).unwrap_or(true);
+        if rx || tx {
             self.interrupt.signal_used_queue();
         }
         Ok(())
