@@ -147,16 +147,17 @@ pub fn build_with(config: VmmConfig, seccomp: Seccomp) -> Result<Vmm> {
         Seccomp::Off => None,
         Seccomp::VmmThreads | Seccomp::Process => Some(Arc::new(Filters::new()?)),
     };
-    // The whole process drops privileges on its only thread, so the vCPU
-    // threads inherit it; otherwise each vCPU thread drops its own.
+    // Process-wide, this (still the only) thread drops its privileges and
+    // installs the filter, and the vCPU threads inherit both; otherwise
+    // each vCPU thread does so for itself.
     let process_wide = seccomp == Seccomp::Process;
     if process_wide {
         privilege::drop_current_thread(user).context("dropping the VMM's privileges")?;
+        if let Some(f) = &filters {
+            f.apply_to_process()?;
+        }
     }
-    if let (Seccomp::Process, Some(f)) = (seccomp, &filters) {
-        f.apply_to_process()?;
-    }
-    let per_thread = filters.filter(|_| seccomp == Seccomp::VmmThreads);
+    let per_thread = filters.filter(|_| !process_wide);
     // Each vCPU thread reports whether its filter is on, then waits at the
     // gate, so none enters KVM_RUN until all are filtered (or the VM has
     // been called off, which their first checkpoint sees).
