@@ -9,9 +9,10 @@ SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 # Debian packages: the QEMU backend, kernel build tools and source, the C
-# libraries virtiofsd links against, CNI plugins, and the test registry.
+# libraries virtiofsd links against, mkfs.ext4 for containers' writable
+# layers, CNI plugins, and the test registry.
 APT_PACKAGES=(
-  qemu-system-x86
+  qemu-system-x86 e2fsprogs
   linux-source-6.1 build-essential flex bison bc libelf-dev libssl-dev cpio xz-utils
   libcap-ng-dev libseccomp-dev pkg-config
   containernetworking-plugins iproute2

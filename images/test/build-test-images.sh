@@ -9,16 +9,17 @@
 # just `oci:<key>/<name>`) names it. <key>/digests.json maps each name to the
 # digest of its top-level manifest (or image index, for multiarch).
 #
-# <key> hashes this script and /bin/busybox, so editing either rebuilds; an
-# existing <key> dir is reused as is. Output is deterministic (fixed mtimes,
-# uid/gid 0 unless stated, fixed entry order, gzip mtime 0), so digests are
-# stable on a given host. The last line of stdout is the output dir.
+# <key> hashes this script, /bin/busybox, sysprobe.c and the C toolchain's
+# versions, so changing any of them rebuilds; an existing <key> dir is reused
+# as is. Output is deterministic (fixed mtimes, uid/gid 0 unless stated, fixed
+# entry order, gzip mtime 0), so digests are stable on a given host. The last line of stdout is the output dir.
 #
-# Needs: python3 (stdlib only), zstd, /bin/busybox from busybox-static.
+# Needs: python3 (stdlib only), zstd, /bin/busybox from busybox-static, gcc
+# and glibc's static libc (build-essential) for sysprobe.
 set -euo pipefail
 
 BUSYBOX=/bin/busybox
-for tool in python3 zstd sha256sum; do
+for tool in python3 zstd sha256sum gcc getconf; do
   command -v "$tool" >/dev/null 2>&1 || { echo "build-test-images: $tool not found (run scripts/install-deps.sh)" >&2; exit 1; }
 done
 if [ ! -x "$BUSYBOX" ] || [ "$(head -c 4 "$BUSYBOX" | tail -c 3)" != "ELF" ]; then
@@ -27,7 +28,9 @@ if [ ! -x "$BUSYBOX" ] || [ "$(head -c 4 "$BUSYBOX" | tail -c 3)" != "ELF" ]; th
 fi
 
 script_path=$(readlink -f "${BASH_SOURCE[0]}")
-key=$(cat "$script_path" "$BUSYBOX" | sha256sum | cut -c1-16)
+probe_src=$(dirname "$script_path")/sysprobe.c
+key=$({ cat "$script_path" "$BUSYBOX" "$probe_src"; gcc -dumpfullversion; getconf GNU_LIBC_VERSION; } |
+  sha256sum | cut -c1-16)
 cache_root=${VMPOD_CACHE_DIR:-$HOME/.cache/vmpod}/test-images
 out=$cache_root/$key
 
@@ -42,7 +45,11 @@ tmp=$(mktemp -d "$cache_root/.build-$key.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 
 echo "build-test-images: building in $tmp" >&2
-python3 - "$tmp" "$BUSYBOX" <<'PY'
+# Static, stripped and without a build path in it, so the same toolchain
+# gives the same bytes; it goes into no image's layout dir.
+probe_bin=$tmp/.sysprobe
+gcc -O2 -s -static -o "$probe_bin" "$probe_src"
+python3 - "$tmp" "$BUSYBOX" "$probe_bin" <<'PY'
 import gzip
 import hashlib
 import io
@@ -53,7 +60,7 @@ import subprocess
 import sys
 import tarfile
 
-OUT, BUSYBOX = sys.argv[1], sys.argv[2]
+OUT, BUSYBOX, SYSPROBE = sys.argv[1], sys.argv[2], sys.argv[3]
 
 MT_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 MT_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -197,6 +204,10 @@ layer3_tar = make_tar([
 
 arm64_tar = make_tar([entry("file", "arch", data=b"arm64\n")])
 
+with open(SYSPROBE, "rb") as f:
+    sysprobe_tar = make_tar([entry("dir", "bin", 0o755),
+                             entry("file", "bin/sysprobe", 0o755, f.read())])
+
 
 def image(layout, layers, config=None, arch="amd64", platform=False):
     """Writes layers, config and manifest into layout; returns the manifest
@@ -259,6 +270,12 @@ digests["zstd"] = lay.finish(image(lay, [(busybox_tar, MT_ZSTD, zstd_bytes(busyb
 lay = Layout("uncompressed")
 digests["uncompressed"] = lay.finish(image(lay, [(busybox_tar, MT_TAR, busybox_tar)]))
 
+lay = Layout("sysprobe")
+digests["sysprobe"] = lay.finish(image(lay, [
+    BUSYBOX_LAYER,
+    (sysprobe_tar, MT_GZIP, gzip_bytes(sysprobe_tar)),
+]))
+
 lay = Layout("big")
 big_layers = []
 for i in range(5):
@@ -274,6 +291,7 @@ for name, d in sorted(digests.items()):
     print(f"  {name:13} {d}", file=sys.stderr)
 PY
 
+rm -f "$probe_bin"
 if mv -T "$tmp" "$out" 2>/dev/null; then
   trap - EXIT
 elif [ -f "$out/digests.json" ]; then

@@ -57,18 +57,57 @@ pub struct RegistryConfig {
     pub timeout_secs: u64,
     /// Images reported as pinned, so kubelet's image GC never removes them.
     pub pinned_images: Vec<String>,
+    /// Most inodes one layer may create: tar entries plus the parent
+    /// directories their names imply. Millions of empty entries fit in a
+    /// few MiB of gzip; the default is past the biggest real layers (a few
+    /// hundred thousand files).
+    #[serde(deserialize_with = "limit")]
+    pub max_layer_entries: u64,
+    /// Most decompressed bytes of one layer's tar stream, counted as it is
+    /// read, so a gzip bomb stops before the disk fills. 16 GiB: past any
+    /// ML base layer we know of.
+    #[serde(deserialize_with = "limit")]
+    pub max_layer_bytes: u64,
+    /// Most decompressed bytes all layers of one pull may add, so many
+    /// layers under the per-layer limit cannot fill the disk together.
+    #[serde(deserialize_with = "limit")]
+    pub max_image_bytes: u64,
+    /// Longest entry name in a layer, in bytes: PATH_MAX, past which a
+    /// container could not use the file anyway.
+    #[serde(deserialize_with = "limit")]
+    pub max_path_length: u64,
+    /// Deepest entry name in a layer, in components: each one is a
+    /// directory the unpack may create and holds open while it walks.
+    #[serde(deserialize_with = "limit")]
+    pub max_path_depth: u64,
     /// Settings per registry host (`docker.io`, `127.0.0.1:5000`, ...).
     pub hosts: std::collections::BTreeMap<String, RegistryHost>,
 }
 
 impl Default for RegistryConfig {
     fn default() -> Self {
+        use crate::image::unpack;
         Self {
             timeout_secs: 30,
             pinned_images: Vec::new(),
+            max_layer_entries: unpack::DEFAULT_MAX_LAYER_ENTRIES,
+            max_layer_bytes: unpack::DEFAULT_MAX_LAYER_BYTES,
+            max_image_bytes: unpack::DEFAULT_MAX_IMAGE_BYTES,
+            max_path_length: unpack::DEFAULT_MAX_PATH_LENGTH,
+            max_path_depth: unpack::DEFAULT_MAX_PATH_DEPTH,
             hosts: Default::default(),
         }
     }
+}
+
+/// A `registry.max-*` limit: 0 would refuse every layer, so it is a
+/// mistake rather than a way to turn the limit off.
+fn limit<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let v = u64::deserialize(d)?;
+    if v == 0 {
+        return Err(serde::de::Error::custom("must be at least 1"));
+    }
+    Ok(v)
 }
 
 fn timeout_secs<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
@@ -145,6 +184,8 @@ impl<'de> Deserialize<'de> for MirrorUrl {
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 pub struct VmConfig {
     pub backend: BackendChoice,
+    /// How QEMU's guest vsock is backed; see [`crate::host::vsock`].
+    pub vsock: VsockChoice,
     /// Uncompressed guest kernel (`vmlinux`) built by `images/build.sh`.
     pub kernel: AbsPath,
     /// Initramfs holding the static `vmpod-agent` as `/init`.
@@ -163,6 +204,38 @@ pub struct VmConfig {
     /// built (they drop every capability in any case); never root.
     #[serde(deserialize_with = "vmm_user", serialize_with = "vmm_user_text")]
     pub vmm_user: Credentials,
+    /// Size at which a pod's `console.log` is rotated to `console.log.1`:
+    /// the guest decides how much it prints, so this bounds what it can
+    /// take of the host's disk (twice this per pod).
+    #[serde(deserialize_with = "console_log_bytes")]
+    pub console_log_bytes: u64,
+    /// Quota of each container's writable layer (a sparse, size-capped file
+    /// system on the host): what a guest can write to the host's disk per
+    /// container, whatever it does.
+    #[serde(deserialize_with = "writable_layer_bytes")]
+    pub writable_layer_bytes: u64,
+}
+
+fn writable_layer_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    use vmpod_shim_api::{MAX_WRITABLE_LAYER_BYTES as MAX, MIN_WRITABLE_LAYER_BYTES as MIN};
+    let v = u64::deserialize(d)?;
+    if !(MIN..=MAX).contains(&v) {
+        return Err(serde::de::Error::custom(format!(
+            "{v} is out of range {MIN}..={MAX}"
+        )));
+    }
+    Ok(v)
+}
+
+fn console_log_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    use vmpod_shim_api::spec::{MAX_CONSOLE_LOG_BYTES, MIN_CONSOLE_LOG_BYTES};
+    let v = u64::deserialize(d)?;
+    if !(MIN_CONSOLE_LOG_BYTES..=MAX_CONSOLE_LOG_BYTES).contains(&v) {
+        return Err(serde::de::Error::custom(format!(
+            "{v} is out of range {MIN_CONSOLE_LOG_BYTES}..={MAX_CONSOLE_LOG_BYTES}"
+        )));
+    }
+    Ok(v)
 }
 
 /// `vm.vmm-user` is written `UID:GID`, parsed (and root refused) as
@@ -181,6 +254,7 @@ impl Default for VmConfig {
     fn default() -> Self {
         Self {
             backend: BackendChoice::Auto,
+            vsock: VsockChoice::Auto,
             kernel: AbsPath::new("/usr/local/share/vmpod/vmlinux"),
             initramfs: AbsPath::new("/usr/local/share/vmpod/initramfs.cpio.gz"),
             vcpus: 1,
@@ -191,6 +265,8 @@ impl Default for VmConfig {
                 uid: 65534,
                 gid: 65534,
             },
+            console_log_bytes: vmpod_shim_api::spec::DEFAULT_CONSOLE_LOG_BYTES,
+            writable_layer_bytes: vmpod_shim_api::DEFAULT_WRITABLE_LAYER_BYTES,
         }
     }
 }
@@ -375,6 +451,32 @@ pub enum BackendChoice {
     Qemu,
 }
 
+/// How QEMU's guest vsock is backed. The built-in VMM always serves its own
+/// (see [`crate::host::vsock::choose`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VsockChoice {
+    /// The kernel's vhost-vsock where `/dev/vhost-vsock` opens, else
+    /// vhost-device-vsock.
+    Auto,
+    /// vhost-device-vsock over vhost-user, even where the kernel's would do.
+    VhostUser,
+    /// The kernel's vhost-vsock; pods fail where `/dev/vhost-vsock` does not
+    /// open.
+    Kernel,
+}
+
+impl VsockChoice {
+    /// As written in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VsockChoice::Auto => "auto",
+            VsockChoice::VhostUser => "vhost-user",
+            VsockChoice::Kernel => "kernel",
+        }
+    }
+}
+
 /// A configuration error, already formatted as `file:line:col: message`.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -502,6 +604,12 @@ cgroup-driver = "cgroupfs"
 # auto: the built-in KVM VMM where it can run Linux guests, else QEMU (with KVM
 # when the CPU has hardware virtualization, else TCG). kvm | qemu force one.
 backend = "auto"
+# The agent channel of QEMU pods. auto: the host kernel's vhost-vsock where
+# /dev/vhost-vsock opens (no helper process; guest CIDs are host-wide, so
+# vmpod gives each pod its own), else vhost-device-vsock. vhost-user | kernel
+# force one; with kernel, pods fail to start where /dev/vhost-vsock does not
+# open. The built-in VMM serves its own vsock and ignores this key.
+vsock = "auto"
 # Guest kernel (uncompressed vmlinux) and initramfs, built by images/build.sh.
 kernel = "/usr/local/share/vmpod/vmlinux"
 initramfs = "/usr/local/share/vmpod/initramfs.cpio.gz"
@@ -515,6 +623,13 @@ memory-mib = 256
 # UID:GID the built-in VMM's threads run as once a VM is built (they drop
 # every capability as well). Never root.
 vmm-user = "65534:65534"
+# A pod's console.log is renamed to console.log.1 at this size (replacing the
+# previous one), so a guest flooding its serial console keeps at most twice
+# this on disk. 4096 to 1073741824.
+console-log-bytes = 1048576
+# Quota of each container's writable layer: a sparse file system of this size
+# on the host, so a container gets ENOSPC, not the node's disk. 10 GiB.
+writable-layer-bytes = 10737418240
 
 [helpers]
 # The per-pod shim. A bare name is looked for beside the vmpod binary first.
@@ -535,6 +650,17 @@ conf-dir = "/etc/cni/net.d"
 timeout-secs = 30
 # Images reported as pinned: kubelet's image GC never removes them.
 pinned-images = []
+# Limits on what one layer may make the daemon unpack, checked as the layer
+# streams in; a pull past one fails with RESOURCE_EXHAUSTED naming the key and
+# the layer, and leaves nothing behind. The defaults are past any real image.
+# Inodes per layer: tar entries plus the parent directories they imply.
+max-layer-entries = 1000000
+# Decompressed bytes per layer (16 GiB) and per pull of an image (64 GiB).
+max-layer-bytes = 17179869184
+max-image-bytes = 68719476736
+# Longest (bytes) and deepest (components) entry name in a layer.
+max-path-length = 4096
+max-path-depth = 256
 
 # Per registry host, in the spirit of containerd's hosts.toml. Mirrors are
 # tried in order, then the registry itself.
@@ -585,6 +711,54 @@ mod tests {
     }
 
     #[test]
+    fn vsock_choice_values() {
+        assert_eq!(parse("").unwrap().vm.vsock, VsockChoice::Auto);
+        for (text, want) in [
+            ("auto", VsockChoice::Auto),
+            ("vhost-user", VsockChoice::VhostUser),
+            ("kernel", VsockChoice::Kernel),
+        ] {
+            let c = parse(&format!("[vm]\nvsock = \"{text}\"\n")).unwrap();
+            assert_eq!(c.vm.vsock, want);
+            assert_eq!(want.as_str(), text);
+        }
+        let msg = parse("[vm]\nbackend = \"qemu\"\nvsock = \"vhost\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.starts_with("/etc/vmpod/config.toml:3:"), "{msg}");
+        assert!(msg.contains("vm.vsock: "), "{msg}");
+        assert!(msg.contains("vhost"), "{msg}");
+    }
+
+    #[test]
+    fn writable_layer_bytes_range() {
+        assert_eq!(parse("").unwrap().vm.writable_layer_bytes, 10 << 30);
+        let c = parse("[vm]\nwritable-layer-bytes = 16777216\n").unwrap();
+        assert_eq!(c.vm.writable_layer_bytes, 16 << 20);
+        let msg = parse("[vm]\nwritable-layer-bytes = 1024\n")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("vm.writable-layer-bytes"), "{msg}");
+    }
+
+    #[test]
+    fn console_log_bytes_range() {
+        assert_eq!(parse("").unwrap().vm.console_log_bytes, 1 << 20);
+        let c = parse("[vm]\nconsole-log-bytes = 65536\n").unwrap();
+        assert_eq!(c.vm.console_log_bytes, 65536);
+        for bad in ["0", "4095", "1073741825", "-1"] {
+            let msg = parse(&format!("[vm]\nconsole-log-bytes = {bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                msg.starts_with("/etc/vmpod/config.toml:2:")
+                    && msg.contains("vm.console-log-bytes"),
+                "{msg}"
+            );
+        }
+    }
+
+    #[test]
     fn out_of_range_sizes_rejected() {
         let msg = parse("[vm]\nvcpus = 0\n").unwrap_err().to_string();
         assert!(
@@ -631,6 +805,39 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(msg.contains("registry.hosts.x.mirors"), "{msg}");
+    }
+
+    #[test]
+    fn registry_limits() {
+        let c = parse(
+            "[registry]\nmax-layer-entries = 10\nmax-layer-bytes = 1048576\n\
+             max-image-bytes = 2097152\nmax-path-length = 100\nmax-path-depth = 4\n",
+        )
+        .unwrap();
+        let r = &c.registry;
+        assert_eq!(
+            (
+                r.max_layer_entries,
+                r.max_layer_bytes,
+                r.max_image_bytes,
+                r.max_path_length,
+                r.max_path_depth
+            ),
+            (10, 1 << 20, 2 << 20, 100, 4)
+        );
+        let msg = parse("[registry]\n\nmax-layer-bytes = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains(":3:")
+                && msg.contains("registry.max-layer-bytes: ")
+                && msg.contains("at least 1"),
+            "{msg}"
+        );
+        let msg = parse("[registry]\nmax-path-depth = -1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("registry.max-path-depth"), "{msg}");
     }
 
     #[test]

@@ -12,6 +12,16 @@ pub use v1::shim_client::ShimClient;
 pub use v1::shim_server::{Shim, ShimServer};
 
 /// Files in a pod's directory, shared knowledge of daemon and shim.
+/// Quota of a container's writable layer when the daemon asks for none:
+/// larger than any sane container's scratch writes, small enough that one
+/// pod cannot fill a node's disk by itself. The layer is a sparse file, so
+/// only what is written takes space.
+pub const DEFAULT_WRITABLE_LAYER_BYTES: u64 = 10 << 30;
+/// Below this mkfs.ext4 cannot lay out a file system with room to spare.
+pub const MIN_WRITABLE_LAYER_BYTES: u64 = 4 << 20;
+/// Far above any disk; refuses a unit mistake (bytes meant as KiB, ...).
+pub const MAX_WRITABLE_LAYER_BYTES: u64 = 1 << 50;
+
 pub mod layout {
     /// The VM spec the daemon writes before starting the shim (JSON).
     pub const SPEC: &str = "vm.json";
@@ -23,8 +33,16 @@ pub mod layout {
     pub const CONSOLE_LOG: &str = "console.log";
     /// Written by the shim once it serves: its pid.
     pub const SHIM_PID: &str = "shim.pid";
-    /// Directory shared into the guest over virtio-fs (tag `vmpod`).
+    /// Directory shared into the guest over virtio-fs (tag `vmpod`): a
+    /// read-only bind of [`SKELETON_DIR`], so the guest can write only
+    /// inside the container roots and volumes mounted below it.
     pub const SHARE_DIR: &str = "share";
+    /// Host-only: the directories and mount points the share shows. Only
+    /// the shim writes here; the guest sees it read-only through the share.
+    pub const SKELETON_DIR: &str = "skeleton";
+    /// Host-only: each container's writable layer, a size-capped file
+    /// system of its own (`<id>.img`, mounted at `<id>/`).
+    pub const WRITABLE_DIR: &str = "writable";
     /// Runtime sockets of the VMM and helpers.
     pub const RUN_DIR: &str = "run";
 }

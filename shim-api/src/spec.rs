@@ -19,11 +19,31 @@ pub struct VmSpec {
     /// How long the guest may take to reach agent-ready.
     pub boot_timeout_ms: u64,
     pub helpers: Helpers,
+    /// A `vm.json` without it (hand-written ones in tests) gets what every
+    /// guest had before the daemon allocated CIDs: CID 3 over hybrid vsock.
+    #[serde(default)]
+    pub vsock: VsockSpec,
     pub guest: GuestSetup,
     /// Who the built-in VMM's threads run as once the VM is built (they
     /// drop every capability in any case). Ignored by the qemu backends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vmm_user: Option<VmmUser>,
+    /// `console.log` is rotated to `console.log.1` at this size: the guest
+    /// decides how much it prints, so the pod dir holds at most twice this.
+    #[serde(default = "default_console_log_bytes")]
+    pub console_log_bytes: u64,
+}
+
+/// 1 MiB: a whole boot with kernel messages, and the last of a guest that
+/// floods its console.
+pub const DEFAULT_CONSOLE_LOG_BYTES: u64 = 1 << 20;
+/// Below one console read (4 KiB) every read would rotate; above 1 GiB the
+/// cap stops protecting the host's disk.
+pub const MIN_CONSOLE_LOG_BYTES: u64 = 4 << 10;
+pub const MAX_CONSOLE_LOG_BYTES: u64 = 1 << 30;
+
+fn default_console_log_bytes() -> u64 {
+    DEFAULT_CONSOLE_LOG_BYTES
 }
 
 /// An unprivileged uid/gid; 0 is refused by the shim.
@@ -55,6 +75,46 @@ impl BackendSpec {
     }
 }
 
+/// The guest's virtio-vsock: one CID for every backend, so the daemon's
+/// allocation is the only source of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct VsockSpec {
+    /// Unique among the daemon's pods. With [`VsockTransport::Kernel`] it is
+    /// a host-wide address, checked free with the kernel when allocated;
+    /// the hybrid transports give each VM its own namespace, so there it only
+    /// keeps the contract one value.
+    pub guest_cid: u32,
+    pub transport: VsockTransport,
+}
+
+impl Default for VsockSpec {
+    fn default() -> Self {
+        VsockSpec {
+            guest_cid: MIN_GUEST_CID,
+            transport: VsockTransport::Hybrid,
+        }
+    }
+}
+
+/// How the host reaches the guest's vsock, which decides how the shim
+/// connects to the agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VsockTransport {
+    /// The pod's hybrid-vsock unix socket (`CONNECT <port>`), served by
+    /// vhost-device-vsock for QEMU and by the built-in VMM's own device.
+    Hybrid,
+    /// The host kernel's vhost-vsock (QEMU only): the shim connects with
+    /// `AF_VSOCK` to `(guest-cid, port)`.
+    Kernel,
+}
+
+/// CIDs 0 (hypervisor), 1 (local), 2 (host) and `u32::MAX` (any) are not
+/// guest addresses.
+pub const MIN_GUEST_CID: u32 = 3;
+pub const MAX_GUEST_CID: u32 = u32::MAX - 1;
+
 /// Resolved absolute paths of the helper programs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
@@ -63,9 +123,8 @@ pub struct Helpers {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub qemu: Option<PathBuf>,
     pub virtiofsd: PathBuf,
-    /// `None` when the host has `/dev/vhost-vsock` and QEMU's in-kernel
-    /// vsock device is used instead, and for the built-in VMM, whose vsock
-    /// device is in-process.
+    /// Only QEMU with the hybrid transport needs it: `None` for kernel
+    /// vsock and for the built-in VMM, whose vsock device is in-process.
     pub vhost_device_vsock: Option<PathBuf>,
 }
 

@@ -1,6 +1,10 @@
-//! The path to the guest agent: hybrid vsock (a unix socket on which the
-//! host asks for a guest port with `CONNECT <port>\n` and gets `OK <n>\n`),
-//! and the tonic client that rides on the resulting stream.
+//! The path to the guest agent, and the tonic client that rides on it.
+//!
+//! Two transports reach the guest's vsock port: hybrid vsock (a unix socket
+//! on which the host asks for a guest port with `CONNECT <port>\n` and gets
+//! `OK <n>\n`), served by vhost-device-vsock or the built-in VMM, and the
+//! host kernel's `AF_VSOCK` when QEMU uses `/dev/vhost-vsock`. Both end in a
+//! byte stream to the agent, so everything above the connect is shared.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -9,9 +13,10 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use hyper_util::rt::TokioIo;
 use thiserror::Error;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::time::{Instant, timeout_at};
+use tokio_vsock::{VsockAddr, VsockStream};
 use tonic::transport::{Channel, Endpoint, Uri};
 use vmpod_agent_proto::AgentClient;
 use vmpod_agent_proto::v1::SetupSandboxRequest;
@@ -71,24 +76,59 @@ pub async fn hybrid_connect(uds: &Path, port: u32) -> io::Result<UnixStream> {
     Ok(stream)
 }
 
-/// A gRPC channel whose every (re)connect is a fresh hybrid-vsock handshake.
-pub async fn channel(uds: PathBuf, port: u32) -> Result<Channel> {
+/// Where the host reaches the guest's vsock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentAddr {
+    /// The pod's hybrid-vsock unix socket.
+    Hybrid(PathBuf),
+    /// The guest's CID in the host kernel's vsock address space.
+    Kernel { cid: u32 },
+}
+
+impl std::fmt::Display for AgentAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AgentAddr::Hybrid(uds) => write!(f, "hybrid vsock {}", uds.display()),
+            AgentAddr::Kernel { cid } => write!(f, "vsock cid {cid}"),
+        }
+    }
+}
+
+/// The stream either transport yields; tonic needs one type.
+pub trait AgentIo: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> AgentIo for T {}
+
+/// One connection to guest `port`, handshake included.
+pub async fn connect(addr: &AgentAddr, port: u32) -> io::Result<Box<dyn AgentIo>> {
+    let stream: Box<dyn AgentIo> = match addr {
+        AgentAddr::Hybrid(uds) => Box::new(hybrid_connect(uds, port).await?),
+        AgentAddr::Kernel { cid } => {
+            Box::new(VsockStream::connect(VsockAddr::new(*cid, port)).await?)
+        }
+    };
+    Ok(stream)
+}
+
+/// A gRPC channel whose every (re)connect is a fresh connection to the
+/// guest (for hybrid vsock, a fresh handshake).
+pub async fn channel(addr: AgentAddr, port: u32) -> Result<Channel> {
+    let shown = addr.to_string();
     // The authority is never resolved: the connector ignores the URI.
     let endpoint = Endpoint::from_static("http://agent.vsock").connect_timeout(HANDSHAKE_TIMEOUT);
     endpoint
         .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let uds = uds.clone();
+            let addr = addr.clone();
             async move {
-                let s = tokio::time::timeout(HANDSHAKE_TIMEOUT, hybrid_connect(&uds, port))
+                let s = tokio::time::timeout(HANDSHAKE_TIMEOUT, connect(&addr, port))
                     .await
                     .map_err(|_| {
-                        io::Error::new(io::ErrorKind::TimedOut, "vsock handshake timed out")
+                        io::Error::new(io::ErrorKind::TimedOut, "vsock connect timed out")
                     })??;
                 Ok::<_, io::Error>(TokioIo::new(s))
             }
         }))
         .await
-        .context("connecting to the agent over hybrid vsock")
+        .with_context(|| format!("connecting to the agent over {shown}"))
 }
 
 /// Retries until the agent accepts a connection and reports ready, or the
@@ -96,14 +136,14 @@ pub async fn channel(uds: PathBuf, port: u32) -> Result<Channel> {
 /// deadline was reached. The caller owns the deadline and the error it
 /// implies; this only reports the last failure seen.
 pub async fn connect_ready(
-    uds: &Path,
+    addr: &AgentAddr,
     port: u32,
     deadline: Instant,
     setup: &SetupSandboxRequest,
 ) -> Result<(AgentClient<Channel>, String)> {
     let mut last: Option<anyhow::Error> = None;
     loop {
-        match timeout_at(deadline, try_ready(uds, port, setup)).await {
+        match timeout_at(deadline, try_ready(addr, port, setup)).await {
             Ok(Ok(ready)) => return Ok(ready),
             Ok(Err(Attempt::Fatal(e))) => return Err(e),
             Ok(Err(Attempt::Retry(e))) => {
@@ -118,9 +158,10 @@ pub async fn connect_ready(
         }
         tokio::time::sleep_until((now + RETRY_PAUSE).min(deadline)).await;
     }
+    let what = format!("agent not reachable over {addr} before the deadline");
     match last {
-        Some(e) => Err(e.context("agent not reachable before the deadline")),
-        None => bail!("agent not reachable before the deadline"),
+        Some(e) => Err(e.context(what)),
+        None => bail!(what),
     }
 }
 
@@ -135,15 +176,11 @@ enum Attempt {
 /// the agent serves only once its own setup is done, and at TCG speed a
 /// separate Health round trip costs tens of milliseconds of pod start.
 async fn try_ready(
-    uds: &Path,
+    addr: &AgentAddr,
     port: u32,
     setup: &SetupSandboxRequest,
 ) -> Result<(AgentClient<Channel>, String), Attempt> {
-    let mut client = AgentClient::new(
-        channel(uds.to_owned(), port)
-            .await
-            .map_err(Attempt::Retry)?,
-    );
+    let mut client = AgentClient::new(channel(addr.clone(), port).await.map_err(Attempt::Retry)?);
     let resp = tokio::time::timeout(RPC_TIMEOUT, client.setup_sandbox(setup.clone()))
         .await
         .map_err(|_| Attempt::Retry(anyhow::anyhow!("SetupSandbox timed out")))?;
@@ -244,7 +281,7 @@ mod tests {
         let path = dir.path().join("missing.vsock");
         let start = Instant::now();
         let e = connect_ready(
-            &path,
+            &AgentAddr::Hybrid(path),
             1024,
             start + Duration::from_millis(300),
             &SetupSandboxRequest::default(),
@@ -254,5 +291,26 @@ mod tests {
         assert!(start.elapsed() >= Duration::from_millis(300));
         assert!(start.elapsed() < Duration::from_secs(2));
         assert!(format!("{e:#}").contains("deadline"), "{e:#}");
+    }
+
+    /// No guest has this CID (on these hosts AF_VSOCK may not even reach a
+    /// transport): the kernel path retries like the hybrid one until the
+    /// deadline, and says which address it tried.
+    #[tokio::test(flavor = "current_thread")]
+    async fn kernel_vsock_retries_until_the_deadline() {
+        let start = Instant::now();
+        let e = connect_ready(
+            &AgentAddr::Kernel { cid: u32::MAX - 7 },
+            1024,
+            start + Duration::from_millis(300),
+            &SetupSandboxRequest::default(),
+        )
+        .await
+        .unwrap_err();
+        assert!(start.elapsed() >= Duration::from_millis(300));
+        assert!(start.elapsed() < Duration::from_secs(3));
+        let msg = format!("{e:#}");
+        assert!(msg.contains("deadline"), "{msg}");
+        assert!(msg.contains("vsock cid 4294967288"), "{msg}");
     }
 }

@@ -3,6 +3,7 @@
 //! without a shim as its raw baseline.
 
 pub mod agent;
+pub mod confine;
 pub mod console;
 pub mod container;
 pub mod helpers;

@@ -116,7 +116,7 @@ async fn run(
     let listener = bind_private(&pod.shim_socket())?;
 
     let hypervisor = hypervisor_for(&spec)?;
-    let containers = Containers::new(pod.share());
+    let containers = Containers::new(vmpod_shim::share::PodShare::of(pod.path()));
     let (machine, handle) = Machine::new(
         spec,
         pod.clone(),

@@ -19,6 +19,8 @@ use nix::unistd::Pid;
 use tokio::process::{ChildStdout, Command};
 use tokio::sync::{mpsc, watch};
 
+use crate::confine::Confinement;
+
 /// A child exit, as reported on the shared exit channel.
 #[derive(Debug, Clone)]
 pub struct Exit {
@@ -48,31 +50,52 @@ impl Process {
     /// the shim.
     pub fn spawn(
         name: &str,
+        cmd: Command,
+        exits: ExitSender,
+    ) -> Result<(Process, Option<ChildStdout>)> {
+        Self::spawn_confined(name, cmd, exits, None)
+    }
+
+    /// [`Process::spawn`], with `confinement` applied in the child before
+    /// exec (see `confine.rs`). The parent-death signal is armed after the
+    /// credential switch, which would otherwise reset it, and before the
+    /// seccomp filter, which need not allow prctl.
+    pub fn spawn_confined(
+        name: &str,
         mut cmd: Command,
         exits: ExitSender,
+        confinement: Option<Confinement>,
     ) -> Result<(Process, Option<ChildStdout>)> {
         let parent = std::process::id();
         cmd.stdin(Stdio::null()).kill_on_drop(true);
+        let mut confinement = confinement;
         // SAFETY: the closure runs between fork and exec and only makes
-        // async-signal-safe syscalls (prctl, getppid).
+        // async-signal-safe syscalls (prctl, getppid, and the raw syscalls
+        // of `Confinement::apply`, which allocates nothing).
         unsafe {
             cmd.pre_exec(move || {
-                if libc::prctl(
-                    libc::PR_SET_PDEATHSIG,
-                    libc::SIGKILL as libc::c_ulong,
-                    0,
-                    0,
-                    0,
-                ) != 0
-                {
-                    return Err(io::Error::last_os_error());
+                let die_with_parent = || {
+                    if libc::prctl(
+                        libc::PR_SET_PDEATHSIG,
+                        libc::SIGKILL as libc::c_ulong,
+                        0,
+                        0,
+                        0,
+                    ) != 0
+                    {
+                        return Err(io::Error::last_os_error());
+                    }
+                    // The shim may have died between fork and prctl; then
+                    // nothing would ever kill this child.
+                    if libc::getppid() as u32 != parent {
+                        return Err(io::Error::other("parent exited before exec"));
+                    }
+                    Ok(())
+                };
+                match confinement.as_mut() {
+                    Some(c) => c.apply(die_with_parent),
+                    None => die_with_parent(),
                 }
-                // The shim may have died between fork and prctl; then nothing
-                // would ever kill this child.
-                if libc::getppid() as u32 != parent {
-                    return Err(io::Error::other("parent exited before exec"));
-                }
-                Ok(())
             });
         }
         let program = cmd.as_std().get_program().to_string_lossy().into_owned();

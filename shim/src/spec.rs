@@ -5,7 +5,10 @@
 use std::path::Path;
 
 use thiserror::Error;
-use vmpod_shim_api::spec::{BackendSpec, VmSpec};
+use vmpod_shim_api::spec::{
+    BackendSpec, MAX_CONSOLE_LOG_BYTES, MAX_GUEST_CID, MIN_CONSOLE_LOG_BYTES, MIN_GUEST_CID,
+    VmSpec, VsockTransport,
+};
 
 #[derive(Debug, Error)]
 pub enum SpecError {
@@ -88,6 +91,16 @@ pub fn validate(spec: &VmSpec) -> Result<(), (&'static str, String)> {
     if let Some(vsock) = &spec.helpers.vhost_device_vsock {
         file(vsock, "helpers.vhost-device-vsock")?;
     }
+    validate_vsock(spec)?;
+    if !(MIN_CONSOLE_LOG_BYTES..=MAX_CONSOLE_LOG_BYTES).contains(&spec.console_log_bytes) {
+        return Err((
+            "console-log-bytes",
+            format!(
+                "{} is not in {MIN_CONSOLE_LOG_BYTES}..={MAX_CONSOLE_LOG_BYTES}",
+                spec.console_log_bytes
+            ),
+        ));
+    }
     if let Some(u) = spec.vmm_user
         && (u.uid == 0 || u.gid == 0)
     {
@@ -106,6 +119,32 @@ pub fn validate(spec: &VmSpec) -> Result<(), (&'static str, String)> {
     Ok(())
 }
 
+/// A transport the backend cannot serve would only show as a boot timeout.
+fn validate_vsock(spec: &VmSpec) -> Result<(), (&'static str, String)> {
+    let cid = spec.vsock.guest_cid;
+    if !(MIN_GUEST_CID..=MAX_GUEST_CID).contains(&cid) {
+        return Err((
+            "vsock.guest-cid",
+            format!("{cid} is reserved (guests use {MIN_GUEST_CID}..={MAX_GUEST_CID})"),
+        ));
+    }
+    match (spec.vsock.transport, spec.backend) {
+        (VsockTransport::Kernel, BackendSpec::Kvm) => Err((
+            "vsock.transport",
+            "the built-in VMM serves its own hybrid vsock, not the kernel's".into(),
+        )),
+        (VsockTransport::Hybrid, BackendSpec::QemuKvm | BackendSpec::QemuTcg)
+            if spec.helpers.vhost_device_vsock.is_none() =>
+        {
+            Err((
+                "helpers.vhost-device-vsock",
+                "QEMU with the hybrid vsock transport needs it".into(),
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
 fn file(path: &Path, field: &'static str) -> Result<(), (&'static str, String)> {
     if !path.is_absolute() {
         return Err((field, format!("{} is not an absolute path", path.display())));
@@ -121,7 +160,7 @@ fn file(path: &Path, field: &'static str) -> Result<(), (&'static str, String)> 
 mod tests {
     use super::*;
     use std::path::PathBuf;
-    use vmpod_shim_api::spec::{GuestSetup, Helpers};
+    use vmpod_shim_api::spec::{GuestSetup, Helpers, VsockSpec};
 
     fn good() -> VmSpec {
         let sh = PathBuf::from("/bin/sh");
@@ -138,12 +177,36 @@ mod tests {
                 virtiofsd: sh.clone(),
                 vhost_device_vsock: Some(sh),
             },
+            vsock: VsockSpec {
+                guest_cid: 3,
+                transport: VsockTransport::Hybrid,
+            },
             guest: GuestSetup {
                 hostname: "web-1".into(),
                 ..Default::default()
             },
             vmm_user: None,
+            console_log_bytes: vmpod_shim_api::spec::DEFAULT_CONSOLE_LOG_BYTES,
         }
+    }
+
+    #[test]
+    fn console_log_cap_is_bounded() {
+        for bytes in [0, MIN_CONSOLE_LOG_BYTES - 1, MAX_CONSOLE_LOG_BYTES + 1] {
+            let mut s = good();
+            s.console_log_bytes = bytes;
+            assert_eq!(validate(&s).unwrap_err().0, "console-log-bytes", "{bytes}");
+        }
+        // A vm.json without the field (an older daemon's) gets the default.
+        let mut json = serde_json::to_value(good()).expect("to json");
+        json.as_object_mut()
+            .expect("object")
+            .remove("console-log-bytes");
+        let s: VmSpec = serde_json::from_value(json).expect("from json");
+        assert_eq!(
+            s.console_log_bytes,
+            vmpod_shim_api::spec::DEFAULT_CONSOLE_LOG_BYTES
+        );
     }
 
     #[test]
@@ -179,6 +242,43 @@ mod tests {
         let mut s = good();
         s.guest.hostname = "a b".into();
         assert_eq!(validate(&s).unwrap_err().0, "guest.hostname");
+    }
+
+    #[test]
+    fn vsock_cid_and_transport_must_fit_the_backend() {
+        for cid in [0, 1, 2, u32::MAX] {
+            let mut s = good();
+            s.vsock.guest_cid = cid;
+            assert_eq!(validate(&s).unwrap_err().0, "vsock.guest-cid", "{cid}");
+        }
+        let mut s = good();
+        s.vsock.guest_cid = u32::MAX - 1;
+        assert_eq!(validate(&s), Ok(()));
+        // QEMU on the kernel's vsock needs no helper.
+        s.vsock.transport = VsockTransport::Kernel;
+        s.helpers.vhost_device_vsock = None;
+        assert_eq!(validate(&s), Ok(()));
+        s.backend = BackendSpec::Kvm;
+        assert_eq!(validate(&s).unwrap_err().0, "vsock.transport");
+        s.vsock.transport = VsockTransport::Hybrid;
+        assert_eq!(validate(&s), Ok(()), "the built-in VMM serves vsock itself");
+        s.backend = BackendSpec::QemuKvm;
+        assert_eq!(validate(&s).unwrap_err().0, "helpers.vhost-device-vsock");
+    }
+
+    #[test]
+    fn a_spec_without_vsock_gets_cid_3_over_hybrid() {
+        let mut json = serde_json::to_value(good()).expect("json");
+        json.as_object_mut().expect("object").remove("vsock");
+        let s: VmSpec = serde_json::from_value(json).expect("parses");
+        assert_eq!(
+            s.vsock,
+            VsockSpec {
+                guest_cid: 3,
+                transport: VsockTransport::Hybrid
+            }
+        );
+        assert_eq!(validate(&s), Ok(()));
     }
 
     #[test]

@@ -16,11 +16,12 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tonic::transport::Channel;
 use vmpod_agent_proto::v1::SetupSandboxRequest;
-use vmpod_agent_proto::{AGENT_VSOCK_PORT, AgentClient, GUEST_CID, SHARE_TAG};
-use vmpod_shim_api::spec::{BackendSpec, VmSpec};
+use vmpod_agent_proto::{AGENT_VSOCK_PORT, AgentClient, SHARE_TAG};
+use vmpod_shim_api::spec::{BackendSpec, VmSpec, VsockTransport};
 use vmpod_shim_api::v1::{BootTimes, Phase, VmState};
 
-use crate::agent;
+use crate::agent::{self, AgentAddr};
+use crate::confine;
 use crate::console::{self, ConsoleTail};
 use crate::container::Containers;
 use crate::helpers;
@@ -244,38 +245,75 @@ impl Machine {
 
     async fn boot(&mut self, deadline: Instant) -> Result<AgentClient<Channel>> {
         let pod = self.pod.clone();
-        let vsock = match self.spec.helpers.vhost_device_vsock.clone() {
+        // Everything spawned below runs in the pod's cgroup (the shim joined
+        // it first thing), so one limit covers them all.
+        let limit = pod_memory_limit(self.spec.memory_mib);
+        let limited = confine::limit_pod_memory(&self.spec.id, limit)?;
+        if limited.is_empty() {
+            tracing::warn!(
+                "not in the pod's own memory cgroup: its processes have no memory limit"
+            );
+        } else {
+            tracing::info!(bytes = limit, files = ?limited, "pod memory limit set");
+        }
+        let vmm_user = self
+            .spec
+            .vmm_user
+            .map_or(DEFAULT_VMM_USER, |u| Credentials {
+                uid: u.uid,
+                gid: u.gid,
+            });
+        let guest_cid = self.spec.vsock.guest_cid;
+        // spec.rs checked that the backend can serve the transport.
+        let (vsock, agent_addr) = match (self.spec.vsock.transport, self.spec.backend) {
+            (VsockTransport::Kernel, _) => (
+                Vsock::Kernel { guest_cid },
+                AgentAddr::Kernel { cid: guest_cid },
+            ),
             // The built-in VMM serves the hybrid-vsock socket itself.
-            _ if self.spec.backend == BackendSpec::Kvm => {
+            (VsockTransport::Hybrid, BackendSpec::Kvm) => {
                 helpers::remove_stale(&pod.hybrid_vsock())?;
-                Vsock::InProcess {
-                    guest_cid: GUEST_CID,
-                    uds: pod.hybrid_vsock(),
-                }
+                (
+                    Vsock::InProcess {
+                        guest_cid,
+                        uds: pod.hybrid_vsock(),
+                    },
+                    AgentAddr::Hybrid(pod.hybrid_vsock()),
+                )
             }
-            Some(bin) => {
+            (VsockTransport::Hybrid, BackendSpec::QemuKvm | BackendSpec::QemuTcg) => {
+                let bin = self
+                    .spec
+                    .helpers
+                    .vhost_device_vsock
+                    .clone()
+                    .context("hybrid vsock for QEMU needs helpers.vhost-device-vsock")?;
                 helpers::remove_stale(&pod.hybrid_vsock())?;
                 let socket = pod.vsock_backend_socket();
-                let cmd = helpers::vhost_device_vsock_command(&bin, &pod, GUEST_CID);
+                helpers::open_run_dir_to(&pod, vmm_user)?;
+                let (cmd, confinement) =
+                    helpers::vhost_device_vsock_confined(&bin, &pod, guest_cid, vmm_user)?;
                 let p = helpers::spawn(
                     helpers::VHOST_DEVICE_VSOCK,
                     cmd,
+                    confinement,
                     &socket,
                     &pod,
                     self.exits.clone(),
                 )?;
                 self.helpers.push(p);
-                Vsock::VhostUser { socket }
+                (
+                    Vsock::VhostUser { socket },
+                    AgentAddr::Hybrid(pod.hybrid_vsock()),
+                )
             }
-            None => Vsock::Kernel {
-                guest_cid: GUEST_CID,
-            },
         };
         let fs_socket = pod.virtiofs_socket();
         let cmd = helpers::virtiofsd_command(&self.spec.helpers.virtiofsd, &pod);
         let p = helpers::spawn(
             helpers::VIRTIOFSD,
             cmd,
+            helpers::virtiofsd_confinement()?,
             &fs_socket,
             &pod,
             self.exits.clone(),
@@ -299,10 +337,7 @@ impl Machine {
                 tag: SHARE_TAG.to_owned(),
             }),
             log: pod.process_log(self.hypervisor.name()),
-            vmm_user: self.spec.vmm_user.map(|u| Credentials {
-                uid: u.uid,
-                gid: u.gid,
-            }),
+            vmm_user: Some(vmm_user),
         };
         let mut vm = self
             .hypervisor
@@ -318,6 +353,7 @@ impl Machine {
             let task = console::spawn_reader(
                 serial,
                 &pod.console_log(),
+                self.spec.console_log_bytes,
                 self.console.clone(),
                 move || {
                     shared
@@ -334,7 +370,11 @@ impl Machine {
         // vhost-device-vsock 0.3 log "backend event before vring
         // initialization", and about one boot in twenty then never delivers
         // a host connection to the guest. The banner is printed once the
-        // agent listens, so the first CONNECT waits for it.
+        // agent listens, so the first CONNECT waits for it. Kernel vsock has
+        // no such bug, but an earlier connect there only burns attempts on
+        // resets (or a 2 s connect timeout while the guest has no driver),
+        // and the wait turns a guest that never starts its agent into the
+        // clearer error below.
         if has_console {
             tokio::time::timeout_at(deadline, self.console.banner_seen())
                 .await
@@ -350,7 +390,7 @@ impl Machine {
             host_time_ns: i64::try_from(now_ns()).unwrap_or(0),
         };
         let (client, mountpoint) =
-            agent::connect_ready(&pod.hybrid_vsock(), AGENT_VSOCK_PORT, deadline, &setup).await?;
+            agent::connect_ready(&agent_addr, AGENT_VSOCK_PORT, deadline, &setup).await?;
         tracing::info!(%mountpoint, "sandbox set up in the guest");
         Ok(client)
     }
@@ -449,7 +489,8 @@ impl Machine {
         // The guest is gone, and so are its containers: only their host
         // side (relays, root overlays, volume binds) is left to undo.
         self.containers.teardown_all().await;
-        crate::share::release(&self.pod.share());
+        // The share and anything a failed teardown left (writable layers).
+        crate::share::release(self.pod.path());
     }
 
     fn phase(&self) -> Phase {
@@ -543,12 +584,34 @@ fn helper_sockets(pod: &PodDir, vsock: &Vsock) -> Vec<std::path::PathBuf> {
     v
 }
 
-/// Creates the pod's `run/` and `share/` directories.
+/// `vm.vmm-user`'s default, for a vm.json that names none (an older
+/// daemon passed it for the built-in VMM only): QEMU and the vsock helper
+/// never run as root.
+const DEFAULT_VMM_USER: Credentials = Credentials {
+    uid: 65534,
+    gid: 65534,
+};
+
+/// Host memory for everything besides guest RAM: QEMU's TCG translation
+/// buffer (`tb-size`, see qemu.rs) and its own heap, virtiofsd, the vsock
+/// helper, the shim and its log relays; page cache they cause is charged
+/// too but reclaimable.
+const HOST_OVERHEAD_MIB: u64 = 512;
+
+/// The pod's host processes together may use guest RAM plus the overhead;
+/// a guest that makes QEMU or a helper grow beyond is OOM-killed in its own
+/// cgroup instead of pressing the host.
+fn pod_memory_limit(memory_mib: u64) -> u64 {
+    memory_mib
+        .saturating_add(HOST_OVERHEAD_MIB)
+        .saturating_mul(1 << 20)
+}
+
+/// Creates the pod's `run/` directory and its share (read-only bind of the
+/// host-only skeleton, see [`crate::share`]).
 pub fn prepare_dirs(pod: &PodDir) -> Result<()> {
-    for dir in [pod.run(), pod.share()] {
-        create_dir(&dir)?;
-    }
-    crate::share::make_propagating(&pod.share())
+    create_dir(&pod.run())?;
+    crate::share::PodShare::of(pod.path()).prepare()
 }
 
 fn create_dir(dir: &Path) -> Result<()> {

@@ -56,6 +56,7 @@ fn request(
             ..Default::default()
         }],
         log_path: log.to_string_lossy().into_owned(),
+        writable_layer_bytes: 0,
         spec: Some(ContainerSpec {
             id: id.into(),
             process: Some(Process {

@@ -4,5 +4,6 @@
 pub mod daemon;
 pub mod guest;
 pub mod host;
+pub mod pod;
 pub mod proxy;
 pub mod registry;

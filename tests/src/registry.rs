@@ -1120,6 +1120,96 @@ pub async fn http_request_async(
         .map_err(|_| anyhow!("{method} http://{addr}{path} timed out after {timeout:?}"))?
 }
 
+/// A one-layer linux/amd64 image made by a test, for [`push_generated_image`].
+pub struct GeneratedImage<'a> {
+    /// "repo:tag" to push it as.
+    pub repo_tag: &'a str,
+    /// The layer blob as the registry will serve it (compressed or not).
+    pub layer: &'a Path,
+    /// Its media type, e.g. `application/vnd.oci.image.layer.v1.tar+gzip`.
+    pub media_type: &'a str,
+    /// `sha256:<hex>` of the uncompressed tar, for the config's diff_ids.
+    pub diff_id: &'a str,
+}
+
+/// Pushes `image` to `reg` the way fixtures are pushed (an OCI layout and
+/// `skopeo copy`), so a test can serve a layer it generated, say one too
+/// big to keep in git. The layer file is hard-linked into the layout when
+/// it can be, so a big blob is not copied. Returns the layer's digest.
+pub fn push_generated_image(reg: &Registry, image: &GeneratedImage<'_>) -> Result<String> {
+    fn sha256_hex(data: &mut dyn io::Read) -> Result<String> {
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = data.read(&mut buf).context("reading a blob to hash it")?;
+            if n == 0 {
+                break;
+            }
+            ctx.update(&buf[..n]);
+        }
+        Ok(ctx
+            .finish()
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect())
+    }
+    let layouts = tempfile::Builder::new()
+        .prefix("vmpod-generated-")
+        .tempdir()
+        .context("cannot create a layout dir")?;
+    let name = "generated";
+    let blobs = layouts.path().join(name).join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).context("cannot create the layout's blobs dir")?;
+    let put = |bytes: &[u8]| -> Result<(String, usize)> {
+        let hex = sha256_hex(&mut &bytes[..])?;
+        std::fs::write(blobs.join(&hex), bytes).context("cannot write a layout blob")?;
+        Ok((format!("sha256:{hex}"), bytes.len()))
+    };
+    let mut file = std::fs::File::open(image.layer)
+        .with_context(|| format!("cannot open layer {}", image.layer.display()))?;
+    let layer_hex = sha256_hex(&mut file)?;
+    let layer_size = file.metadata().context("stat layer")?.len();
+    let layer_blob = blobs.join(&layer_hex);
+    if std::fs::hard_link(image.layer, &layer_blob).is_err() {
+        std::fs::copy(image.layer, &layer_blob).context("cannot copy the layer into the layout")?;
+    }
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux", "config": {},
+        "rootfs": {"type": "layers", "diff_ids": [image.diff_id]},
+    });
+    let (config_digest, config_size) = put(&serde_json::to_vec(&config)?)?;
+    let layer_digest = format!("sha256:{layer_hex}");
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": config_digest, "size": config_size},
+        "layers": [{"mediaType": image.media_type, "digest": layer_digest, "size": layer_size}],
+    });
+    let (manifest_digest, manifest_size) = put(&serde_json::to_vec(&manifest)?)?;
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": manifest_digest, "size": manifest_size,
+            "annotations": {"org.opencontainers.image.ref.name": name},
+        }],
+    });
+    std::fs::write(
+        layouts.path().join(name).join("index.json"),
+        serde_json::to_vec(&index)?,
+    )
+    .context("cannot write index.json")?;
+    std::fs::write(
+        layouts.path().join(name).join("oci-layout"),
+        br#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .context("cannot write oci-layout")?;
+    reg.push_fixture(layouts.path(), name, image.repo_tag);
+    Ok(layer_digest)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,7 +14,7 @@ use tonic::transport::Channel;
 use vmpod_cri_api::v1::*;
 use vmpod_cri_api::{ImageServiceClient, RuntimeServiceClient};
 use vmpod_tests::daemon::{Daemon, test_config};
-use vmpod_tests::host::{mounts_under, processes_mentioning};
+use vmpod_tests::host::{cgroups_named, mounts_under, processes_mentioning};
 use vmpod_tests::registry::{Registry, fixtures_dir};
 
 type Rt = RuntimeServiceClient<Channel>;
@@ -902,7 +902,41 @@ async fn limits_stop_exec_and_stats() {
         .stats
         .unwrap();
     let linux = pod_stats.linux.unwrap();
-    assert!(linux.memory.unwrap().working_set_bytes.unwrap().value > 0);
+    // The pod's memory is the host's accounting of its VM processes, not
+    // what the guest says: the guest RAM the VMM touched (tens of MiB for
+    // a booted kernel and agent) is more than the guest counts in its
+    // containers, and matches the pod's host cgroup.
+    let pod_memory = linux.memory.unwrap();
+    let pod_ws = pod_memory.working_set_bytes.unwrap().value;
+    let containers_ws: u64 = linux
+        .containers
+        .iter()
+        .map(|c| c.memory.as_ref().unwrap().working_set_bytes.unwrap().value)
+        .sum();
+    assert!(pod_ws > 10 << 20, "pod working set {pod_ws} bytes");
+    assert!(
+        pod_ws > containers_ws,
+        "pod working set {pod_ws} <= its containers' {containers_ws}"
+    );
+    let host_usage = cgroups_named(&format!("vmpod-{}", &pod.sandbox[..16]))
+        .iter()
+        .find_map(|dir| {
+            ["memory.current", "memory.usage_in_bytes"]
+                .iter()
+                .find_map(|f| std::fs::read_to_string(Path::new(dir).join(f)).ok())
+        })
+        .and_then(|t| t.trim().parse::<u64>().ok())
+        .expect("the pod's host cgroup accounts memory");
+    let pod_usage = pod_memory.usage_bytes.unwrap().value;
+    assert!(
+        pod_usage.abs_diff(host_usage) < host_usage / 4 + (4 << 20),
+        "pod usage {pod_usage} bytes, its host cgroup {host_usage}"
+    );
+    let pod_cpu = linux.cpu.unwrap().usage_core_nano_seconds.unwrap().value;
+    assert!(
+        pod_cpu > cpu1,
+        "pod CPU {pod_cpu} ns is not more than a container's {cpu1}: not the VM's"
+    );
     assert!(
         linux
             .containers

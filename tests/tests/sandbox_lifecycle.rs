@@ -197,9 +197,11 @@ async fn run_status_guest_info_stop_remove() {
     }
 
     // A mount made under the share now (as container root filesystems will
-    // be) reaches virtiofsd's own mount namespace, hence the guest.
+    // be) reaches virtiofsd's own mount namespace, hence the guest. The
+    // share is a read-only view of the host-only skeleton: mount points are
+    // made there.
+    std::fs::create_dir(pod_dir(&d, &id).join("skeleton/probe")).unwrap();
     let probe = pod_dir(&d, &id).join("share/probe");
-    std::fs::create_dir(&probe).unwrap();
     nix::mount::mount(
         Some("tmpfs"),
         &probe,

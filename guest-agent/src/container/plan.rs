@@ -112,10 +112,11 @@ pub struct ProcessPlan {
     pub capabilities: u64,
     #[prost(bool, tag = "8")]
     pub no_new_privs: bool,
-    /// A compiled classic-BPF program (8 bytes per instruction); empty means
-    /// unconfined.
-    #[prost(bytes = "vec", tag = "9")]
-    pub seccomp_bpf: Vec<u8>,
+    /// Compiled classic-BPF programs (8 bytes per instruction), installed in
+    /// this order; a profile needs one per action (see `seccomp`). None
+    /// means unconfined.
+    #[prost(bytes = "vec", repeated, tag = "9")]
+    pub seccomp_bpf: Vec<Vec<u8>>,
     /// The process gets the tty on fds 0-2 as its controlling terminal.
     #[prost(bool, tag = "10")]
     pub tty: bool,

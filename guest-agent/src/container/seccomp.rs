@@ -1,49 +1,54 @@
-//! Seccomp filters: the built-in RuntimeDefault profile, OCI/Docker JSON
-//! profiles, and a small compiler to classic BPF.
+//! Seccomp filters for containers: the built-in RuntimeDefault profile and
+//! OCI/Docker JSON profiles, compiled to classic BPF by seccompiler (the
+//! crate the shim's VMM uses too), so no BPF is hand-assembled here.
 //!
-//! RuntimeDefault allows by default and returns EPERM for what Docker's
-//! default profile withholds from an unprivileged container (kernel
-//! modules, kexec, keyrings, ptrace and process_vm_*, mount and namespace
-//! calls, clock setting, BPF, perf, userfaultfd, io_uring, ...). As in
-//! Docker, a capability the container was given re-allows the calls it
-//! guards (CAP_SYS_ADMIN: mount, unshare, setns, ...). It also refuses
+//! RuntimeDefault is an allow list with EPERM for everything else, the
+//! shape of containerd's and Docker's default profile: a call nobody
+//! reviewed, including one a newer kernel adds, is refused rather than let
+//! through because no list named it. As in Docker, a capability the
+//! container holds re-allows the calls it guards (CAP_SYS_ADMIN: mount,
+//! unshare, setns, ...), and a few calls are allowed only with harmless
+//! arguments (`personality`, `clone` without namespace flags, `socket`
+//! without AF_VSOCK).
+//!
+//! Whatever the profile says, a confined container gets EAFNOSUPPORT for
 //! AF_VSOCK sockets: inside a vmpod guest vsock is the agent's own channel
-//! to the host and no business of a container.
+//! to the host and no business of a container. Unconfined (and privileged)
+//! containers get no filter at all.
 //!
-//! Filters are compiled here rather than with libseccomp, which would need
-//! a C library in the static agent. The program checks the architecture
-//! (anything but x86_64, and x32 numbers, get ENOSYS), then tests rules in
-//! order, first match wins: conditional rules of a profile before
-//! unconditional ones, which is how libseccomp's per-syscall rules behave.
+//! A seccompiler filter has one action for every rule it matches, while a
+//! profile gives calls different actions; so a profile becomes a stack of
+//! filters, and the kernel, which runs every filter of a stack, keeps the
+//! most restrictive verdict (kill, trap, errno, trace, log, allow; on a tie
+//! the filter installed last). The first filter allows each call some rule
+//! names, under that rule's conditions, and gives the rest the default
+//! action; every other action gets a filter that returns it where its
+//! rules match and allows the rest; the vsock guard comes last. A call two
+//! rules of different actions match therefore gets the stricter one. Rules
+//! whose action is the default are dropped, as runc does.
+//!
+//! Each filter first checks the architecture and kills a caller of another
+//! ABI (i386); an x32 call carries x86_64's architecture with bit 30 set in
+//! its number, so it matches no rule. The guest kernel has neither IA32 nor
+//! x32 emulation, so neither kind can be made there anyway.
 
+use std::collections::BTreeMap;
 use std::io;
 
+use oci_spec::runtime::{
+    LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArg, LinuxSeccompOperator, LinuxSyscall,
+};
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
+use serde::Deserialize;
 use serde_json::Value;
 use tonic::Status;
 use vmpod_agent_proto::v1::{Security, seccomp};
 
 use super::caps;
 use super::syscalls;
-
-const AUDIT_ARCH_X86_64: u32 = 0xC000_003E;
-const X32_SYSCALL_BIT: u32 = 0x4000_0000;
-/// BPF_MAXINSNS.
-const MAX_INSNS: usize = 4096;
-
-const RET_KILL_PROCESS: u32 = 0x8000_0000;
-const RET_KILL_THREAD: u32 = 0;
-const RET_TRAP: u32 = 0x0003_0000;
-const RET_ERRNO: u32 = 0x0005_0000;
-const RET_TRACE: u32 = 0x7ff0_0000;
-const RET_LOG: u32 = 0x7ffc_0000;
-const RET_ALLOW: u32 = 0x7fff_0000;
-
-const LD_W_ABS: u16 = 0x20;
-const JMP_JEQ_K: u16 = 0x15;
-const JMP_JGT_K: u16 = 0x25;
-const JMP_JGE_K: u16 = 0x35;
-const ALU_AND_K: u16 = 0x54;
-const RET_K: u16 = 0x06;
 
 /// What a matching rule does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,16 +62,16 @@ pub enum Action {
     Log,
 }
 
-impl Action {
-    fn ret(self) -> u32 {
-        match self {
-            Action::Allow => RET_ALLOW,
-            Action::Errno(e) => RET_ERRNO | u32::from(e),
-            Action::KillThread => RET_KILL_THREAD,
-            Action::KillProcess => RET_KILL_PROCESS,
-            Action::Trap => RET_TRAP,
-            Action::Trace(d) => RET_TRACE | u32::from(d),
-            Action::Log => RET_LOG,
+impl From<Action> for SeccompAction {
+    fn from(a: Action) -> Self {
+        match a {
+            Action::Allow => SeccompAction::Allow,
+            Action::Errno(e) => SeccompAction::Errno(u32::from(e)),
+            Action::KillThread => SeccompAction::KillThread,
+            Action::KillProcess => SeccompAction::KillProcess,
+            Action::Trap => SeccompAction::Trap,
+            Action::Trace(d) => SeccompAction::Trace(u32::from(d)),
+            Action::Log => SeccompAction::Log,
         }
     }
 }
@@ -92,6 +97,32 @@ pub struct Cond {
     pub value_two: u64,
 }
 
+impl Cond {
+    fn arg(index: u8, op: Op, value: u64) -> Cond {
+        Cond {
+            index,
+            op,
+            value,
+            value_two: 0,
+        }
+    }
+
+    /// Whole 64-bit comparisons, as libseccomp makes them for runc.
+    fn lower(&self) -> Result<SeccompCondition, String> {
+        let (op, value) = match self.op {
+            Op::Eq => (SeccompCmpOp::Eq, self.value),
+            Op::Ne => (SeccompCmpOp::Ne, self.value),
+            Op::Lt => (SeccompCmpOp::Lt, self.value),
+            Op::Le => (SeccompCmpOp::Le, self.value),
+            Op::Gt => (SeccompCmpOp::Gt, self.value),
+            Op::Ge => (SeccompCmpOp::Ge, self.value),
+            Op::MaskedEq => (SeccompCmpOp::MaskedEq(self.value), self.value_two),
+        };
+        SeccompCondition::new(self.index, SeccompCmpArgLen::Qword, op, value)
+            .map_err(|e| format!("argument {}: {e}", self.index))
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rule {
     pub nr: u32,
@@ -100,325 +131,511 @@ pub struct Rule {
     pub action: Action,
 }
 
-#[derive(Clone, Copy)]
-enum Target {
-    Next,
-    Label(usize),
-}
-
-struct Insn {
-    code: u16,
-    jt: Target,
-    jf: Target,
-    k: u32,
-}
-
-/// A tiny assembler with forward labels.
-#[derive(Default)]
-struct Asm {
-    insns: Vec<Insn>,
-    labels: Vec<Option<usize>>,
-}
-
-impl Asm {
-    fn label(&mut self) -> usize {
-        self.labels.push(None);
-        self.labels.len() - 1
-    }
-    fn bind(&mut self, label: usize) {
-        self.labels[label] = Some(self.insns.len());
-    }
-    fn stmt(&mut self, code: u16, k: u32) {
-        self.insns.push(Insn {
-            code,
-            jt: Target::Next,
-            jf: Target::Next,
-            k,
-        });
-    }
-    fn jump(&mut self, code: u16, k: u32, jt: Target, jf: Target) {
-        self.insns.push(Insn { code, jt, jf, k });
-    }
-    fn ret(&mut self, k: u32) {
-        self.stmt(RET_K, k);
-    }
-    fn finish(self) -> Result<Vec<u8>, String> {
-        if self.insns.len() > MAX_INSNS {
-            return Err(format!(
-                "the filter needs {} instructions, more than the kernel's {MAX_INSNS}",
-                self.insns.len()
-            ));
+impl Rule {
+    fn allow(nr: u32, conds: Vec<Cond>) -> Rule {
+        Rule {
+            nr,
+            conds,
+            action: Action::Allow,
         }
-        let mut out = Vec::with_capacity(self.insns.len() * 8);
-        for (i, insn) in self.insns.iter().enumerate() {
-            let off = |t: Target| -> Result<u8, String> {
-                match t {
-                    Target::Next => Ok(0),
-                    Target::Label(l) => {
-                        let pos = self.labels[l].ok_or("unbound label")?;
-                        let d = pos
-                            .checked_sub(i + 1)
-                            .ok_or("backward jump in seccomp program")?;
-                        u8::try_from(d).map_err(|_| "seccomp jump too far".to_string())
-                    }
-                }
-            };
-            out.extend_from_slice(&insn.code.to_le_bytes());
-            out.push(off(insn.jt)?);
-            out.push(off(insn.jf)?);
-            out.extend_from_slice(&insn.k.to_le_bytes());
-        }
-        Ok(out)
     }
 }
 
-fn arg_lo(index: u8) -> u32 {
-    16 + 8 * u32::from(index)
-}
-
-fn emit_cond(asm: &mut Asm, c: &Cond, fail: Target) {
-    use Target::{Label, Next};
-    let pass = asm.label();
-    let pass_t = Label(pass);
-    let (lo_off, hi_off) = (arg_lo(c.index), arg_lo(c.index) + 4);
-    let (vh, vl) = ((c.value >> 32) as u32, c.value as u32);
-    match c.op {
-        Op::Eq => {
-            asm.stmt(LD_W_ABS, hi_off);
-            asm.jump(JMP_JEQ_K, vh, Next, fail);
-            asm.stmt(LD_W_ABS, lo_off);
-            asm.jump(JMP_JEQ_K, vl, pass_t, fail);
-        }
-        Op::Ne => {
-            asm.stmt(LD_W_ABS, hi_off);
-            asm.jump(JMP_JEQ_K, vh, Next, pass_t);
-            asm.stmt(LD_W_ABS, lo_off);
-            asm.jump(JMP_JEQ_K, vl, fail, pass_t);
-        }
-        Op::MaskedEq => {
-            let (dh, dl) = ((c.value_two >> 32) as u32, c.value_two as u32);
-            asm.stmt(LD_W_ABS, hi_off);
-            asm.stmt(ALU_AND_K, vh);
-            asm.jump(JMP_JEQ_K, dh, Next, fail);
-            asm.stmt(LD_W_ABS, lo_off);
-            asm.stmt(ALU_AND_K, vl);
-            asm.jump(JMP_JEQ_K, dl, pass_t, fail);
-        }
-        Op::Gt | Op::Ge => {
-            asm.stmt(LD_W_ABS, hi_off);
-            asm.jump(JMP_JGT_K, vh, pass_t, Next);
-            asm.jump(JMP_JEQ_K, vh, Next, fail);
-            asm.stmt(LD_W_ABS, lo_off);
-            let code = if c.op == Op::Gt { JMP_JGT_K } else { JMP_JGE_K };
-            asm.jump(code, vl, pass_t, fail);
-        }
-        Op::Lt | Op::Le => {
-            asm.stmt(LD_W_ABS, hi_off);
-            asm.jump(JMP_JGT_K, vh, fail, Next);
-            asm.jump(JMP_JEQ_K, vh, Next, pass_t);
-            asm.stmt(LD_W_ABS, lo_off);
-            // a < v  <=> !(a >= v);  a <= v  <=> !(a > v)
-            let code = if c.op == Op::Lt { JMP_JGE_K } else { JMP_JGT_K };
-            asm.jump(code, vl, fail, pass_t);
-        }
-    }
-    asm.bind(pass);
-}
-
-/// Compiles rules (first match wins) and a default action to BPF bytes
-/// (`struct sock_filter` array, 8 bytes each).
-pub fn compile(rules: &[Rule], default: Action) -> Result<Vec<u8>, String> {
-    use Target::{Label, Next};
-    let mut asm = Asm::default();
-    let bad_arch = Action::Errno(libc::ENOSYS as u16).ret();
-    let arch_ok = asm.label();
-    asm.stmt(LD_W_ABS, 4);
-    asm.jump(JMP_JEQ_K, AUDIT_ARCH_X86_64, Label(arch_ok), Next);
-    asm.ret(bad_arch);
-    asm.bind(arch_ok);
-    let not_x32 = asm.label();
-    asm.stmt(LD_W_ABS, 0);
-    asm.jump(JMP_JGE_K, X32_SYSCALL_BIT, Next, Label(not_x32));
-    asm.ret(bad_arch);
-    asm.bind(not_x32);
-    let mut a_is_nr = true;
+/// One filter of the stack: `on_match` where any of `rules` matches (by
+/// number, then conditions), `otherwise` elsewhere. In the kernel's
+/// `struct sock_filter` layout, 8 little-endian bytes an instruction, since
+/// it travels to the helper in the plan.
+fn program(rules: &[&Rule], on_match: Action, otherwise: Action) -> Result<Vec<u8>, String> {
+    // None: some rule matches the call whatever its arguments.
+    let mut chains: BTreeMap<i64, Option<Vec<SeccompRule>>> = BTreeMap::new();
     for rule in rules {
-        let next = asm.label();
-        if !a_is_nr {
-            asm.stmt(LD_W_ABS, 0);
+        let chain = chains
+            .entry(i64::from(rule.nr))
+            .or_insert_with(|| Some(Vec::new()));
+        if rule.conds.is_empty() {
+            *chain = None;
+        } else if let Some(list) = chain {
+            let conds = rule
+                .conds
+                .iter()
+                .map(Cond::lower)
+                .collect::<Result<Vec<_>, _>>()?;
+            list.push(SeccompRule::new(conds).map_err(|e| e.to_string())?);
         }
-        asm.jump(JMP_JEQ_K, rule.nr, Next, Label(next));
-        for c in &rule.conds {
-            emit_cond(&mut asm, c, Label(next));
-        }
-        asm.ret(rule.action.ret());
-        asm.bind(next);
-        a_is_nr = rule.conds.is_empty();
     }
-    asm.ret(default.ret());
-    asm.finish()
+    let chains = chains
+        .into_iter()
+        .map(|(nr, chain)| (nr, chain.unwrap_or_default()))
+        .collect();
+    let filter = SeccompFilter::new(
+        chains,
+        otherwise.into(),
+        on_match.into(),
+        TargetArch::x86_64,
+    )
+    .map_err(|e| e.to_string())?;
+    let insns: BpfProgram = filter
+        .try_into()
+        .map_err(|e: seccompiler::BackendError| e.to_string())?;
+    let mut out = Vec::with_capacity(insns.len() * 8);
+    for i in &insns {
+        out.extend_from_slice(&i.code.to_le_bytes());
+        out.push(i.jt);
+        out.push(i.jf);
+        out.extend_from_slice(&i.k.to_le_bytes());
+    }
+    Ok(out)
 }
 
-/// Calls the default profile blocks, and the capability that re-allows
-/// each (None: always blocked).
-const BLOCKED: &[(&str, Option<&str>)] = &[
-    ("acct", Some("SYS_PACCT")),
-    ("add_key", None),
-    ("bpf", Some("SYS_ADMIN")),
-    ("clock_adjtime", Some("SYS_TIME")),
-    ("clock_settime", Some("SYS_TIME")),
-    ("create_module", None),
-    ("delete_module", Some("SYS_MODULE")),
-    ("finit_module", Some("SYS_MODULE")),
-    ("fsconfig", Some("SYS_ADMIN")),
-    ("fsmount", Some("SYS_ADMIN")),
-    ("fsopen", Some("SYS_ADMIN")),
-    ("fspick", Some("SYS_ADMIN")),
-    ("get_kernel_syms", None),
-    ("get_mempolicy", Some("SYS_NICE")),
-    ("init_module", Some("SYS_MODULE")),
-    ("io_uring_enter", None),
-    ("io_uring_register", None),
-    ("io_uring_setup", None),
-    ("ioperm", Some("SYS_RAWIO")),
-    ("iopl", Some("SYS_RAWIO")),
-    ("kcmp", Some("SYS_PTRACE")),
-    ("kexec_file_load", None),
-    ("kexec_load", None),
-    ("keyctl", None),
-    ("lookup_dcookie", Some("SYS_ADMIN")),
-    ("mbind", Some("SYS_NICE")),
-    ("mount", Some("SYS_ADMIN")),
-    ("mount_setattr", Some("SYS_ADMIN")),
-    ("move_mount", Some("SYS_ADMIN")),
-    ("move_pages", Some("SYS_NICE")),
-    ("name_to_handle_at", Some("SYS_ADMIN")),
-    ("nfsservctl", None),
-    ("open_by_handle_at", Some("DAC_READ_SEARCH")),
-    ("open_tree", Some("SYS_ADMIN")),
-    ("perf_event_open", Some("SYS_ADMIN")),
-    ("pidfd_getfd", Some("SYS_PTRACE")),
-    ("pivot_root", Some("SYS_ADMIN")),
-    ("process_madvise", Some("SYS_PTRACE")),
-    ("process_vm_readv", Some("SYS_PTRACE")),
-    ("process_vm_writev", Some("SYS_PTRACE")),
-    ("ptrace", Some("SYS_PTRACE")),
-    ("query_module", None),
-    ("quotactl", Some("SYS_ADMIN")),
-    ("quotactl_fd", Some("SYS_ADMIN")),
-    ("reboot", Some("SYS_BOOT")),
-    ("request_key", None),
-    ("set_mempolicy", Some("SYS_NICE")),
-    ("setns", Some("SYS_ADMIN")),
-    ("settimeofday", Some("SYS_TIME")),
-    ("stime", Some("SYS_TIME")),
-    ("swapoff", None),
-    ("swapon", None),
-    ("syslog", Some("SYSLOG")),
-    ("sysfs", None),
-    ("_sysctl", None),
-    ("umount", Some("SYS_ADMIN")),
-    ("umount2", Some("SYS_ADMIN")),
-    ("unshare", Some("SYS_ADMIN")),
-    ("uselib", None),
-    ("userfaultfd", None),
-    ("ustat", None),
-    ("vm86", None),
-    ("vm86old", None),
+/// The filter stack for `rules` over `default`, in installation order (see
+/// the module comment).
+pub fn compile(rules: &[Rule], default: Action) -> Result<Vec<Vec<u8>>, String> {
+    let rules: Vec<&Rule> = rules.iter().filter(|r| r.action != default).collect();
+    let mut programs = Vec::new();
+    if default != Action::Allow {
+        programs.push(program(&rules, Action::Allow, default)?);
+    }
+    let mut actions: Vec<Action> = Vec::new();
+    for r in &rules {
+        if r.action != Action::Allow && !actions.contains(&r.action) {
+            actions.push(r.action);
+        }
+    }
+    for action in actions {
+        let of: Vec<&Rule> = rules
+            .iter()
+            .copied()
+            .filter(|r| r.action == action)
+            .collect();
+        programs.push(program(&of, action, Action::Allow)?);
+    }
+    Ok(programs)
+}
+
+const AF_VSOCK: u64 = libc::AF_VSOCK as u64;
+
+/// The last filter of every confined container.
+fn vsock_guard() -> Result<Vec<u8>, String> {
+    let nr = syscalls::number("socket").ok_or("no number for socket")?;
+    let rule = Rule {
+        nr,
+        conds: vec![Cond::arg(0, Op::Eq, AF_VSOCK)],
+        action: Action::Errno(libc::EAFNOSUPPORT as u16),
+    };
+    program(&[&rule], rule.action, Action::Allow)
+}
+
+/// Calls RuntimeDefault allows whatever the container's capabilities. The
+/// x86_64 part of Docker's default list, plus `fchmodat2`, which glibc
+/// tries before falling back to `fchmodat` only on ENOSYS. Left out on
+/// purpose: `io_uring_*` (containerd and Docker dropped them too: their
+/// operations bypass this filter).
+const ALWAYS: &[&str] = &[
+    "accept",
+    "accept4",
+    "access",
+    "adjtimex",
+    "alarm",
+    "arch_prctl",
+    "bind",
+    "brk",
+    "capget",
+    "capset",
+    "chdir",
+    "chmod",
+    "chown",
+    "clock_adjtime",
+    "clock_getres",
+    "clock_gettime",
+    "clock_nanosleep",
+    "close",
+    "close_range",
+    "connect",
+    "copy_file_range",
+    "creat",
+    "dup",
+    "dup2",
+    "dup3",
+    "epoll_create",
+    "epoll_create1",
+    "epoll_ctl",
+    "epoll_ctl_old",
+    "epoll_pwait",
+    "epoll_pwait2",
+    "epoll_wait",
+    "epoll_wait_old",
+    "eventfd",
+    "eventfd2",
+    "execve",
+    "execveat",
+    "exit",
+    "exit_group",
+    "faccessat",
+    "faccessat2",
+    "fadvise64",
+    "fallocate",
+    "fanotify_mark",
+    "fchdir",
+    "fchmod",
+    "fchmodat",
+    "fchmodat2",
+    "fchown",
+    "fchownat",
+    "fcntl",
+    "fdatasync",
+    "fgetxattr",
+    "flistxattr",
+    "flock",
+    "fork",
+    "fremovexattr",
+    "fsetxattr",
+    "fstat",
+    "fstatfs",
+    "fsync",
+    "ftruncate",
+    "futex",
+    "futex_waitv",
+    "futimesat",
+    "get_robust_list",
+    "get_thread_area",
+    "getcpu",
+    "getcwd",
+    "getdents",
+    "getdents64",
+    "getegid",
+    "geteuid",
+    "getgid",
+    "getgroups",
+    "getitimer",
+    "getpeername",
+    "getpgid",
+    "getpgrp",
+    "getpid",
+    "getppid",
+    "getpriority",
+    "getrandom",
+    "getresgid",
+    "getresuid",
+    "getrlimit",
+    "getrusage",
+    "getsid",
+    "getsockname",
+    "getsockopt",
+    "gettid",
+    "gettimeofday",
+    "getuid",
+    "getxattr",
+    "inotify_add_watch",
+    "inotify_init",
+    "inotify_init1",
+    "inotify_rm_watch",
+    "io_cancel",
+    "io_destroy",
+    "io_getevents",
+    "io_setup",
+    "io_submit",
+    "ioctl",
+    "ioprio_get",
+    "ioprio_set",
+    "kill",
+    "landlock_add_rule",
+    "landlock_create_ruleset",
+    "landlock_restrict_self",
+    "lchown",
+    "lgetxattr",
+    "link",
+    "linkat",
+    "listen",
+    "listxattr",
+    "llistxattr",
+    "lremovexattr",
+    "lseek",
+    "lsetxattr",
+    "lstat",
+    "madvise",
+    "membarrier",
+    "memfd_create",
+    "memfd_secret",
+    "mincore",
+    "mkdir",
+    "mkdirat",
+    "mknod",
+    "mknodat",
+    "mlock",
+    "mlock2",
+    "mlockall",
+    "mmap",
+    "modify_ldt",
+    "mprotect",
+    "mq_getsetattr",
+    "mq_notify",
+    "mq_open",
+    "mq_timedreceive",
+    "mq_timedsend",
+    "mq_unlink",
+    "mremap",
+    "msgctl",
+    "msgget",
+    "msgrcv",
+    "msgsnd",
+    "msync",
+    "munlock",
+    "munlockall",
+    "munmap",
+    "name_to_handle_at",
+    "nanosleep",
+    "newfstatat",
+    "open",
+    "openat",
+    "openat2",
+    "pause",
+    "pidfd_open",
+    "pidfd_send_signal",
+    "pipe",
+    "pipe2",
+    "pkey_alloc",
+    "pkey_free",
+    "pkey_mprotect",
+    "poll",
+    "ppoll",
+    "prctl",
+    "pread64",
+    "preadv",
+    "preadv2",
+    "prlimit64",
+    "process_mrelease",
+    // Docker allows these three on kernels from 4.8 on, where ptrace can no
+    // longer be used to get around a seccomp filter; the guest's is 6.1.
+    "process_vm_readv",
+    "process_vm_writev",
+    "ptrace",
+    "pselect6",
+    "pwrite64",
+    "pwritev",
+    "pwritev2",
+    "read",
+    "readahead",
+    "readlink",
+    "readlinkat",
+    "readv",
+    "recvfrom",
+    "recvmmsg",
+    "recvmsg",
+    "remap_file_pages",
+    "removexattr",
+    "rename",
+    "renameat",
+    "renameat2",
+    "restart_syscall",
+    "rmdir",
+    "rseq",
+    "rt_sigaction",
+    "rt_sigpending",
+    "rt_sigprocmask",
+    "rt_sigqueueinfo",
+    "rt_sigreturn",
+    "rt_sigsuspend",
+    "rt_sigtimedwait",
+    "rt_tgsigqueueinfo",
+    "sched_get_priority_max",
+    "sched_get_priority_min",
+    "sched_getaffinity",
+    "sched_getattr",
+    "sched_getparam",
+    "sched_getscheduler",
+    "sched_rr_get_interval",
+    "sched_setaffinity",
+    "sched_setattr",
+    "sched_setparam",
+    "sched_setscheduler",
+    "sched_yield",
+    "seccomp",
+    "select",
+    "semctl",
+    "semget",
+    "semop",
+    "semtimedop",
+    "sendfile",
+    "sendmmsg",
+    "sendmsg",
+    "sendto",
+    "set_robust_list",
+    "set_thread_area",
+    "set_tid_address",
+    "setfsgid",
+    "setfsuid",
+    "setgid",
+    "setgroups",
+    "setitimer",
+    "setpgid",
+    "setpriority",
+    "setregid",
+    "setresgid",
+    "setresuid",
+    "setreuid",
+    "setrlimit",
+    "setsid",
+    "setsockopt",
+    "setuid",
+    "setxattr",
+    "shmat",
+    "shmctl",
+    "shmdt",
+    "shmget",
+    "shutdown",
+    "sigaltstack",
+    "signalfd",
+    "signalfd4",
+    "socketpair",
+    "splice",
+    "stat",
+    "statfs",
+    "statx",
+    "symlink",
+    "symlinkat",
+    "sync",
+    "sync_file_range",
+    "syncfs",
+    "sysinfo",
+    "tee",
+    "tgkill",
+    "time",
+    "timer_create",
+    "timer_delete",
+    "timer_getoverrun",
+    "timer_gettime",
+    "timer_settime",
+    "timerfd_create",
+    "timerfd_gettime",
+    "timerfd_settime",
+    "times",
+    "tkill",
+    "truncate",
+    "umask",
+    "uname",
+    "unlink",
+    "unlinkat",
+    "utime",
+    "utimensat",
+    "utimes",
+    "vfork",
+    "vmsplice",
+    "wait4",
+    "waitid",
+    "write",
+    "writev",
 ];
 
-/// personality(2) values Docker allows: PER_LINUX, PER_LINUX32,
-/// UNAME26 variants and the 0xffffffff query.
+/// Calls a capability re-allows (with its name as in `caps`). A call may
+/// be in several groups: any one of the capabilities is enough.
+const BY_CAPABILITY: &[(&str, &[&str])] = &[
+    (
+        "SYS_ADMIN",
+        &[
+            "bpf",
+            "clone",
+            "clone3",
+            "fanotify_init",
+            "fsconfig",
+            "fsmount",
+            "fsopen",
+            "fspick",
+            "lookup_dcookie",
+            "mount",
+            "mount_setattr",
+            "move_mount",
+            "open_tree",
+            "perf_event_open",
+            "quotactl",
+            "quotactl_fd",
+            "setdomainname",
+            "sethostname",
+            "setns",
+            "syslog",
+            "umount2",
+            "unshare",
+        ],
+    ),
+    ("BPF", &["bpf"]),
+    ("DAC_READ_SEARCH", &["open_by_handle_at"]),
+    ("PERFMON", &["perf_event_open"]),
+    ("SYS_BOOT", &["reboot"]),
+    ("SYS_CHROOT", &["chroot"]),
+    (
+        "SYS_MODULE",
+        &["delete_module", "finit_module", "init_module"],
+    ),
+    (
+        "SYS_NICE",
+        &[
+            "get_mempolicy",
+            "mbind",
+            "set_mempolicy",
+            "set_mempolicy_home_node",
+        ],
+    ),
+    ("SYS_PACCT", &["acct"]),
+    ("SYS_PTRACE", &["kcmp", "pidfd_getfd", "process_madvise"]),
+    ("SYS_RAWIO", &["ioperm", "iopl"]),
+    ("SYS_TIME", &["clock_settime", "settimeofday"]),
+    ("SYS_TTY_CONFIG", &["vhangup"]),
+    ("SYSLOG", &["syslog"]),
+];
+
+/// personality(2) values Docker allows: PER_LINUX, PER_LINUX32, their
+/// UNAME26 variants, and the 0xffffffff query.
 const PERSONALITIES: &[u64] = &[0x0, 0x8, 0x20000, 0x20008, 0xffff_ffff];
 
-/// clone(2) flags that make namespaces.
+/// clone(2) flags that make namespaces: NEWNS, NEWCGROUP, NEWUTS, NEWIPC,
+/// NEWUSER, NEWPID, NEWNET.
 const CLONE_NS_FLAGS: u64 = 0x7E02_0000;
-
-const AF_VSOCK: u64 = 40;
 
 fn has(caps_set: u64, name: &str) -> bool {
     caps::parse(name).is_some_and(|c| caps_set & caps::bit(c) != 0)
 }
 
-/// The RuntimeDefault rules for a container with capability set `caps_set`.
+/// The RuntimeDefault rules (over a default of EPERM) for a container with
+/// capability set `caps_set`.
 pub fn runtime_default(caps_set: u64) -> Vec<Rule> {
-    let eperm = Action::Errno(libc::EPERM as u16);
     let nr = |name: &str| syscalls::number(name);
-    let mut rules = Vec::new();
+    let mut names: Vec<&str> = ALWAYS.to_vec();
+    for (cap, calls) in BY_CAPABILITY {
+        if has(caps_set, cap) {
+            names.extend_from_slice(calls);
+        }
+    }
+    let mut rules: Vec<Rule> = names
+        .iter()
+        .filter_map(|n| nr(n))
+        .map(|n| Rule::allow(n, vec![]))
+        .collect();
     if let Some(n) = nr("personality") {
         for &v in PERSONALITIES {
-            rules.push(Rule {
-                nr: n,
-                conds: vec![Cond {
-                    index: 0,
-                    op: Op::Eq,
-                    value: v,
-                    value_two: 0,
-                }],
-                action: Action::Allow,
-            });
+            rules.push(Rule::allow(n, vec![Cond::arg(0, Op::Eq, v)]));
         }
-        rules.push(Rule {
-            nr: n,
-            conds: vec![],
-            action: eperm,
-        });
+    }
+    if let Some(n) = nr("socket") {
+        rules.push(Rule::allow(n, vec![Cond::arg(0, Op::Ne, AF_VSOCK)]));
     }
     if !has(caps_set, "SYS_ADMIN") {
         if let Some(n) = nr("clone") {
-            rules.push(Rule {
-                nr: n,
-                conds: vec![Cond {
+            rules.push(Rule::allow(
+                n,
+                vec![Cond {
                     index: 0,
                     op: Op::MaskedEq,
                     value: CLONE_NS_FLAGS,
                     value_two: 0,
                 }],
-                action: Action::Allow,
-            });
-            rules.push(Rule {
-                nr: n,
-                conds: vec![],
-                action: eperm,
-            });
+            ));
         }
-        // ENOSYS, so libc falls back to clone(2), whose flags we can see.
+        // ENOSYS, not EPERM: glibc then falls back to clone(2), whose
+        // flags the filter can see (clone3 passes them in memory).
         if let Some(n) = nr("clone3") {
             rules.push(Rule {
                 nr: n,
                 conds: vec![],
                 action: Action::Errno(libc::ENOSYS as u16),
-            });
-        }
-    }
-    if let Some(n) = nr("socket") {
-        rules.push(Rule {
-            nr: n,
-            conds: vec![Cond {
-                index: 0,
-                op: Op::Eq,
-                value: AF_VSOCK,
-                value_two: 0,
-            }],
-            action: Action::Errno(libc::EAFNOSUPPORT as u16),
-        });
-    }
-    for (name, cap) in BLOCKED {
-        if cap.is_some_and(|c| has(caps_set, c)) {
-            continue;
-        }
-        // BPF and perf also have capabilities of their own now.
-        if (*name == "bpf" && has(caps_set, "BPF"))
-            || (*name == "perf_event_open" && has(caps_set, "PERFMON"))
-            || (*name == "syslog" && has(caps_set, "SYS_ADMIN"))
-        {
-            continue;
-        }
-        if let Some(n) = nr(name) {
-            rules.push(Rule {
-                nr: n,
-                conds: vec![],
-                action: eperm,
             });
         }
     }
@@ -429,179 +646,229 @@ fn invalid(why: impl std::fmt::Display) -> Status {
     Status::invalid_argument(format!("security.seccomp.profile_json: {why}"))
 }
 
-fn parse_action(name: &str, errno: Option<u64>) -> Result<Action, Status> {
-    let errno16 = |e: Option<u64>| -> Result<u16, Status> {
-        let e = e.unwrap_or(libc::EPERM as u64);
-        u16::try_from(e).map_err(|_| invalid(format!("errnoRet {e} is out of range")))
-    };
-    Ok(match name {
-        "SCMP_ACT_ALLOW" => Action::Allow,
-        "SCMP_ACT_ERRNO" => Action::Errno(errno16(errno)?),
-        "SCMP_ACT_KILL" | "SCMP_ACT_KILL_THREAD" => Action::KillThread,
-        "SCMP_ACT_KILL_PROCESS" => Action::KillProcess,
-        "SCMP_ACT_TRAP" => Action::Trap,
-        "SCMP_ACT_TRACE" => Action::Trace(errno16(errno)?),
-        "SCMP_ACT_LOG" => Action::Log,
-        "SCMP_ACT_NOTIFY" => return Err(invalid("SCMP_ACT_NOTIFY is not supported")),
-        other => return Err(invalid(format!("unknown action {other:?}"))),
-    })
+/// Docker's additions to an OCI syscall entry, which oci-spec's
+/// `LinuxSyscall` does not know: `name` for a single call, and filters on
+/// the container's capabilities and the architecture.
+#[derive(Deserialize, Default)]
+struct DockerEntry {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    includes: Option<DockerFilter>,
+    #[serde(default)]
+    excludes: Option<DockerFilter>,
 }
 
-fn parse_op(name: &str) -> Result<Op, Status> {
-    Ok(match name {
-        "SCMP_CMP_EQ" => Op::Eq,
-        "SCMP_CMP_NE" => Op::Ne,
-        "SCMP_CMP_LT" => Op::Lt,
-        "SCMP_CMP_LE" => Op::Le,
-        "SCMP_CMP_GT" => Op::Gt,
-        "SCMP_CMP_GE" => Op::Ge,
-        "SCMP_CMP_MASKED_EQ" => Op::MaskedEq,
-        other => return Err(invalid(format!("unknown operator {other:?}"))),
-    })
+/// `minKernel` is ignored: the guest kernel is newer than any a profile
+/// names.
+#[derive(Deserialize, Default)]
+struct DockerFilter {
+    #[serde(default)]
+    caps: Option<Vec<String>>,
+    #[serde(default)]
+    arches: Option<Vec<String>>,
 }
 
 fn is_our_arch(name: &str) -> bool {
     matches!(name, "amd64" | "x86_64" | "SCMP_ARCH_X86_64" | "x86-64")
 }
 
-/// Docker-format `includes` / `excludes`: capability and architecture
-/// filters on a syscall group. `minKernel` is ignored (the guest kernel
-/// is recent).
-fn filter_applies(entry: &Value, caps_set: u64) -> bool {
-    let list = |v: Option<&Value>, key: &str| -> Vec<String> {
-        v.and_then(|o| o.get(key))
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(|s| s.as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    let inc = entry.get("includes");
-    let exc = entry.get("excludes");
-    let inc_caps = list(inc, "caps");
-    let inc_arches = list(inc, "arches");
-    let exc_caps = list(exc, "caps");
-    let exc_arches = list(exc, "arches");
-    let has_cap = |n: &String| has(caps_set, n);
-    (inc_caps.is_empty() || inc_caps.iter().all(has_cap))
-        && (inc_arches.is_empty() || inc_arches.iter().any(|a| is_our_arch(a)))
-        && !exc_caps.iter().any(has_cap)
-        && !exc_arches.iter().any(|a| is_our_arch(a))
+impl DockerEntry {
+    /// Includes: every capability and one of the architectures; excludes:
+    /// none of either.
+    fn applies(&self, caps_set: u64) -> bool {
+        let empty = DockerFilter::default();
+        let inc = self.includes.as_ref().unwrap_or(&empty);
+        let exc = self.excludes.as_ref().unwrap_or(&empty);
+        let list = |v: &Option<Vec<String>>| v.clone().unwrap_or_default();
+        let (inc_caps, inc_arches) = (list(&inc.caps), list(&inc.arches));
+        let (exc_caps, exc_arches) = (list(&exc.caps), list(&exc.arches));
+        inc_caps.iter().all(|c| has(caps_set, c))
+            && (inc_arches.is_empty() || inc_arches.iter().any(|a| is_our_arch(a)))
+            && !exc_caps.iter().any(|c| has(caps_set, c))
+            && !exc_arches.iter().any(|a| is_our_arch(a))
+    }
 }
 
-/// Parses an OCI (`linux.seccomp`) or Docker profile.
-pub fn parse_profile(json: &str, caps_set: u64) -> Result<(Vec<Rule>, Action), Status> {
-    let v: Value = serde_json::from_str(json).map_err(|e| invalid(format!("not JSON: {e}")))?;
-    let default_name = v
-        .get("defaultAction")
-        .and_then(Value::as_str)
-        .ok_or_else(|| invalid("defaultAction is missing"))?;
-    let default_errno = v.get("defaultErrnoRet").and_then(Value::as_u64);
-    let default = parse_action(default_name, default_errno)?;
-    let mut conditional = Vec::new();
-    let mut unconditional = Vec::new();
-    let entries = match v.get("syscalls") {
-        None | Some(Value::Null) => &Vec::new(),
-        Some(Value::Array(a)) => a,
-        Some(_) => return Err(invalid("syscalls must be a list")),
+fn action(a: LinuxSeccompAction, errno: Option<u32>, field: &str) -> Result<Action, Status> {
+    let data = |e: Option<u32>| -> Result<u16, Status> {
+        let e = e.unwrap_or(libc::EPERM as u32);
+        u16::try_from(e).map_err(|_| invalid(format!("{field}: errno {e} is out of range")))
     };
-    for (i, entry) in entries.iter().enumerate() {
-        if !filter_applies(entry, caps_set) {
-            continue;
+    Ok(match a {
+        LinuxSeccompAction::ScmpActAllow => Action::Allow,
+        LinuxSeccompAction::ScmpActErrno => Action::Errno(data(errno)?),
+        LinuxSeccompAction::ScmpActKill | LinuxSeccompAction::ScmpActKillThread => {
+            Action::KillThread
         }
-        let mut names: Vec<&str> = entry
-            .get("names")
-            .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(Value::as_str).collect())
-            .unwrap_or_default();
-        if let Some(n) = entry.get("name").and_then(Value::as_str) {
-            names.push(n);
+        LinuxSeccompAction::ScmpActKillProcess => Action::KillProcess,
+        LinuxSeccompAction::ScmpActTrap => Action::Trap,
+        LinuxSeccompAction::ScmpActTrace => Action::Trace(data(errno)?),
+        LinuxSeccompAction::ScmpActLog => Action::Log,
+        LinuxSeccompAction::ScmpActNotify => {
+            return Err(invalid(format!(
+                "{field}: SCMP_ACT_NOTIFY is not supported"
+            )));
         }
-        let action_name = entry
-            .get("action")
-            .and_then(Value::as_str)
-            .ok_or_else(|| invalid(format!("syscalls[{i}].action is missing")))?;
-        let errno = entry.get("errnoRet").and_then(Value::as_u64);
-        let action = parse_action(action_name, errno)?;
-        let mut conds = Vec::new();
-        if let Some(args) = entry.get("args").and_then(Value::as_array) {
-            for (j, a) in args.iter().enumerate() {
-                let index = a
-                    .get("index")
-                    .and_then(Value::as_u64)
-                    .filter(|i| *i < 6)
-                    .ok_or_else(|| invalid(format!("syscalls[{i}].args[{j}].index must be 0-5")))?;
-                let op = parse_op(a.get("op").and_then(Value::as_str).unwrap_or(""))?;
-                conds.push(Cond {
-                    index: index as u8,
-                    op,
-                    value: a.get("value").and_then(Value::as_u64).unwrap_or(0),
-                    value_two: a.get("valueTwo").and_then(Value::as_u64).unwrap_or(0),
-                });
+    })
+}
+
+fn cond(a: &LinuxSeccompArg, field: &str) -> Result<Cond, Status> {
+    let index = u8::try_from(a.index())
+        .ok()
+        .filter(|i| *i < 6)
+        .ok_or_else(|| invalid(format!("{field}.index: {} is not 0-5", a.index())))?;
+    let op = match a.op() {
+        LinuxSeccompOperator::ScmpCmpEq => Op::Eq,
+        LinuxSeccompOperator::ScmpCmpNe => Op::Ne,
+        LinuxSeccompOperator::ScmpCmpLt => Op::Lt,
+        LinuxSeccompOperator::ScmpCmpLe => Op::Le,
+        LinuxSeccompOperator::ScmpCmpGt => Op::Gt,
+        LinuxSeccompOperator::ScmpCmpGe => Op::Ge,
+        LinuxSeccompOperator::ScmpCmpMaskedEq => Op::MaskedEq,
+    };
+    Ok(Cond {
+        index,
+        op,
+        value: a.value(),
+        value_two: a.value_two().unwrap_or(0),
+    })
+}
+
+/// Reads the entries one by one, so an error names the entry; Docker's
+/// `name` is folded into `names` for oci-spec's type.
+fn entries(doc: &mut Value) -> Result<Vec<(LinuxSyscall, DockerEntry)>, Status> {
+    let list = match doc.get_mut("syscalls").map(Value::take) {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(list)) => list,
+        Some(_) => return Err(invalid("syscalls: must be a list")),
+    };
+    let mut out = Vec::with_capacity(list.len());
+    for (i, mut entry) in list.into_iter().enumerate() {
+        let field = format!("syscalls[{i}]");
+        let docker =
+            DockerEntry::deserialize(&entry).map_err(|e| invalid(format!("{field}: {e}")))?;
+        if let (Some(name), Some(obj)) = (&docker.name, entry.as_object_mut()) {
+            let names = obj
+                .entry("names")
+                .or_insert_with(|| Value::Array(Vec::new()));
+            if let Value::Array(names) = names {
+                names.push(Value::String(name.clone()));
             }
         }
-        // A rule that does what the default does changes nothing (runc
-        // skips them too), and would only cost instructions.
-        if action == default {
+        let oci =
+            LinuxSyscall::deserialize(&entry).map_err(|e| invalid(format!("{field}: {e}")))?;
+        out.push((oci, docker));
+    }
+    Ok(out)
+}
+
+/// Parses an OCI (`linux.seccomp`) or Docker profile into rules over a
+/// default action.
+pub fn parse_profile(json: &str, caps_set: u64) -> Result<(Vec<Rule>, Action), Status> {
+    let mut doc: Value =
+        serde_json::from_str(json).map_err(|e| invalid(format!("not JSON: {e}")))?;
+    if !doc.is_object() {
+        return Err(invalid("must be a JSON object"));
+    }
+    let entries = entries(&mut doc)?;
+    // Alone first, so that a bad action is named as the default's.
+    if let Some(v) = doc.get("defaultAction") {
+        LinuxSeccompAction::deserialize(v).map_err(|e| invalid(format!("defaultAction: {e}")))?;
+    }
+    let profile = LinuxSeccomp::deserialize(&doc).map_err(invalid)?;
+    let default = action(
+        profile.default_action(),
+        profile.default_errno_ret(),
+        "defaultAction",
+    )?;
+    let mut rules = Vec::new();
+    for (i, (entry, docker)) in entries.iter().enumerate() {
+        if !docker.applies(caps_set) {
             continue;
         }
+        let field = format!("syscalls[{i}]");
+        let act = action(entry.action(), entry.errno_ret(), &field)?;
+        let conds = entry
+            .args()
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+            .map(|(j, a)| cond(a, &format!("{field}.args[{j}]")))
+            .collect::<Result<Vec<_>, _>>()?;
         // Several conditions on one argument are alternatives (runc and
         // libseccomp treat them so); on different arguments, all must hold.
         let alternatives = conds.len() > 1 && conds.iter().all(|c| c.index == conds[0].index);
-        for name in names {
-            let Some(nr) = syscalls::number(name) else {
-                continue;
-            };
-            if conds.is_empty() {
-                unconditional.push(Rule {
+        // Names this table lacks (other architectures' calls, or ones newer
+        // than libc) are skipped, as runc does.
+        for nr in entry.names().iter().filter_map(|n| syscalls::number(n)) {
+            if alternatives {
+                rules.extend(conds.iter().map(|c| Rule {
                     nr,
-                    conds: vec![],
-                    action,
-                });
-            } else if alternatives {
-                for c in &conds {
-                    conditional.push(Rule {
-                        nr,
-                        conds: vec![*c],
-                        action,
-                    });
-                }
+                    conds: vec![*c],
+                    action: act,
+                }));
             } else {
-                conditional.push(Rule {
+                rules.push(Rule {
                     nr,
                     conds: conds.clone(),
-                    action,
+                    action: act,
                 });
             }
         }
     }
-    conditional.extend(unconditional);
-    Ok((conditional, default))
+    Ok((rules, default))
 }
 
-/// The compiled filter for a container, or an empty vector when it runs
-/// unconfined (privileged containers always do).
-pub fn build(security: Option<&Security>, caps_set: u64) -> Result<Vec<u8>, Status> {
+/// The compiled filters for a container, in installation order, or none
+/// when it runs unconfined (privileged containers always do).
+pub fn build(security: Option<&Security>, caps_set: u64) -> Result<Vec<Vec<u8>>, Status> {
     let sc = security.and_then(|s| s.seccomp.clone()).unwrap_or_default();
     if security.is_some_and(|s| s.privileged) {
         return Ok(Vec::new());
     }
     let kind = seccomp::Kind::try_from(sc.kind).unwrap_or(seccomp::Kind::RuntimeDefault);
-    let (rules, default) = match kind {
+    let mut programs = match kind {
         seccomp::Kind::Unconfined => return Ok(Vec::new()),
-        seccomp::Kind::RuntimeDefault => (runtime_default(caps_set), Action::Allow),
-        seccomp::Kind::Profile => parse_profile(&sc.profile_json, caps_set)?,
+        seccomp::Kind::RuntimeDefault => compile(
+            &runtime_default(caps_set),
+            Action::Errno(libc::EPERM as u16),
+        )
+        .map_err(|e| Status::internal(format!("compiling RuntimeDefault seccomp: {e}")))?,
+        seccomp::Kind::Profile => {
+            let (rules, default) = parse_profile(&sc.profile_json, caps_set)?;
+            compile(&rules, default).map_err(invalid)?
+        }
     };
-    compile(&rules, default).map_err(invalid)
+    programs.push(
+        vsock_guard().map_err(|e| Status::internal(format!("compiling the vsock guard: {e}")))?,
+    );
+    Ok(programs)
 }
 
-/// Installs a compiled filter on the calling thread. Without
+/// Installs compiled filters on the calling thread, in order. Without
 /// no_new_privs this needs CAP_SYS_ADMIN in the effective set.
-pub fn install(bpf: &[u8]) -> io::Result<()> {
-    if bpf.is_empty() {
-        return Ok(());
+/// (seccompiler's `apply_filter` would set no_new_privs itself, which is
+/// the pod's choice, through allowPrivilegeEscalation, not ours.)
+pub fn install(programs: &[Vec<u8>]) -> io::Result<()> {
+    for (i, bpf) in programs.iter().enumerate() {
+        install_one(bpf).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("filter {} of {}: {e}", i + 1, programs.len()),
+            )
+        })?;
+    }
+    Ok(())
+}
+
+fn install_one(bpf: &[u8]) -> io::Result<()> {
+    if bpf.is_empty() || !bpf.len().is_multiple_of(8) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} bytes is not a BPF program", bpf.len()),
+        ));
     }
     let insns: Vec<libc::sock_filter> = bpf
         .chunks_exact(8)
@@ -637,8 +904,16 @@ pub fn install(bpf: &[u8]) -> io::Result<()> {
 mod tests {
     use super::*;
 
-    /// A classic-BPF interpreter for the subset we emit, to test programs
-    /// without installing them.
+    const RET_KILL_PROCESS: u32 = 0x8000_0000;
+    const RET_ERRNO: u32 = 0x0005_0000;
+    const RET_ALLOW: u32 = 0x7fff_0000;
+    const AUDIT_ARCH_X86_64: u32 = 0xC000_003E;
+    const EPERM: u32 = RET_ERRNO | libc::EPERM as u32;
+    const ENOSYS: u32 = RET_ERRNO | libc::ENOSYS as u32;
+    const EAFNOSUPPORT: u32 = RET_ERRNO | libc::EAFNOSUPPORT as u32;
+
+    /// A classic-BPF interpreter for what seccompiler emits, to test
+    /// programs without installing them.
     fn run(bpf: &[u8], nr: u32, arch: u32, args: [u64; 6]) -> u32 {
         let mut data = [0u8; 64];
         data[0..4].copy_from_slice(&nr.to_le_bytes());
@@ -662,17 +937,24 @@ mod tests {
             let (code, jt, jf, k) = insns[pc];
             pc += 1;
             match code {
-                LD_W_ABS => {
+                // ld [k]
+                0x20 => {
                     let k = k as usize;
                     a = u32::from_le_bytes(data[k..k + 4].try_into().unwrap());
                 }
-                ALU_AND_K => a &= k,
-                RET_K => return k,
-                JMP_JEQ_K | JMP_JGT_K | JMP_JGE_K => {
+                // and #k
+                0x54 => a &= k,
+                // ret #k
+                0x06 => return k,
+                // ja k
+                0x05 => pc += k as usize,
+                // jeq, jgt, jge, jset
+                0x15 | 0x25 | 0x35 | 0x45 => {
                     let t = match code {
-                        JMP_JEQ_K => a == k,
-                        JMP_JGT_K => a > k,
-                        _ => a >= k,
+                        0x15 => a == k,
+                        0x25 => a > k,
+                        0x35 => a >= k,
+                        _ => a & k != 0,
                     };
                     pc += usize::from(if t { jt } else { jf });
                 }
@@ -681,64 +963,140 @@ mod tests {
         }
     }
 
-    fn call(bpf: &[u8], name: &str, args: [u64; 6]) -> u32 {
-        run(
-            bpf,
-            syscalls::number(name).unwrap(),
-            AUDIT_ARCH_X86_64,
-            args,
-        )
+    /// The kernel's verdict over a stack: the most restrictive action, and
+    /// on a tie the filter installed last.
+    fn verdict(programs: &[Vec<u8>], nr: u32, arch: u32, args: [u64; 6]) -> u32 {
+        let rank = |r: u32| (r & 0xffff_0000) as i32;
+        let mut ret = RET_ALLOW;
+        for p in programs.iter().rev() {
+            let cur = run(p, nr, arch, args);
+            if rank(cur) < rank(ret) {
+                ret = cur;
+            }
+        }
+        ret
     }
 
-    const EPERM: u32 = RET_ERRNO | libc::EPERM as u32;
+    fn call(programs: &[Vec<u8>], name: &str, args: [u64; 6]) -> u32 {
+        let nr = syscalls::number(name).unwrap_or_else(|| panic!("no syscall {name}"));
+        verdict(programs, nr, AUDIT_ARCH_X86_64, args)
+    }
+
+    fn arg0(v: u64) -> [u64; 6] {
+        [v, 0, 0, 0, 0, 0]
+    }
+
+    fn default_filters(caps_set: u64) -> Vec<Vec<u8>> {
+        let s = Security {
+            seccomp: Some(vmpod_agent_proto::v1::Seccomp {
+                kind: seccomp::Kind::RuntimeDefault as i32,
+                profile_json: String::new(),
+            }),
+            ..Default::default()
+        };
+        build(Some(&s), caps_set).unwrap()
+    }
+
+    const CLONE_NEWUSER: u64 = 0x1000_0000;
 
     #[test]
-    fn runtime_default_blocks_and_allows() {
-        let caps_set = caps::compute(None).unwrap();
-        let bpf = compile(&runtime_default(caps_set), Action::Allow).unwrap();
+    fn every_runtime_default_name_is_an_x86_64_syscall() {
+        let gated = BY_CAPABILITY.iter().flat_map(|(_, calls)| calls.iter());
+        for name in ALWAYS.iter().chain(gated) {
+            assert!(syscalls::number(name).is_some(), "{name} is not a syscall");
+        }
+        for (cap, calls) in BY_CAPABILITY {
+            assert!(caps::parse(cap).is_some(), "{cap} is not a capability");
+            for c in *calls {
+                assert!(
+                    !ALWAYS.contains(c),
+                    "{c} is gated on {cap} and always allowed"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn runtime_default_is_an_allow_list() {
+        let bpf = default_filters(caps::compute(None).unwrap());
         assert_eq!(call(&bpf, "read", [0; 6]), RET_ALLOW);
-        assert_eq!(call(&bpf, "kexec_load", [0; 6]), EPERM);
-        assert_eq!(call(&bpf, "mount", [0; 6]), EPERM);
-        assert_eq!(call(&bpf, "unshare", [0; 6]), EPERM);
-        assert_eq!(call(&bpf, "personality", [0; 6]), RET_ALLOW);
-        assert_eq!(
-            call(&bpf, "personality", [0xffff_ffff, 0, 0, 0, 0, 0]),
-            RET_ALLOW
-        );
-        assert_eq!(
-            call(&bpf, "personality", [0x0040_0000, 0, 0, 0, 0, 0]),
-            EPERM
-        );
-        // fork-like clone is fine; clone with CLONE_NEWUSER is not.
-        assert_eq!(call(&bpf, "clone", [0x11, 0, 0, 0, 0, 0]), RET_ALLOW);
-        assert_eq!(call(&bpf, "clone", [0x1000_0011, 0, 0, 0, 0, 0]), EPERM);
-        assert_eq!(
-            call(&bpf, "clone3", [0; 6]),
-            RET_ERRNO | libc::ENOSYS as u32
-        );
+        assert_eq!(call(&bpf, "execve", [0; 6]), RET_ALLOW);
+        assert_eq!(call(&bpf, "ptrace", [0; 6]), RET_ALLOW);
+        // Not listed: refused, without a rule saying so.
+        for name in [
+            "fanotify_init",
+            "kexec_load",
+            "add_key",
+            "keyctl",
+            "userfaultfd",
+            "io_uring_setup",
+            "swapon",
+            "mount",
+            "unshare",
+            "setns",
+            "bpf",
+        ] {
+            assert_eq!(call(&bpf, name, [0; 6]), EPERM, "{name}");
+        }
+        // A number no kernel has given out yet.
+        assert_eq!(verdict(&bpf, 1000, AUDIT_ARCH_X86_64, [0; 6]), EPERM);
+        // Another architecture's call.
+        assert_eq!(verdict(&bpf, 0, 0x4000_0003, [0; 6]), RET_KILL_PROCESS);
+    }
+
+    #[test]
+    fn runtime_default_argument_filters() {
+        let bpf = default_filters(caps::compute(None).unwrap());
+        for v in [0, 8, 0x20000, 0x20008, 0xffff_ffff] {
+            assert_eq!(call(&bpf, "personality", arg0(v)), RET_ALLOW, "{v:#x}");
+        }
+        assert_eq!(call(&bpf, "personality", arg0(0x0040_0000)), EPERM);
+        assert_eq!(call(&bpf, "personality", arg0(8 | 1 << 32)), EPERM);
+        // fork-like clone is fine; clone with CLONE_NEWUSER is not, nor
+        // clone3, whose flags a filter cannot see.
+        assert_eq!(call(&bpf, "clone", arg0(0x11)), RET_ALLOW);
+        assert_eq!(call(&bpf, "clone", arg0(CLONE_NEWUSER | 0x11)), EPERM);
+        assert_eq!(call(&bpf, "clone", arg0(0x2000_0000)), EPERM);
+        assert_eq!(call(&bpf, "clone3", [0; 6]), ENOSYS);
         assert_eq!(call(&bpf, "socket", [2, 1, 0, 0, 0, 0]), RET_ALLOW);
+        assert_eq!(call(&bpf, "socket", [1, 1, 0, 0, 0, 0]), RET_ALLOW);
         assert_eq!(
             call(&bpf, "socket", [AF_VSOCK, 1, 0, 0, 0, 0]),
-            RET_ERRNO | libc::EAFNOSUPPORT as u32
-        );
-        // Wrong architecture and x32 numbers.
-        assert_eq!(
-            run(&bpf, 0, 0x4000_0003, [0; 6]),
-            RET_ERRNO | libc::ENOSYS as u32
-        );
-        assert_eq!(
-            run(&bpf, X32_SYSCALL_BIT | 246, AUDIT_ARCH_X86_64, [0; 6]),
-            RET_ERRNO | libc::ENOSYS as u32
+            EAFNOSUPPORT
         );
     }
 
     #[test]
-    fn capabilities_relax_the_default() {
-        let caps_set = caps::compute(None).unwrap() | caps::bit(caps::SYS_ADMIN);
-        let bpf = compile(&runtime_default(caps_set), Action::Allow).unwrap();
-        assert_eq!(call(&bpf, "mount", [0; 6]), RET_ALLOW);
-        assert_eq!(call(&bpf, "clone", [0x1000_0011, 0, 0, 0, 0, 0]), RET_ALLOW);
-        assert_eq!(call(&bpf, "kexec_load", [0; 6]), EPERM);
+    fn capabilities_reopen_their_calls() {
+        let admin = default_filters(caps::compute(None).unwrap() | caps::bit(caps::SYS_ADMIN));
+        assert_eq!(call(&admin, "mount", [0; 6]), RET_ALLOW);
+        assert_eq!(call(&admin, "fanotify_init", [0; 6]), RET_ALLOW);
+        assert_eq!(call(&admin, "clone", arg0(CLONE_NEWUSER | 0x11)), RET_ALLOW);
+        assert_eq!(call(&admin, "clone3", [0; 6]), RET_ALLOW);
+        assert_eq!(call(&admin, "kexec_load", [0; 6]), EPERM);
+        assert_eq!(call(&admin, "reboot", [0; 6]), EPERM);
+        // The vsock guard does not yield to any capability.
+        assert_eq!(
+            call(&admin, "socket", [AF_VSOCK, 1, 0, 0, 0, 0]),
+            EAFNOSUPPORT
+        );
+
+        // Each group: refused with no capabilities, allowed with its own.
+        let none = default_filters(0);
+        for (cap, calls) in BY_CAPABILITY {
+            let one = default_filters(caps::bit(caps::parse(cap).unwrap()));
+            for name in *calls {
+                // Without the capability clone is still allowed to fork, and
+                // clone3 answers ENOSYS so that libc uses clone.
+                let (args, refused) = match *name {
+                    "clone" => (arg0(CLONE_NEWUSER), EPERM),
+                    "clone3" => ([0; 6], ENOSYS),
+                    _ => ([0; 6], EPERM),
+                };
+                assert_eq!(call(&none, name, args), refused, "{name} without {cap}");
+                assert_eq!(call(&one, name, args), RET_ALLOW, "{name} with {cap}");
+            }
+        }
     }
 
     #[test]
@@ -784,12 +1142,7 @@ mod tests {
         ] {
             let rules = [Rule {
                 nr,
-                conds: vec![Cond {
-                    index: 2,
-                    op,
-                    value,
-                    value_two: 0,
-                }],
+                conds: vec![Cond::arg(2, op, value)],
                 action: Action::Errno(1),
             }];
             let bpf = compile(&rules, Action::Allow).unwrap();
@@ -825,14 +1178,22 @@ mod tests {
             "defaultAction": "SCMP_ACT_ERRNO",
             "defaultErrnoRet": 38,
             "architectures": ["SCMP_ARCH_X86_64"],
+            "archMap": [{"architecture": "SCMP_ARCH_X86_64", "subArchitectures": null}],
             "syscalls": [
                 {"names": ["read", "write", "exit_group", "not_a_syscall"], "action": "SCMP_ACT_ALLOW"},
+                {"name": "close", "action": "SCMP_ACT_ALLOW", "comment": "docker's single form"},
                 {"names": ["personality"], "action": "SCMP_ACT_ALLOW",
                  "args": [{"index": 0, "value": 0, "op": "SCMP_CMP_EQ"},
                           {"index": 0, "value": 8, "op": "SCMP_CMP_EQ"}]},
                 {"names": ["mount"], "action": "SCMP_ACT_ALLOW", "includes": {"caps": ["CAP_SYS_ADMIN"]}},
+                {"names": ["umount2"], "action": "SCMP_ACT_ALLOW", "excludes": {"caps": ["CAP_SYS_ADMIN"]}},
+                {"names": ["iopl"], "action": "SCMP_ACT_ALLOW", "includes": {"arches": ["s390x"]}},
+                {"names": ["ptrace"], "action": "SCMP_ACT_ALLOW", "includes": {"minKernel": "4.8"}},
                 {"names": ["getpid"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1},
-                {"names": ["uname"], "action": "SCMP_ACT_ERRNO"}
+                {"names": ["uname"], "action": "SCMP_ACT_ERRNO"},
+                {"names": ["kill"], "action": "SCMP_ACT_KILL_PROCESS",
+                 "args": [{"index": 1, "value": 9, "op": "SCMP_CMP_EQ"}]},
+                {"names": ["kill"], "action": "SCMP_ACT_ALLOW"}
             ]
         }"#;
         let caps_set = caps::compute(None).unwrap();
@@ -840,30 +1201,76 @@ mod tests {
         assert_eq!(default, Action::Errno(38));
         let bpf = compile(&rules, default).unwrap();
         assert_eq!(call(&bpf, "read", [0; 6]), RET_ALLOW);
+        assert_eq!(call(&bpf, "close", [0; 6]), RET_ALLOW);
         assert_eq!(call(&bpf, "openat", [0; 6]), RET_ERRNO | 38);
-        assert_eq!(call(&bpf, "personality", [8, 0, 0, 0, 0, 0]), RET_ALLOW);
-        assert_eq!(
-            call(&bpf, "personality", [9, 0, 0, 0, 0, 0]),
-            RET_ERRNO | 38
-        );
+        assert_eq!(call(&bpf, "personality", arg0(8)), RET_ALLOW);
+        assert_eq!(call(&bpf, "personality", arg0(9)), RET_ERRNO | 38);
         assert_eq!(call(&bpf, "mount", [0; 6]), RET_ERRNO | 38);
+        assert_eq!(call(&bpf, "umount2", [0; 6]), RET_ALLOW);
+        assert_eq!(call(&bpf, "iopl", [0; 6]), RET_ERRNO | 38);
+        assert_eq!(call(&bpf, "ptrace", [0; 6]), RET_ALLOW);
         assert_eq!(call(&bpf, "getpid", [0; 6]), RET_ERRNO | 1);
         assert_eq!(call(&bpf, "uname", [0; 6]), EPERM);
+        // Two rules match kill(_, 9): the stricter wins.
+        assert_eq!(call(&bpf, "kill", [1, 15, 0, 0, 0, 0]), RET_ALLOW);
+        assert_eq!(call(&bpf, "kill", [1, 9, 0, 0, 0, 0]), RET_KILL_PROCESS);
 
         let (rules, _) = parse_profile(json, caps_set | caps::bit(caps::SYS_ADMIN)).unwrap();
         let bpf = compile(&rules, default).unwrap();
         assert_eq!(call(&bpf, "mount", [0; 6]), RET_ALLOW);
+        assert_eq!(call(&bpf, "umount2", [0; 6]), RET_ERRNO | 38);
+    }
+
+    #[test]
+    fn profiles_keep_the_vsock_guard() {
+        let s = Security {
+            seccomp: Some(vmpod_agent_proto::v1::Seccomp {
+                kind: seccomp::Kind::Profile as i32,
+                profile_json: r#"{"defaultAction": "SCMP_ACT_ALLOW",
+                    "syscalls": [{"names": ["socket"], "action": "SCMP_ACT_ALLOW"},
+                                 {"names": ["kexec_load"], "action": "SCMP_ACT_ERRNO"}]}"#
+                    .into(),
+            }),
+            ..Default::default()
+        };
+        let bpf = build(Some(&s), 0).unwrap();
+        assert_eq!(
+            call(&bpf, "socket", [AF_VSOCK, 1, 0, 0, 0, 0]),
+            EAFNOSUPPORT
+        );
+        assert_eq!(call(&bpf, "socket", [2, 1, 0, 0, 0, 0]), RET_ALLOW);
+        assert_eq!(call(&bpf, "kexec_load", [0; 6]), EPERM);
+        assert_eq!(call(&bpf, "fanotify_init", [0; 6]), RET_ALLOW);
     }
 
     #[test]
     fn bad_profiles_name_the_field() {
-        for json in [
-            "nope",
-            "{}",
-            r#"{"defaultAction": "SCMP_ACT_FLY"}"#,
-            r#"{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["read"]}]}"#,
-            r#"{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["read"], "action": "SCMP_ACT_ERRNO", "args": [{"index": 9, "op": "SCMP_CMP_EQ"}]}]}"#,
-            r#"{"defaultAction": "SCMP_ACT_NOTIFY"}"#,
+        for (json, field) in [
+            ("nope", "not JSON"),
+            ("[]", "must be a JSON object"),
+            ("{}", "defaultAction"),
+            (r#"{"defaultAction": "SCMP_ACT_FLY"}"#, "defaultAction:"),
+            (
+                r#"{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["read"]}]}"#,
+                "syscalls[0]: missing field `action`",
+            ),
+            (
+                r#"{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": {"names": ["read"]}}"#,
+                "syscalls: must be a list",
+            ),
+            (
+                r#"{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["read"], "action": "SCMP_ACT_ERRNO", "args": [{"index": 9, "value": 0, "op": "SCMP_CMP_EQ"}]}]}"#,
+                "syscalls[0].args[0].index",
+            ),
+            (
+                r#"{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["read"], "action": "SCMP_ACT_ERRNO", "errnoRet": 70000}]}"#,
+                "syscalls[0]: errno 70000",
+            ),
+            (
+                r#"{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["read"], "action": "SCMP_ACT_ALLOW", "includes": {"caps": "CAP_SYS_ADMIN"}}]}"#,
+                "syscalls[0]:",
+            ),
+            (r#"{"defaultAction": "SCMP_ACT_NOTIFY"}"#, "defaultAction:"),
         ] {
             let e = parse_profile(json, 0).unwrap_err();
             assert_eq!(e.code(), tonic::Code::InvalidArgument);
@@ -872,6 +1279,7 @@ mod tests {
                 "{}",
                 e.message()
             );
+            assert!(e.message().contains(field), "{json}: {}", e.message());
         }
     }
 
@@ -891,5 +1299,106 @@ mod tests {
         };
         assert!(build(Some(&s), 0).unwrap().is_empty());
         assert!(!build(None, 0).unwrap().is_empty());
+    }
+
+    /// What the interpreter says, the kernel does: a forked child installs
+    /// RuntimeDefault (as the helper does, after no_new_privs) and makes
+    /// the calls. The child only makes raw system calls before `_exit`:
+    /// the test process has other threads, so it must not allocate.
+    #[test]
+    fn runtime_default_holds_in_the_kernel() {
+        let programs = default_filters(caps::compute(None).unwrap());
+        let decoded: Vec<Vec<libc::sock_filter>> = programs
+            .iter()
+            .map(|p| {
+                p.chunks_exact(8)
+                    .map(|c| libc::sock_filter {
+                        code: u16::from_le_bytes([c[0], c[1]]),
+                        jt: c[2],
+                        jf: c[3],
+                        k: u32::from_le_bytes([c[4], c[5], c[6], c[7]]),
+                    })
+                    .collect()
+            })
+            .collect();
+        let progs: Vec<libc::sock_fprog> = decoded
+            .iter()
+            .map(|d| libc::sock_fprog {
+                len: d.len() as u16,
+                filter: d.as_ptr() as *mut libc::sock_filter,
+            })
+            .collect();
+
+        /// 0 when every call got what RuntimeDefault promises, else the
+        /// number of the first that did not.
+        unsafe fn child(progs: &[libc::sock_fprog]) -> i32 {
+            // SAFETY (whole body): raw system calls with plain arguments
+            // and pointers to live data.
+            unsafe {
+                if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                    return 2;
+                }
+                for p in progs {
+                    let p: *const libc::sock_fprog = p;
+                    if libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, 0, p) != 0 {
+                        return 3;
+                    }
+                }
+                let errno = || *libc::__errno_location();
+                let refused = |r: libc::c_long, e: i32| r == -1 && errno() == e;
+                if libc::syscall(libc::SYS_getpid) <= 0 {
+                    return 10;
+                }
+                if !refused(libc::syscall(libc::SYS_fanotify_init, 0, 0), libc::EPERM) {
+                    return 11;
+                }
+                if !refused(
+                    libc::syscall(libc::SYS_unshare, libc::CLONE_NEWUSER),
+                    libc::EPERM,
+                ) {
+                    return 12;
+                }
+                if !refused(
+                    libc::syscall(libc::SYS_clone3, std::ptr::null::<u8>(), 0),
+                    libc::ENOSYS,
+                ) {
+                    return 13;
+                }
+                if !refused(
+                    libc::syscall(libc::SYS_socket, libc::AF_VSOCK, libc::SOCK_STREAM, 0),
+                    libc::EAFNOSUPPORT,
+                ) {
+                    return 14;
+                }
+                if libc::syscall(libc::SYS_socket, libc::AF_UNIX, libc::SOCK_STREAM, 0) < 0 {
+                    return 15;
+                }
+                if libc::syscall(libc::SYS_personality, 0xffff_ffffu64) < 0 {
+                    return 16;
+                }
+                if !refused(
+                    libc::syscall(libc::SYS_personality, 0x0040_0000u64),
+                    libc::EPERM,
+                ) {
+                    return 17;
+                }
+                0
+            }
+        }
+
+        // SAFETY: the child runs only `child`, which makes raw system
+        // calls, and leaves with _exit.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork: {}", io::Error::last_os_error());
+        if pid == 0 {
+            // SAFETY: see above.
+            unsafe { libc::_exit(child(&progs)) };
+        }
+        let mut status = 0;
+        // SAFETY: waits for our own child.
+        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert_eq!(r, pid, "waitpid: {}", io::Error::last_os_error());
+        assert!(libc::WIFEXITED(status), "child status {status:#x}");
+        assert_eq!(libc::WEXITSTATUS(status), 0, "check that failed");
     }
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::backend::{self, Accel, Backend, Decision, VirtFacts};
+use super::vsock::VsockBackend;
 use super::{CgroupLayout, guest_image, which};
 use crate::config::{Config, Program};
 use crate::network::cni;
@@ -160,27 +161,34 @@ pub fn run(config: &Config, depth: Depth) -> Report {
         depth,
     ));
 
-    let vhost_vsock = Path::new("/dev/vhost-vsock").exists();
-    checks.push(if vhost_vsock {
-        check(
+    let kernel_vsock = super::vsock::probe_kernel();
+    checks.push(match &kernel_vsock {
+        Ok(()) => check(
             "/dev/vhost-vsock",
             Verdict::Pass,
             "in-kernel vsock backend available",
-        )
-    } else {
-        check(
-            "/dev/vhost-vsock",
-            Verdict::Warn,
-            "missing: the agent channel uses vhost-device-vsock instead",
-        )
+        ),
+        Err(e) => check("/dev/vhost-vsock", Verdict::Warn, e.clone()),
     });
+    // An unresolvable backend is reported above; judge vsock as for QEMU,
+    // the backend that needs the most.
+    let vsock_backend = match &decision {
+        Ok(d) => d.backend,
+        Err(_) => Backend::Qemu { accel: Accel::Tcg },
+    };
+    let vsock = super::vsock::choose(config.vm.vsock, vsock_backend, &kernel_vsock);
+    checks.push(match &vsock {
+        Ok(d) => check("vsock", Verdict::Pass, d.reason.clone()),
+        Err(e) => check("vsock", Verdict::Fail, e.clone()),
+    });
+    let needs_helper = matches!(&vsock, Ok(d) if d.backend == VsockBackend::VhostUser);
     checks.push(program_check(
         "vhost-device-vsock",
         &config.helpers.vhost_device_vsock,
-        if vhost_vsock || !uses_qemu {
-            Verdict::Warn
-        } else {
+        if needs_helper {
             Verdict::Fail
+        } else {
+            Verdict::Warn
         },
         "cargo install --locked vhost-device-vsock",
         depth,

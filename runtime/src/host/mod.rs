@@ -4,6 +4,7 @@
 pub mod backend;
 pub mod check;
 pub mod guest_image;
+pub mod vsock;
 
 use std::path::{Path, PathBuf};
 

@@ -8,7 +8,9 @@
 //! diff_id before its snapshot is renamed into `snapshots/`. Data is
 //! durable before each rename, and the renames before the image record. A
 //! pull that fails at any point leaves the store as it was, minus nothing
-//! and plus only complete, verified content.
+//! and plus only complete, verified content. A layer that decompresses past
+//! the `registry.max-*` limits (see `unpack::Limits`) fails the pull with
+//! [`PullError::Limit`], RESOURCE_EXHAUSTED, before it can fill the disk.
 
 use std::time::{Duration, Instant};
 
@@ -24,7 +26,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use super::content::{ContentStore, chain_ids};
 use super::reference::{self, validate_digest};
-use super::unpack::{self, Compression};
+use super::unpack::{self, Compression, ImageBytes, Limits};
 use crate::config::RegistryConfig;
 use crate::state::{ImageRecord, LayerRecord, Store};
 
@@ -103,6 +105,17 @@ pub enum PullError {
     Registry { registry: String, detail: String },
     #[error("image {reference}: {detail}")]
     BadImage { reference: String, detail: String },
+    /// A layer is bigger, in bytes, inodes or name length or depth, than
+    /// the daemon config allows: a decompression bomb, or an image that
+    /// needs the limit raised.
+    #[error(
+        "image {reference}: layer {digest} {detail}; raise the limit in the daemon config if the image is legitimate"
+    )]
+    Limit {
+        reference: String,
+        digest: String,
+        detail: String,
+    },
     #[error("storing the image: {0}")]
     Store(String),
 }
@@ -319,6 +332,8 @@ impl Puller<'_> {
             .map_err(|e| bad(&shown, format!("config is not JSON: {e}")))?;
         let diff_ids = diff_ids(&config, &manifest).map_err(|e| bad(&shown, e))?;
         let chains = chain_ids(&diff_ids);
+        // One budget for all layers of this pull, which unpack in parallel.
+        let image_bytes = std::sync::Arc::new(ImageBytes::new(self.config.max_image_bytes));
 
         // Layers, a few at a time: download, verify, unpack, verify.
         let jobs: Vec<_> = manifest
@@ -326,7 +341,16 @@ impl Puller<'_> {
             .iter()
             .zip(diff_ids.iter().zip(chains.iter()))
             .map(|(layer, (diff_id, chain_id))| {
-                self.layer(&client, &remote, layer, diff_id, chain_id, &ep.host, &shown)
+                let limits = Limits {
+                    max_layer_entries: self.config.max_layer_entries,
+                    max_layer_bytes: self.config.max_layer_bytes,
+                    max_path_length: self.config.max_path_length,
+                    max_path_depth: self.config.max_path_depth,
+                    image: image_bytes.clone(),
+                };
+                self.layer(
+                    &client, &remote, layer, diff_id, chain_id, &ep.host, &shown, limits,
+                )
             })
             .collect();
         let layers: Vec<LayerRecord> = futures_util::stream::iter(jobs)
@@ -398,6 +422,7 @@ impl Puller<'_> {
         chain_id: &str,
         host: &str,
         shown: &str,
+        limits: Limits,
     ) -> Result<LayerRecord, PullError> {
         let compression = Compression::from_media_type(&layer.media_type).ok_or_else(|| {
             bad(
@@ -439,52 +464,65 @@ impl Puller<'_> {
         }
         let tmp = self.content.snapshot_tmp().map_err(PullError::Store)?;
         let dest = tmp.path().to_path_buf();
-        let unpacked = if blob_path.is_file() {
-            // A verified blob that a store written by an older vmpod kept:
-            // unpack it instead of downloading it again.
-            self.emit(Progress::Layer {
-                digest: layer.digest.clone(),
-                done: 0,
-                total: 0,
-                phase: LayerPhase::Unpacking,
-            });
-            let file = std::fs::File::open(&blob_path)
-                .map_err(|e| PullError::Store(format!("{}: {e}", blob_path.display())))?;
-            tokio::task::spawn_blocking(move || {
-                let reader = std::io::BufReader::with_capacity(1 << 20, file);
-                unpack_durably(reader, compression, &dest)
-            })
-            .await
-            .map_err(|e| PullError::Store(format!("unpack task failed: {e}")))?
-        } else {
-            // Unpack while downloading, so the two overlap.
-            let (tx, rx) = tokio::sync::mpsc::channel(32);
-            let unpacking = tokio::task::spawn_blocking(move || {
-                unpack_durably(ChannelReader::new(rx), compression, &dest)
-            });
-            let fetched = self
-                .download(
-                    client,
-                    remote,
-                    layer,
-                    host,
-                    &mut Sink::Unpacker(Some(tx)),
-                    true,
-                )
-                .await;
-            let unpacked = unpacking
+        let outcome = async move {
+            let unpacked = if blob_path.is_file() {
+                // A verified blob that a store written by an older vmpod
+                // kept: unpack it instead of downloading it again.
+                self.emit(Progress::Layer {
+                    digest: layer.digest.clone(),
+                    done: 0,
+                    total: 0,
+                    phase: LayerPhase::Unpacking,
+                });
+                let file = std::fs::File::open(&blob_path)
+                    .map_err(|e| PullError::Store(format!("{}: {e}", blob_path.display())))?;
+                tokio::task::spawn_blocking(move || {
+                    let reader = std::io::BufReader::with_capacity(1 << 20, file);
+                    unpack_durably(reader, compression, &dest, &limits)
+                })
                 .await
-                .map_err(|e| PullError::Store(format!("unpack task failed: {e}")))?;
-            // A failed download explains a failed unpack, not the reverse.
-            fetched?;
-            unpacked
-        };
-        let unpacked = unpacked.map_err(|e| match e {
-            Durability::Unpack(e) => unpack_error(e, shown, &layer.digest),
-            Durability::Sync(e) => {
-                PullError::Store(format!("syncing snapshot of layer {}: {e}", layer.digest))
+                .map_err(|e| PullError::Store(format!("unpack task failed: {e}")))?
+            } else {
+                // Unpack while downloading, so the two overlap.
+                let (tx, rx) = tokio::sync::mpsc::channel(32);
+                let unpacking = tokio::task::spawn_blocking(move || {
+                    unpack_durably(ChannelReader::new(rx), compression, &dest, &limits)
+                });
+                let fetched = self
+                    .download(
+                        client,
+                        remote,
+                        layer,
+                        host,
+                        &mut Sink::Unpacker(Some(tx)),
+                        true,
+                    )
+                    .await;
+                let unpacked = unpacking
+                    .await
+                    .map_err(|e| PullError::Store(format!("unpack task failed: {e}")))?;
+                // A failed download explains a failed unpack, not the reverse.
+                fetched?;
+                unpacked
+            };
+            unpacked.map_err(|e| match e {
+                Durability::Unpack(e) => unpack_error(e, shown, &layer.digest),
+                Durability::Sync(e) => {
+                    PullError::Store(format!("syncing snapshot of layer {}: {e}", layer.digest))
+                }
+            })
+        }
+        .await;
+        let unpacked = match outcome {
+            Ok(u) => u,
+            Err(e) => {
+                // A layer stopped at a limit can leave up to that many inodes
+                // behind; deleting them is blocking work, kept off the
+                // runtime's threads.
+                let _ = tokio::task::spawn_blocking(move || drop(tmp)).await;
+                return Err(e);
             }
-        })?;
+        };
         self.commit_snapshot(tmp, &snap_path, &unpacked, &layer.digest, diff_id, chain_id)?;
         Ok(record)
     }
@@ -798,7 +836,13 @@ impl Puller<'_> {
 /// Our disk filling up is a store error, not the image's fault; anything
 /// else wrong with a layer is the image's.
 fn unpack_error(e: unpack::UnpackError, shown: &str, blob_digest: &str) -> PullError {
-    if out_of_space(&e) {
+    if let unpack::UnpackError::Limit { .. } = e {
+        PullError::Limit {
+            reference: shown.to_string(),
+            digest: blob_digest.to_string(),
+            detail: e.to_string(),
+        }
+    } else if out_of_space(&e) {
         PullError::Store(format!("unpacking layer {blob_digest}: {e}"))
     } else {
         bad(shown, format!("layer {blob_digest}: {e}"))
@@ -833,8 +877,9 @@ fn unpack_durably(
     reader: impl std::io::Read,
     compression: Compression,
     dest: &std::path::Path,
+    limits: &Limits,
 ) -> Result<unpack::Unpacked, Durability> {
-    let unpacked = unpack::unpack(reader, compression, dest).map_err(Durability::Unpack)?;
+    let unpacked = unpack::unpack(reader, compression, dest, limits).map_err(Durability::Unpack)?;
     super::content::sync_filesystem(dest).map_err(Durability::Sync)?;
     Ok(unpacked)
 }

@@ -86,6 +86,10 @@ fn roots(layout: CgroupLayout) -> Vec<PathBuf> {
 /// Creates the leaf in every hierarchy that accounts pods and returns the
 /// leaf dirs. Parents are created as needed (kubelet normally made them) and
 /// left in place on removal.
+///
+/// The shim sets the leaf's memory limit (guest RAM plus its overhead; it
+/// knows both); on cgroup v2 that needs the memory controller enabled down
+/// to the leaf, which a parent we created has not.
 pub fn create(leaf: &Path, layout: CgroupLayout) -> Result<Vec<PathBuf>, String> {
     let mut made = Vec::new();
     for root in roots(layout) {
@@ -94,9 +98,30 @@ pub fn create(leaf: &Path, layout: CgroupLayout) -> Result<Vec<PathBuf>, String>
             remove(&made);
             return Err(format!("cannot create cgroup {}: {e}", dir.display()));
         }
+        if layout == CgroupLayout::Unified {
+            delegate_v2(&root, leaf);
+        }
         made.push(dir);
     }
     Ok(made)
+}
+
+/// Enables the memory and pids controllers in each ancestor of `leaf`
+/// (from the root down), so the leaf gets `memory.max` and `pids.max`.
+/// Best effort: kubelet's parents already have them, and a parent that
+/// holds processes refuses (no internal processes); then the shim finds no
+/// `memory.max` and says the pod runs unlimited.
+fn delegate_v2(root: &Path, leaf: &Path) {
+    let mut dir = root.to_path_buf();
+    for part in leaf.components() {
+        let file = dir.join("cgroup.subtree_control");
+        for controller in ["+memory", "+pids"] {
+            if let Err(e) = std::fs::write(&file, controller) {
+                tracing::debug!("{controller} in {}: {e}", file.display());
+            }
+        }
+        dir.push(part);
+    }
 }
 
 /// Mount points of the v1 controllers we use, each once (cpu and cpuacct
@@ -121,12 +146,17 @@ fn v1_roots() -> Vec<PathBuf> {
 }
 
 /// Removes leaf dirs. A leaf still holding a process (a shim that has not
-/// exited yet) is retried briefly, then reported.
+/// exited yet) is retried briefly, then reported. Whatever is still in a
+/// pod's leaf when it goes is killed first: the shim is stopped by then,
+/// and QEMU, which drops root itself (`-runas`), loses the parent-death
+/// signal with it, so a QEMU whose shim was SIGKILLed would otherwise run
+/// on.
 pub fn remove(dirs: &[PathBuf]) -> Vec<String> {
     let mut errors = Vec::new();
     for dir in dirs {
         let mut last = None;
         for _ in 0..50 {
+            kill_leftovers(dir);
             match std::fs::remove_dir(dir) {
                 Ok(()) => {
                     last = None;
@@ -147,6 +177,33 @@ pub fn remove(dirs: &[PathBuf]) -> Vec<String> {
         }
     }
     errors
+}
+
+/// SIGKILLs every process in a pod's leaf: `cgroup.kill` on v2, each pid of
+/// `cgroup.procs` on v1. Only a dir named `vmpod-…` is touched, so a
+/// corrupt record can never kill anything outside a pod.
+fn kill_leftovers(dir: &Path) {
+    let is_pod_leaf = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with("vmpod-"));
+    if !is_pod_leaf {
+        return;
+    }
+    let kill = dir.join("cgroup.kill");
+    if kill.exists() && std::fs::write(&kill, "1").is_ok() {
+        return;
+    }
+    let Ok(procs) = std::fs::read_to_string(procs_file(dir)) else {
+        return;
+    };
+    for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+        if pid > 0 {
+            tracing::warn!(pid, cgroup = %dir.display(), "killing a process left in the pod's cgroup");
+            // SAFETY: kill with a positive pid and a valid signal.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
 }
 
 /// The `cgroup.procs` file the shim writes its pid to.

@@ -7,6 +7,8 @@
 //! the moment its VM or shim dies.
 
 pub mod cgroup;
+pub mod cid;
+pub mod host_stats;
 pub mod monitor;
 pub mod recover;
 pub mod resources;
@@ -30,6 +32,7 @@ pub const STOP_GRACE: Duration = Duration::from_secs(2);
 pub struct Registry {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     monitors: Mutex<HashMap<String, tokio::task::AbortHandle>>,
+    cids: Mutex<cid::CidAllocator>,
 }
 
 impl Registry {
@@ -39,12 +42,44 @@ impl Registry {
         locks.entry(id.to_string()).or_default().clone()
     }
 
+    /// Drops what is held for `id` once its record is gone: its lock, its
+    /// monitor and, for a sandbox, its vsock CID. Every path that deletes a
+    /// sandbox record comes through here, so no CID outlives its record.
     pub fn forget(&self, id: &str) {
         self.locks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(id);
         self.stop_monitor(id);
+        self.release_cid(id);
+    }
+
+    /// A guest CID for new sandbox `id`. `kernel_check` asks the host kernel
+    /// whether another VM has the candidate; pods on hybrid vsock skip it
+    /// (their VM has a CID namespace of its own, and the host may have no
+    /// `/dev/vhost-vsock` to ask).
+    pub fn allocate_cid(&self, id: &str, kernel_check: bool) -> Result<u32, cid::CidError> {
+        let mut cids = self.cids.lock().unwrap_or_else(|p| p.into_inner());
+        if kernel_check {
+            cids.allocate(id, crate::host::vsock::kernel_cid_in_use)
+        } else {
+            cids.allocate(id, |_| Ok(false))
+        }
+    }
+
+    /// Holds `cid` for `id` again, from its record (restart recovery).
+    pub fn reserve_cid(&self, id: &str, cid: u32) -> Result<(), cid::CidError> {
+        self.cids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .reserve(id, cid)
+    }
+
+    pub fn release_cid(&self, id: &str) {
+        self.cids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .release(id);
     }
 
     pub fn set_monitor(&self, id: &str, handle: tokio::task::AbortHandle) {
@@ -113,13 +148,9 @@ pub fn remove_pod_dir(state_dir: &Path, rec: &SandboxRecord) -> Result<(), Strin
         ));
     }
     // A shim that was killed cannot have released its mounts (the share's
-    // bind mount, anything under it); deleting through them must not happen.
-    vmpod_shim::share::release(&expected);
-    match std::fs::remove_dir_all(&expected) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(format!("cannot remove {}: {e}", expected.display())),
-    }
+    // bind mount, container roots, writable layers); deleting through them
+    // must not happen.
+    vmpod_shim::share::remove_unmounted(&expected).map_err(|e| format!("{e:#}"))
 }
 
 /// Undoes a sandbox that never became ready, after a failed boot or one

@@ -10,15 +10,18 @@
 //!   of sandboxes that are gone lose their records.
 //! - Pod dirs without a record (a crash between delete steps) are removed
 //!   once no live shim uses them.
+//! - Every record's vsock CID is held again before anything else happens,
+//!   so no new pod can be given the CID of a VM that is still running.
 
 use std::sync::Arc;
 
-use super::{mark_not_ready, monitor, shim};
+use super::{Registry, mark_not_ready, monitor, shim};
 use crate::daemon::Daemon;
-use crate::state::{ContainerState, SandboxState};
+use crate::state::{ContainerState, SandboxRecord, SandboxState};
 
 pub async fn recover(daemon: &Arc<Daemon>) -> Result<(), String> {
     let records = daemon.store.list_sandboxes().map_err(|e| e.to_string())?;
+    reserve_cids(&daemon.sandboxes, &records);
     let mut known = std::collections::HashSet::new();
     for rec in records {
         known.insert(rec.pod_dir.clone());
@@ -60,11 +63,24 @@ pub async fn recover(daemon: &Arc<Daemon>) -> Result<(), String> {
             shim::stop(&dir, pid, super::STOP_GRACE).await;
         }
         tracing::warn!(dir = %dir.display(), "removing orphaned pod dir");
-        if let Err(e) = std::fs::remove_dir_all(&dir) {
-            tracing::warn!(dir = %dir.display(), error = %e, "cannot remove orphaned pod dir");
+        if let Err(e) = vmpod_shim::share::remove_unmounted(&dir) {
+            tracing::warn!(dir = %dir.display(), error = %format!("{e:#}"), "cannot remove orphaned pod dir");
         }
     }
     Ok(())
+}
+
+/// Re-reserves the records' CIDs; a `Creating` record's is released again by
+/// its teardown. A conflict can only come from a corrupt record: it is
+/// logged, and the first record keeps the CID.
+fn reserve_cids(registry: &Registry, records: &[SandboxRecord]) {
+    for rec in records {
+        if let Some(cid) = rec.vsock_cid
+            && let Err(e) = registry.reserve_cid(&rec.id, cid)
+        {
+            tracing::warn!(sandbox = %rec.id, error = %e, "cannot re-reserve the vsock CID");
+        }
+    }
 }
 
 async fn recover_containers(daemon: &Arc<Daemon>) -> Result<(), String> {
@@ -101,4 +117,65 @@ async fn recover_containers(daemon: &Arc<Daemon>) -> Result<(), String> {
             .map_err(|e| e.to_string())?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::state::{Metadata, VmRecord};
+
+    fn rec(id: &str, cid: Option<u32>) -> SandboxRecord {
+        SandboxRecord {
+            id: id.into(),
+            metadata: Metadata {
+                name: id.into(),
+                uid: "u".into(),
+                namespace: "ns".into(),
+                attempt: 0,
+            },
+            state: SandboxState::Ready,
+            created_at: 1,
+            labels: BTreeMap::new(),
+            annotations: BTreeMap::new(),
+            runtime_handler: String::new(),
+            hostname: id.into(),
+            log_directory: String::new(),
+            pod_dir: PathBuf::from("/x"),
+            cgroups: vec![],
+            namespace_modes: [0; 3],
+            sysctls: BTreeMap::new(),
+            vsock_cid: cid,
+            vm: VmRecord::default(),
+            reason: String::new(),
+        }
+    }
+
+    #[test]
+    fn recorded_cids_are_held_again_after_a_restart() {
+        let registry = Registry::default();
+        reserve_cids(
+            &registry,
+            &[
+                rec("a", Some(3)),
+                rec("old", None),
+                rec("b", Some(7)),
+                // Corrupt: the same CID twice. The first record keeps it.
+                rec("dup", Some(3)),
+                rec("bad", Some(u32::MAX)),
+            ],
+        );
+        let fresh: Vec<u32> = (0..5)
+            .map(|i| registry.allocate_cid(&format!("new{i}"), false).unwrap())
+            .collect();
+        assert!(!fresh.contains(&3) && !fresh.contains(&7), "{fresh:?}");
+        assert!(fresh.iter().all(|&c| c > 7), "{fresh:?}");
+        // Removing a sandbox (forget) frees its CID for later allocations.
+        registry.forget("a");
+        registry.forget("dup");
+        assert!(registry.reserve_cid("c", 3).is_ok());
+        assert!(registry.reserve_cid("d", 7).is_err(), "b still holds 7");
+    }
 }

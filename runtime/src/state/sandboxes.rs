@@ -77,6 +77,11 @@ pub struct SandboxRecord {
     /// `linux.sysctls` of the pod, applied to each of its containers.
     #[serde(default)]
     pub sysctls: BTreeMap<String, String>,
+    /// The guest's vsock CID, allocated before the record is first written
+    /// and held until it is deleted; restart recovery re-reserves it from
+    /// here. `None` in records of daemons that gave every guest CID 3.
+    #[serde(default)]
+    pub vsock_cid: Option<u32>,
     pub vm: VmRecord,
     /// Why the sandbox is not ready, when it is not.
     pub reason: String,
@@ -208,6 +213,7 @@ mod tests {
             cgroups: vec![],
             namespace_modes: [0; 3],
             sysctls: BTreeMap::new(),
+            vsock_cid: Some(3),
             vm: VmRecord::default(),
             reason: String::new(),
         }
@@ -235,6 +241,25 @@ mod tests {
         store.delete_sandbox("a").unwrap();
         assert!(store.get_sandbox("a").unwrap().is_none());
         store.reserve_sandbox(&rec("d", "pod")).unwrap();
+    }
+
+    /// Records written before the CID existed still load, and a record that
+    /// has one keeps it through the store.
+    #[test]
+    fn vsock_cid_is_optional_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut json = serde_json::to_value(rec("old", "pod")).unwrap();
+        json.as_object_mut().unwrap().remove("vsock_cid");
+        let old: SandboxRecord = decode(&serde_json::to_vec(&json).unwrap()).unwrap();
+        assert_eq!(old.vsock_cid, None);
+        let mut r = rec("new", "other");
+        r.vsock_cid = Some(70000);
+        store.reserve_sandbox(&r).unwrap();
+        assert_eq!(
+            store.get_sandbox("new").unwrap().unwrap().vsock_cid,
+            Some(70000)
+        );
     }
 
     #[test]

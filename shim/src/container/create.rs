@@ -2,10 +2,14 @@
 //! assembling what the guest will see under `share/containers/<id>`:
 //!
 //! ```text
-//! rootfs/     overlay of the image layers + upper/ (guest: spec.rootfs)
-//! upper/ work/
-//! mounts/<n>  bind of the n-th host mount (guest: its Mount's source)
+//! share/containers/<id>/rootfs/     overlay of the image layers (guest: spec.rootfs)
+//! share/containers/<id>/mounts/<n>  bind of the n-th host mount (guest: its Mount's source)
+//! writable/<id>.img, writable/<id>/{upper,work}   the overlay's writable layer (host-only)
 //! ```
+//!
+//! The mount points are made in the host-only skeleton and the mounts
+//! attached through fds resolved beneath the read-only share
+//! ([`crate::share`]); nothing here follows a path the guest can write.
 
 use std::path::{Component, Path, PathBuf};
 
@@ -15,14 +19,18 @@ use vmpod_agent_proto::SHARE_MOUNTPOINT;
 use vmpod_agent_proto::v1::{ContainerSpec, Mount, Propagation};
 use vmpod_shim_api::v1::{CreateContainerRequest, HostMount};
 
-use super::volumes::{self, BindOptions};
-use super::{CONTAINERS_DIR, check_id, remove_container_dir, rootfs};
+use super::volumes::{self, BindOptions, Target};
+use super::writable::{self, Writable};
+use super::{CONTAINERS_DIR, check_id, remove_container, rootfs};
+use crate::share::PodShare;
 
 /// A request that passed validation.
 #[derive(Debug)]
 pub struct Plan {
     pub id: String,
     pub layers: Vec<PathBuf>,
+    /// Quota of the writable layer.
+    pub writable_bytes: u64,
     pub volumes: Vec<Volume>,
     pub log_path: Option<PathBuf>,
     pub spec: ContainerSpec,
@@ -63,9 +71,21 @@ pub fn validate(req: CreateContainerRequest) -> Result<Plan, Status> {
         "" => None,
         p => Some(check_log_path(p)?),
     };
+    let writable_bytes = match req.writable_layer_bytes {
+        0 => writable::DEFAULT_BYTES,
+        n if !(writable::MIN_BYTES..=writable::MAX_BYTES).contains(&n) => {
+            return Err(Status::invalid_argument(format!(
+                "writable_layer_bytes {n} is out of range {}..={}",
+                writable::MIN_BYTES,
+                writable::MAX_BYTES
+            )));
+        }
+        n => n,
+    };
     Ok(Plan {
         id: spec.id.clone(),
         layers,
+        writable_bytes,
         volumes,
         log_path,
         spec,
@@ -175,30 +195,38 @@ pub fn guest_path(id: &str, rel: &str) -> String {
     format!("{SHARE_MOUNTPOINT}/{CONTAINERS_DIR}/{id}/{rel}")
 }
 
-/// Mounts the root and the volumes and returns the spec with their guest
-/// paths filled in. On error everything is undone.
-pub fn assemble(share: &Path, plan: Plan) -> Result<ContainerSpec> {
+/// Makes the writable layer, mounts the root and the volumes, and returns
+/// the spec with their guest paths filled in, and the writable layer (for
+/// host-measured stats). On error everything is undone.
+pub fn assemble(pod: &PodShare, plan: Plan) -> Result<(ContainerSpec, Writable)> {
     let Plan {
         id,
         layers,
+        writable_bytes,
         volumes,
         mut spec,
         ..
     } = plan;
-    // Even a read-only root gets an upper dir on the host: the agent must
-    // be able to create mount points (`/proc`, volume targets) the image
-    // lacks before it makes the container's root read-only in the guest, as
-    // runc does with an OCI `root.readonly`.
-    let root = rootfs::mount_rootfs(share, &id, &layers, false)?;
-    match bind_volumes(&root.dir, &id, &volumes) {
-        Ok(mounts) => {
+    let made = (|| {
+        // Even a read-only root gets a writable layer on the host: the
+        // agent must be able to create mount points (`/proc`, volume
+        // targets) the image lacks before it makes the container's root
+        // read-only in the guest, as runc does with an OCI `root.readonly`.
+        let w = writable::create(&pod.writable, &id, writable_bytes)?;
+        rootfs::mount_rootfs(pod, &id, &layers, Some(&w))?;
+        let mounts = bind_volumes(pod, &id, &volumes)?;
+        Ok((w, mounts))
+    })();
+    match made {
+        Ok((w, mounts)) => {
             spec.rootfs = guest_path(&id, "rootfs");
-            spec.writable_dir = guest_path(&id, "upper");
+            // Writable bytes are measured on the host, never asked of the guest.
+            spec.writable_dir = String::new();
             spec.mounts.extend(mounts);
-            Ok(spec)
+            Ok((spec, w))
         }
         Err(e) => {
-            if let Err(undo) = remove_container_dir(&root.dir) {
+            if let Err(undo) = remove_container(pod, &id) {
                 tracing::error!(container = %id, "undoing a failed assembly: {undo:#}");
             }
             Err(e)
@@ -206,16 +234,18 @@ pub fn assemble(share: &Path, plan: Plan) -> Result<ContainerSpec> {
     }
 }
 
-fn bind_volumes(dir: &Path, id: &str, volumes: &[Volume]) -> Result<Vec<Mount>> {
+fn bind_volumes(pod: &PodShare, id: &str, volumes: &[Volume]) -> Result<Vec<Mount>> {
     let mut mounts = Vec::with_capacity(volumes.len());
     if volumes.is_empty() {
         return Ok(mounts);
     }
-    let base = dir.join("mounts");
+    let rel = rootfs::relative_dir(id).join("mounts");
+    let base = pod.skeleton.join(&rel);
     std::fs::create_dir(&base).with_context(|| format!("creating {}", base.display()))?;
     for (n, v) in volumes.iter().enumerate() {
-        let target = base.join(n.to_string());
-        volumes::create_mountpoint(&v.host_path, &target)?;
+        let name = n.to_string();
+        volumes::create_mountpoint(&v.host_path, &base.join(&name))?;
+        let target = Target::beneath(&pod.share, &rel.join(&name))?;
         volumes::bind(&v.host_path, &target, &v.options).with_context(|| {
             format!("binding {} for {}", v.host_path.display(), v.container_path)
         })?;
@@ -241,7 +271,7 @@ mod tests {
         _tmp: tempfile::TempDir,
         root: PathBuf,
         layer: PathBuf,
-        share: PathBuf,
+        pod: PodShare,
     }
 
     fn fixture() -> Fixture {
@@ -250,8 +280,8 @@ mod tests {
         let layer = root.join("layer");
         std::fs::create_dir_all(layer.join("etc")).unwrap();
         std::fs::write(layer.join("etc/hostname"), b"image").unwrap();
-        let share = root.join("share");
-        std::fs::create_dir_all(&share).unwrap();
+        let pod = PodShare::of(&root.join("pod"));
+        pod.prepare().expect("share (root)");
         std::fs::create_dir_all(root.join("vol")).unwrap();
         std::fs::write(root.join("vol/data"), b"data").unwrap();
         std::fs::write(root.join("file"), b"file").unwrap();
@@ -260,7 +290,20 @@ mod tests {
             _tmp: tmp,
             root,
             layer,
-            share,
+            pod,
+        }
+    }
+
+    impl Fixture {
+        fn no_mounts_but_the_share(&self) -> bool {
+            crate::share::mounts_under(self.pod.share.parent().unwrap())
+                == vec![self.pod.share.to_string_lossy().into_owned()]
+        }
+    }
+
+    impl Drop for Fixture {
+        fn drop(&mut self) {
+            let _ = crate::share::remove_unmounted(self.pod.share.parent().unwrap());
         }
     }
 
@@ -281,6 +324,7 @@ mod tests {
                 },
             ],
             log_path: f.root.join("logs/c1.log").to_string_lossy().into_owned(),
+            writable_layer_bytes: 8 << 20,
             spec: Some(ContainerSpec {
                 id: "c1".into(),
                 mounts: vec![Mount {
@@ -406,11 +450,15 @@ mod tests {
     #[test]
     fn assembly_fills_guest_paths_and_undo_leaves_nothing() {
         let f = fixture();
-        let spec = assemble(&f.share, validate(request(&f)).unwrap()).expect("assemble (root)");
-        let dir = f.share.join("containers/c1");
+        let (spec, w) = assemble(&f.pod, validate(request(&f)).unwrap()).expect("assemble (root)");
+        let dir = f.pod.share.join("containers/c1");
         let check = std::panic::catch_unwind(|| {
             assert_eq!(spec.rootfs, "/run/vmpod/share/containers/c1/rootfs");
-            assert_eq!(spec.writable_dir, "/run/vmpod/share/containers/c1/upper");
+            assert_eq!(
+                spec.writable_dir, "",
+                "writable bytes are the host's to measure"
+            );
+            assert!(w.upper().is_dir());
             assert_eq!(
                 spec.mounts.len(),
                 3,
@@ -433,10 +481,11 @@ mod tests {
             let e = std::fs::write(dir.join("mounts/0/x"), b"x").unwrap_err();
             assert_eq!(e.raw_os_error(), Some(libc::EROFS));
         });
-        remove_container_dir(&dir).unwrap();
+        remove_container(&f.pod, "c1").unwrap();
         check.unwrap();
         assert!(!dir.exists());
-        assert!(crate::share::mounts_under(&f.share).is_empty());
+        assert!(!w.image.exists());
+        assert!(f.no_mounts_but_the_share());
         assert_eq!(
             std::fs::read(f.root.join("vol/data")).unwrap(),
             b"data",
@@ -451,16 +500,15 @@ mod tests {
         let mut req = request(&f);
         req.mounts.clear();
         req.spec.as_mut().unwrap().readonly_rootfs = true;
-        let spec = assemble(&f.share, validate(req).unwrap()).expect("assemble (root)");
-        let upper = f.share.join("containers/c1/upper");
-        let writable = upper.is_dir();
-        remove_container_dir(&f.share.join("containers/c1")).unwrap();
+        let (spec, w) = assemble(&f.pod, validate(req).unwrap()).expect("assemble (root)");
+        let writable = w.upper().is_dir();
+        remove_container(&f.pod, "c1").unwrap();
         assert!(writable, "no upper dir");
         assert!(
             spec.readonly_rootfs,
             "the guest must still make the root read-only"
         );
-        assert_eq!(spec.writable_dir, guest_path("c1", "upper"));
+        assert_eq!(spec.writable_dir, "");
     }
 
     #[test]
@@ -469,10 +517,11 @@ mod tests {
         let mut plan = validate(request(&f)).unwrap();
         // Passed validation, gone by the time it is bound.
         plan.volumes[1].host_path = f.root.join("vanished");
-        let e = assemble(&f.share, plan).unwrap_err();
+        let e = assemble(&f.pod, plan).unwrap_err();
         assert!(format!("{e:#}").contains("vanished"), "{e:#}");
-        assert!(!f.share.join("containers/c1").exists());
-        assert!(crate::share::mounts_under(&f.share).is_empty());
+        assert!(!f.pod.skeleton.join("containers/c1").exists());
+        assert_eq!(std::fs::read_dir(&f.pod.writable).unwrap().count(), 0);
+        assert!(f.no_mounts_but_the_share());
         assert_eq!(std::fs::read(f.root.join("vol/data")).unwrap(), b"data");
     }
 }

@@ -4,9 +4,13 @@
 //! The daemon speaks in host terms; everything the guest needs is made
 //! visible under `share/containers/<id>` and named by its guest path. What
 //! the shim keeps per container is what only the host has: the log file
-//! (for ReopenContainerLog) and the task copying output into it. The guest
-//! state (created, running, exited) lives in the agent and is asked for,
-//! never cached.
+//! (for ReopenContainerLog), the task copying output into it and the
+//! writable layer (measured for stats). The guest state (created, running,
+//! exited) lives in the agent and is asked for, never cached.
+//!
+//! Which containers exist on the host is known from these records and from
+//! the host-only trees (`skeleton/`, `writable/`), never by listing the
+//! share: whatever the guest can write, it can forge.
 //!
 //! Create and Remove run as tasks of their own: tonic drops a handler when
 //! its caller goes away, and a daemon killed half-way through either must
@@ -18,10 +22,10 @@ pub mod rootfs;
 #[cfg(test)]
 mod tests;
 pub mod volumes;
+pub mod writable;
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -38,6 +42,7 @@ use vmpod_shim_api::v1::{
 
 use crate::logs::LogFile;
 use crate::relay::{AgentSource, call};
+use crate::share::PodShare;
 
 /// Where containers live inside the share.
 pub const CONTAINERS_DIR: &str = "containers";
@@ -81,7 +86,7 @@ fn check_id_status(id: &str) -> Result<(), Status> {
 
 /// The pod's containers, as far as the host is concerned.
 pub struct Containers {
-    share: PathBuf,
+    pod: PodShare,
     entries: Mutex<HashMap<String, Entry>>,
 }
 
@@ -94,12 +99,13 @@ enum Entry {
 struct Container {
     log: Option<Arc<LogFile>>,
     relay: output::Relay,
+    writable: writable::Writable,
 }
 
 impl Containers {
-    pub fn new(share: PathBuf) -> Arc<Containers> {
+    pub fn new(pod: PodShare) -> Arc<Containers> {
         Arc::new(Containers {
-            share,
+            pod,
             entries: Mutex::new(HashMap::new()),
         })
     }
@@ -108,8 +114,10 @@ impl Containers {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn dir(&self, id: &str) -> PathBuf {
-        self.share.join(CONTAINERS_DIR).join(id)
+    /// Whether anything of container `id` is on the host (host-only trees).
+    fn leftover(&self, id: &str) -> bool {
+        self.pod.skeleton.join(rootfs::relative_dir(id)).exists()
+            || self.pod.writable.join(format!("{id}.img")).exists()
     }
 
     /// Assembles the container on the host, creates it in the guest and
@@ -165,15 +173,17 @@ impl Containers {
         id: &str,
         req: CreateContainerRequest,
     ) -> Result<(ContainerStatus, Container), Status> {
-        let share = self.share.clone();
-        let dir = self.dir(id);
+        let pod = self.pod.clone();
+        let leftover = self.leftover(id);
+        let owned_id = id.to_owned();
         // Validation stats host paths and assembly mounts; a hung host
         // filesystem must stall this request only, not the VM relay.
-        let (spec, log) = blocking(move || {
+        let (spec, log, writable) = blocking(move || {
             let plan = create::validate(req)?;
-            if dir.exists() {
+            if leftover {
                 // No record, so nothing of a live container: a leftover.
-                remove_container_dir(&dir).map_err(|e| Status::internal(format!("{e:#}")))?;
+                remove_container(&pod, &owned_id)
+                    .map_err(|e| Status::internal(format!("{e:#}")))?;
             }
             let log = match &plan.log_path {
                 Some(path) => Some(LogFile::open(path).map_err(|e| match e.kind() {
@@ -182,9 +192,9 @@ impl Containers {
                 })?),
                 None => None,
             };
-            let spec =
-                create::assemble(&share, plan).map_err(|e| Status::internal(format!("{e:#}")))?;
-            Ok((spec, log))
+            let (spec, writable) =
+                create::assemble(&pod, plan).map_err(|e| Status::internal(format!("{e:#}")))?;
+            Ok((spec, log, writable))
         })
         .await?;
         let created = call(
@@ -199,9 +209,11 @@ impl Containers {
         let status = match created {
             Ok(status) => status,
             Err(e) => {
-                let dir = self.dir(id);
+                let pod = self.pod.clone();
+                let owned_id = id.to_owned();
                 if let Err(undo) = blocking(move || {
-                    remove_container_dir(&dir).map_err(|e| Status::internal(format!("{e:#}")))
+                    remove_container(&pod, &owned_id)
+                        .map_err(|e| Status::internal(format!("{e:#}")))
                 })
                 .await
                 {
@@ -211,7 +223,14 @@ impl Containers {
             }
         };
         let relay = output::spawn(agents.clone(), id.to_owned(), log.clone());
-        Ok((status, Container { log, relay }))
+        Ok((
+            status,
+            Container {
+                log,
+                relay,
+                writable,
+            },
+        ))
     }
 
     pub async fn start<A: AgentSource>(
@@ -329,9 +348,10 @@ impl Containers {
         if let Some(c) = container {
             c.relay.finish(RELAY_GRACE).await;
         }
-        let dir = self.dir(&id);
+        let pod = self.pod.clone();
+        let owned_id = id.clone();
         let cleaned = blocking(move || {
-            remove_container_dir(&dir).map_err(|e| Status::internal(format!("{e:#}")))
+            remove_container(&pod, &owned_id).map_err(|e| Status::internal(format!("{e:#}")))
         })
         .await;
         self.entries().remove(&id);
@@ -391,7 +411,33 @@ impl Containers {
             check_id_status(id)?;
         }
         let mut client = agents.client()?;
-        call(agents, "Stats", Some(QUERY_TIMEOUT), client.stats(req)).await
+        let mut stats = call(agents, "Stats", Some(QUERY_TIMEOUT), client.stats(req)).await?;
+        // The guest's own count of its writable layer is not to be trusted
+        // (kubelet evicts on it); the host measures the layer's file system.
+        let layers: HashMap<String, writable::Writable> = self
+            .entries()
+            .iter()
+            .filter_map(|(id, e)| match e {
+                Entry::Ready(c) => Some((id.clone(), c.writable.clone())),
+                Entry::Busy => None,
+            })
+            .collect();
+        stats = blocking(move || {
+            for usage in &mut stats.containers {
+                let measured = layers.get(&usage.id).map(|w| w.usage());
+                (usage.writable_bytes, usage.writable_inodes) = match measured {
+                    Some(Ok(u)) => u,
+                    Some(Err(e)) => {
+                        tracing::warn!(container = %usage.id, "writable layer usage: {e:#}");
+                        (0, 0)
+                    }
+                    None => (0, 0),
+                };
+            }
+            Ok(stats)
+        })
+        .await?;
+        Ok(stats)
     }
 
     /// Reopens the log at its path, after kubelet renamed the old file.
@@ -458,18 +504,30 @@ impl Containers {
         for c in ready {
             c.relay.finish(TEARDOWN_RELAY_GRACE).await;
         }
-        let root = self.share.join(CONTAINERS_DIR);
+        let pod = self.pod.clone();
         let result = blocking(move || {
-            let Ok(dirs) = std::fs::read_dir(&root) else {
-                return Ok(());
-            };
-            for entry in dirs.flatten() {
-                let name = entry.file_name();
-                if busy.iter().any(|b| name == b.as_str()) {
+            // Records are gone with the entries; what is left on the host
+            // shows in the host-only trees, which the guest cannot write.
+            let mut ids = std::collections::BTreeSet::new();
+            for (dir, suffix) in [
+                (pod.skeleton.join(CONTAINERS_DIR), ""),
+                (pod.writable.clone(), ".img"),
+            ] {
+                let Ok(entries) = std::fs::read_dir(&dir) else {
                     continue;
+                };
+                for entry in entries.flatten() {
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    if let Some(id) = name.strip_suffix(suffix)
+                        && check_id(id).is_ok()
+                    {
+                        ids.insert(id.to_owned());
+                    }
                 }
-                if let Err(e) = remove_container_dir(&entry.path()) {
-                    tracing::error!(dir = %entry.path().display(), "container teardown: {e:#}");
+            }
+            for id in ids.iter().filter(|id| !busy.contains(id)) {
+                if let Err(e) = remove_container(&pod, id) {
+                    tracing::error!(container = %id, "container teardown: {e:#}");
                 }
             }
             Ok(())
@@ -546,16 +604,22 @@ async fn signal_and_wait<A: AgentSource>(
     Ok((status.state() == ContainerState::ContainerExited).then_some(status))
 }
 
-/// Unmounts everything at or below a container's dir (its volumes, then
-/// its root) and deletes it. Never deletes while anything is still mounted
-/// there: that would delete through a bind into the host's files.
-pub fn remove_container_dir(dir: &Path) -> anyhow::Result<()> {
-    volumes::unmount_all(dir)?;
-    match std::fs::remove_dir_all(dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(anyhow::Error::new(e).context(format!("removing {}", dir.display()))),
+/// Unmounts everything of container `id` in the share (its volumes, then
+/// its root), deletes its mount points from the skeleton, then unmounts and
+/// deletes its writable layer. Never deletes while anything is still
+/// mounted there: that would delete through a bind into the host's files.
+/// Idempotent.
+pub fn remove_container(pod: &PodShare, id: &str) -> anyhow::Result<()> {
+    check_id(id).map_err(anyhow::Error::msg)?;
+    let rel = rootfs::relative_dir(id);
+    volumes::unmount_all(&pod.share.join(&rel))?;
+    let dir = pod.skeleton.join(&rel);
+    match std::fs::remove_dir_all(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("removing {}", dir.display()))),
     }
+    writable::remove(&pod.writable, id)
 }
 
 /// Runs `f` on the blocking pool.

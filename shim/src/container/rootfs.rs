@@ -5,8 +5,9 @@
 //! its own, mounted at `share/containers/<id>/rootfs`. Because the share is
 //! a shared mount ([`crate::share`]), the mount reaches virtiofsd and the
 //! guest sees the merged tree at `/run/vmpod/share/containers/<id>/rootfs`.
-//! The upper dir lives beside it, so a container's writes stay in the pod
-//! and go away with it.
+//! The upper dir is not in the share: it lives on the container's writable
+//! layer ([`super::writable`]), a host-only, size-capped file system, so the
+//! guest writes only through the overlay and never names a host path.
 
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -15,8 +16,10 @@ use anyhow::{Context, Result, bail};
 
 use vmpod_agent_proto::v1::Propagation;
 
+use super::writable::Writable;
 use super::{CONTAINERS_DIR, volumes};
-use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use crate::share::PodShare;
+use nix::mount::{MsFlags, mount};
 
 /// The kernel copies mount options into one page.
 const MAX_OPTIONS: usize = 4000;
@@ -24,16 +27,27 @@ const MAX_OPTIONS: usize = 4000;
 /// A mounted container root.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rootfs {
-    /// `share/containers/<id>`: rootfs, upper and work dirs.
+    /// `skeleton/containers/<id>`: the host-only side of the container's
+    /// dir in the share, where its mount points are made.
     pub dir: PathBuf,
-    /// The merged tree.
+    /// The merged tree, as the host names it: inside the read-only share.
     pub mountpoint: PathBuf,
 }
 
+/// `containers/<id>` relative to the share (and to the skeleton).
+pub fn relative_dir(id: &str) -> PathBuf {
+    Path::new(CONTAINERS_DIR).join(id)
+}
+
 /// Mounts the root of container `id`. `lowers` are snapshot dirs, the
-/// image's top layer first. A read-only root gets no upper dir at all, so
-/// nothing in the container can write to it.
-pub fn mount_rootfs(share: &Path, id: &str, lowers: &[PathBuf], readonly: bool) -> Result<Rootfs> {
+/// image's top layer first. `upper` is the writable layer; without one the
+/// root is read-only (the only case that needs no mount points made in it).
+pub fn mount_rootfs(
+    pod: &PodShare,
+    id: &str,
+    lowers: &[PathBuf],
+    upper: Option<&Writable>,
+) -> Result<Rootfs> {
     super::check_id(id).map_err(anyhow::Error::msg)?;
     if lowers.is_empty() {
         bail!("an image needs at least one layer");
@@ -49,18 +63,19 @@ pub fn mount_rootfs(share: &Path, id: &str, lowers: &[PathBuf], readonly: bool) 
             bail!("layer {} is missing", l.display());
         }
     }
-    let dir = share.join(CONTAINERS_DIR).join(id);
+    let rel = relative_dir(id);
+    let dir = pod.skeleton.join(&rel);
     if dir.exists() {
         bail!("container {id} already has a root at {}", dir.display());
     }
-    let mountpoint = dir.join("rootfs");
-    std::fs::create_dir_all(&mountpoint)
-        .with_context(|| format!("creating {}", mountpoint.display()))?;
+    std::fs::create_dir_all(dir.join("rootfs"))
+        .with_context(|| format!("creating {}", dir.join("rootfs").display()))?;
     let rootfs = Rootfs {
         dir: dir.clone(),
-        mountpoint,
+        mountpoint: pod.share.join(&rel).join("rootfs"),
     };
-    let result = mount_layers(&rootfs, lowers, readonly);
+    let result = volumes::Target::beneath(&pod.share, &rel.join("rootfs"))
+        .and_then(|target| mount_layers(&target, lowers, upper));
     if let Err(e) = result {
         let _ = std::fs::remove_dir_all(&dir);
         return Err(e);
@@ -68,13 +83,17 @@ pub fn mount_rootfs(share: &Path, id: &str, lowers: &[PathBuf], readonly: bool) 
     Ok(rootfs)
 }
 
-fn mount_layers(rootfs: &Rootfs, lowers: &[PathBuf], readonly: bool) -> Result<()> {
+fn mount_layers(
+    target: &volumes::Target,
+    lowers: &[PathBuf],
+    upper: Option<&Writable>,
+) -> Result<()> {
     let lower = lowers
         .iter()
         .map(|p| p.to_string_lossy().into_owned())
         .collect::<Vec<_>>()
         .join(":");
-    if readonly && lowers.len() == 1 {
+    if upper.is_none() && lowers.len() == 1 {
         // overlayfs needs two layers when there is no upper dir; one
         // read-only layer is a read-only bind mount, made read-only before
         // it is attached so that virtiofsd's copy is too: the layer is the
@@ -84,22 +103,16 @@ fn mount_layers(rootfs: &Rootfs, lowers: &[PathBuf], readonly: bool) -> Result<(
             recursive_readonly: false,
             propagation: Propagation::Private,
         };
-        return volumes::bind(&lowers[0], &rootfs.mountpoint, &opts)
+        return volumes::bind(&lowers[0], target, &opts)
             .with_context(|| format!("bind-mounting {} read-only", lowers[0].display()));
     }
-    let options = if readonly {
-        format!("lowerdir={lower}")
-    } else {
-        let upper = rootfs.dir.join("upper");
-        let work = rootfs.dir.join("work");
-        for d in [&upper, &work] {
-            std::fs::create_dir(d).with_context(|| format!("creating {}", d.display()))?;
-        }
-        format!(
+    let options = match upper {
+        None => format!("lowerdir={lower}"),
+        Some(w) => format!(
             "lowerdir={lower},upperdir={},workdir={}",
-            upper.display(),
-            work.display()
-        )
+            w.upper().display(),
+            w.work().display()
+        ),
     };
     if options.len() > MAX_OPTIONS {
         bail!(
@@ -108,30 +121,23 @@ fn mount_layers(rootfs: &Rootfs, lowers: &[PathBuf], readonly: bool) -> Result<(
             options.len()
         );
     }
-    let flags = if readonly {
-        MsFlags::MS_RDONLY
-    } else {
-        MsFlags::empty()
-    };
+    let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    if upper.is_none() {
+        flags |= MsFlags::MS_RDONLY;
+    }
     mount(
         Some("overlay"),
-        &rootfs.mountpoint,
+        &crate::share::fd_path(&target.fd),
         Some("overlay"),
         flags,
         Some(options.as_str()),
     )
-    .with_context(|| format!("mounting the overlay at {}", rootfs.mountpoint.display()))
+    .with_context(|| format!("mounting the overlay at {}", target.path.display()))
 }
 
-/// Unmounts a container's root and deletes its dir, upper included.
-/// Idempotent.
+/// Unmounts a container's root and deletes its mount points. Idempotent.
 pub fn remove_rootfs(rootfs: &Rootfs) -> Result<()> {
-    match umount2(&rootfs.mountpoint, MntFlags::MNT_DETACH) {
-        Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
-        Err(e) => {
-            return Err(e).with_context(|| format!("unmounting {}", rootfs.mountpoint.display()));
-        }
-    }
+    volumes::unmount_all(&rootfs.mountpoint)?;
     match std::fs::remove_dir_all(&rootfs.dir) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -142,6 +148,7 @@ pub fn remove_rootfs(rootfs: &Rootfs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::container::writable;
 
     /// Two layers in overlayfs format: the top one whites out `a`.
     fn layers(root: &Path) -> Vec<PathBuf> {
@@ -162,63 +169,95 @@ mod tests {
         vec![top, bottom]
     }
 
+    fn pod(root: &Path) -> PodShare {
+        let pod = PodShare::of(&root.join("pod"));
+        pod.prepare().expect("share (root)");
+        pod
+    }
+
     #[test]
     fn writable_root_merges_layers_and_keeps_writes_in_upper() {
         let tmp = tempfile::tempdir().unwrap();
-        let share = tmp.path().join("share");
+        let pod = pod(tmp.path());
         let lowers = layers(tmp.path());
-        let r = mount_rootfs(&share, "c1", &lowers, false).expect("overlay mount (root)");
+        let w = writable::create(&pod.writable, "c1", 16 << 20).expect("writable (root)");
+        let r = mount_rootfs(&pod, "c1", &lowers, Some(&w)).expect("overlay mount (root)");
         let check = std::panic::catch_unwind(|| {
             assert!(!r.mountpoint.join("a").exists(), "whiteout hides a");
             assert_eq!(std::fs::read(r.mountpoint.join("etc/b")).unwrap(), b"b");
             assert_eq!(std::fs::read(r.mountpoint.join("c")).unwrap(), b"c");
             std::fs::write(r.mountpoint.join("new"), b"n").unwrap();
             assert!(
-                r.dir.join("upper/new").exists(),
+                w.upper().join("new").exists(),
                 "writes land in the upper dir"
             );
             assert!(!lowers[0].join("new").exists(), "layers stay untouched");
         });
         remove_rootfs(&r).unwrap();
+        writable::remove(&pod.writable, "c1").unwrap();
         check.unwrap();
         assert!(!r.dir.exists());
-        assert!(crate::share::mounts_under(&share).is_empty());
+        assert_eq!(
+            crate::share::mounts_under(&pod.share),
+            vec![pod.share.to_string_lossy().into_owned()],
+            "only the share itself stays mounted"
+        );
         remove_rootfs(&r).unwrap();
+        crate::share::remove_unmounted(&tmp.path().join("pod")).unwrap();
     }
 
     #[test]
     fn readonly_roots_refuse_writes() {
         let tmp = tempfile::tempdir().unwrap();
-        let share = tmp.path().join("share");
+        let pod = pod(tmp.path());
         let lowers = layers(tmp.path());
         for (id, layers) in [
             ("multi", lowers.clone()),
             ("single", vec![lowers[1].clone()]),
         ] {
-            let r = mount_rootfs(&share, id, &layers, true).expect("mount (root)");
+            let r = mount_rootfs(&pod, id, &layers, None).expect("mount (root)");
             let err = std::fs::write(r.mountpoint.join("x"), b"x").unwrap_err();
             remove_rootfs(&r).unwrap();
             assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{id}: {err}");
-            assert!(!r.dir.join("upper").exists());
         }
+        crate::share::remove_unmounted(&tmp.path().join("pod")).unwrap();
+    }
+
+    /// A symlink where the mount point will be, as a guest that could
+    /// write the tree would plant it: the mount must not follow it.
+    #[test]
+    fn a_planted_symlink_is_never_mounted_through() {
+        let tmp = tempfile::tempdir().unwrap();
+        let pod = pod(tmp.path());
+        let victim = tmp.path().join("victim");
+        std::fs::create_dir(&victim).unwrap();
+        // Only the host can write the skeleton; this stands in for a bug
+        // that let a symlink in anyway.
+        std::fs::create_dir_all(pod.skeleton.join("containers/c1")).unwrap();
+        std::os::unix::fs::symlink(&victim, pod.skeleton.join("containers/c1/rootfs")).unwrap();
+        let target = volumes::Target::beneath(&pod.share, Path::new("containers/c1/rootfs"));
+        assert!(target.is_err(), "resolved through a symlink");
+        crate::share::remove_unmounted(&tmp.path().join("pod")).unwrap();
+        assert!(victim.is_dir(), "the victim is not the pod's to delete");
     }
 
     #[test]
     fn bad_ids_and_layer_paths_are_refused() {
         let tmp = tempfile::tempdir().unwrap();
-        let share = tmp.path().join("share");
+        let pod = pod(tmp.path());
         let lowers = layers(tmp.path());
         for id in ["", "../escape", "a/b", &"x".repeat(65)] {
-            assert!(mount_rootfs(&share, id, &lowers, false).is_err(), "{id:?}");
+            assert!(mount_rootfs(&pod, id, &lowers, None).is_err(), "{id:?}");
         }
         let colon = tmp.path().join("lay:er");
         std::fs::create_dir(&colon).unwrap();
-        assert!(mount_rootfs(&share, "c", &[colon], false).is_err());
-        assert!(mount_rootfs(&share, "c", &[], false).is_err());
-        assert!(mount_rootfs(&share, "c", &[tmp.path().join("missing")], false).is_err());
+        assert!(mount_rootfs(&pod, "c", &[colon], None).is_err());
+        assert!(mount_rootfs(&pod, "c", &[], None).is_err());
+        assert!(mount_rootfs(&pod, "c", &[tmp.path().join("missing")], None).is_err());
         assert!(
-            !share.join(CONTAINERS_DIR).join("c").exists(),
+            !pod.skeleton.join(CONTAINERS_DIR).join("c").exists(),
             "a refused mount leaves nothing"
         );
+        crate::share::remove_unmounted(&tmp.path().join("pod")).unwrap();
     }
 }

@@ -2,6 +2,7 @@
 //! volumes, log, relay, undo, teardown) without a VM.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,6 +19,7 @@ use vmpod_shim_api::v1::{CreateContainerRequest as HostCreate, HostMount, StopCo
 
 use super::*;
 use crate::relay::AgentSource;
+use crate::share::PodShare;
 
 type Chunks = mpsc::UnboundedSender<Result<OutputChunk, Status>>;
 
@@ -268,7 +270,7 @@ struct Fixture {
     agent: FakeAgent,
     source: FakeSource,
     containers: Arc<Containers>,
-    share: std::path::PathBuf,
+    pod: PodShare,
 }
 
 impl Fixture {
@@ -283,10 +285,10 @@ impl Fixture {
                 .add_service(AgentServer::new(server))
                 .serve_with_incoming(UnixListenerStream::new(listener)),
         );
-        let share = tmp.path().join("share");
+        let pod = PodShare::of(&tmp.path().join("pod"));
+        pod.prepare().expect("share (root)");
         let layer = tmp.path().join("layer");
         std::fs::create_dir_all(layer.join("bin")).unwrap();
-        std::fs::create_dir_all(&share).unwrap();
         std::fs::create_dir_all(tmp.path().join("vol")).unwrap();
         std::fs::write(tmp.path().join("vol/data"), b"data").unwrap();
         std::fs::create_dir_all(tmp.path().join("logs")).unwrap();
@@ -295,9 +297,9 @@ impl Fixture {
                 channel: lazy_channel(sock),
                 up: Arc::new(AtomicBool::new(true)),
             },
-            containers: Containers::new(share.clone()),
+            containers: Containers::new(pod.clone()),
             agent,
-            share,
+            pod,
             tmp,
         }
     }
@@ -313,6 +315,7 @@ impl Fixture {
                 ..Default::default()
             }],
             log_path: self.log(id).to_string_lossy().into_owned(),
+            writable_layer_bytes: 8 << 20,
             spec: Some(ContainerSpec {
                 id: id.into(),
                 process: Some(Process {
@@ -329,11 +332,12 @@ impl Fixture {
     }
 
     fn dir(&self, id: &str) -> std::path::PathBuf {
-        self.share.join(CONTAINERS_DIR).join(id)
+        self.pod.share.join(CONTAINERS_DIR).join(id)
     }
 
     fn no_mounts(&self) -> bool {
-        crate::share::mounts_under(&self.share).is_empty()
+        crate::share::mounts_under(self.pod.share.parent().unwrap())
+            == vec![self.pod.share.to_string_lossy().into_owned()]
     }
 
     async fn create(&self, id: &str, cmd: &str) -> Result<ContainerStatus, Status> {
@@ -359,7 +363,7 @@ impl Fixture {
 
 impl Drop for Fixture {
     fn drop(&mut self) {
-        let _ = volumes::unmount_all(&self.share);
+        let _ = crate::share::remove_unmounted(self.pod.share.parent().unwrap());
     }
 }
 
@@ -392,7 +396,10 @@ async fn lifecycle_assembles_relays_output_and_cleans_up() {
     assert_eq!(created.state(), ContainerState::ContainerCreated);
     let spec = f.agent.with("c1", |c| c.spec.clone()).unwrap();
     assert_eq!(spec.rootfs, "/run/vmpod/share/containers/c1/rootfs");
-    assert_eq!(spec.writable_dir, "/run/vmpod/share/containers/c1/upper");
+    assert_eq!(
+        spec.writable_dir, "",
+        "the host measures the writable layer"
+    );
     assert_eq!(spec.mounts.len(), 1);
     assert_eq!(
         spec.mounts[0].source,
@@ -569,9 +576,10 @@ async fn no_agent_is_unavailable_and_teardown_unmounts_everything() {
     f.containers.teardown_all().await;
     // The VM is gone: removing what it had is fine, and so is an unknown id.
     f.remove("c6").await.unwrap();
-    std::fs::create_dir_all(f.dir("leftover").join("rootfs")).unwrap();
+    std::fs::create_dir_all(f.pod.skeleton.join("containers/leftover/rootfs")).unwrap();
     f.remove("leftover").await.unwrap();
     assert!(!f.dir("leftover").exists());
+    assert_eq!(std::fs::read_dir(&f.pod.writable).unwrap().count(), 0);
 }
 
 #[tokio::test(flavor = "current_thread")]

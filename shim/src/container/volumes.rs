@@ -17,6 +17,14 @@
 //! changed after attaching, which for PRIVATE and HOST_TO_CONTAINER cuts
 //! virtiofsd's copy loose: it then stays until the VM stops.
 //!
+//! Every bind is nosuid and nodev on the host, like the share it sits in:
+//! a guest that writes a setuid binary or a device node into a rw volume
+//! must not get a host process to honour it through this mount.
+//!
+//! The target is a mount point inside the read-only share, handed over as
+//! an O_PATH fd resolved beneath the share ([`crate::share::PodShare`]), so
+//! the attach cannot be redirected by anything the guest wrote.
+//!
 //! Propagation is set on the detached tree too. The share is shared, so
 //! whatever is attached under it becomes shared in a peer group of its own,
 //! with virtiofsd's copy as its slave: that link is what carries a later
@@ -30,7 +38,7 @@
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use nix::errno::Errno;
@@ -72,17 +80,39 @@ pub fn create_mountpoint(source: &Path, target: &Path) -> Result<()> {
     .with_context(|| format!("creating mount point {}", target.display()))
 }
 
+/// A mount point to attach to: the fd does the attaching; the path (inside
+/// the read-only share, so out of the guest's reach) names it in errors and
+/// in the legacy steps that must reach the mount made on it.
+pub struct Target {
+    pub fd: OwnedFd,
+    pub path: PathBuf,
+}
+
+impl Target {
+    /// `rel` beneath `root` (see [`crate::share::open_beneath`]).
+    pub fn beneath(root: &Path, rel: &Path) -> Result<Target> {
+        Ok(Target {
+            fd: crate::share::open_beneath(root, rel)?,
+            path: root.join(rel),
+        })
+    }
+}
+
 /// Binds `source` (recursively) onto the existing mount point `target`.
 /// On error nothing stays mounted at `target`.
-pub fn bind(source: &Path, target: &Path, opts: &BindOptions) -> Result<()> {
+pub fn bind(source: &Path, target: &Target, opts: &BindOptions) -> Result<()> {
     bind_with(source, target, opts, Api::Auto)
 }
 
-pub(crate) fn bind_with(source: &Path, target: &Path, opts: &BindOptions, api: Api) -> Result<()> {
+pub(crate) fn bind_with(
+    source: &Path,
+    target: &Target,
+    opts: &BindOptions,
+    api: Api,
+) -> Result<()> {
     let c_source = cstring(source)?;
-    let c_target = cstring(target)?;
     if api == Api::Auto {
-        match bind_detached(&c_source, &c_target, opts) {
+        match bind_detached(&c_source, &target.fd, opts) {
             Ok(()) => return Ok(()),
             Err(Step::Unsupported) => {
                 tracing::warn!(
@@ -97,8 +127,8 @@ pub(crate) fn bind_with(source: &Path, target: &Path, opts: &BindOptions, api: A
         }
     }
     bind_legacy(source, target, opts)?;
-    if let Err(e) = set_propagation(target, opts.propagation) {
-        let _ = umount2(target, MntFlags::MNT_DETACH);
+    if let Err(e) = set_propagation(&target.path, opts.propagation) {
+        let _ = umount2(&target.path, MntFlags::MNT_DETACH);
         return Err(e);
     }
     Ok(())
@@ -111,7 +141,7 @@ enum Step {
 }
 
 /// The mount API path: clone the tree detached, set its flags, attach it.
-fn bind_detached(source: &CStr, target: &CStr, opts: &BindOptions) -> Result<(), Step> {
+fn bind_detached(source: &CStr, target: &OwnedFd, opts: &BindOptions) -> Result<(), Step> {
     let failed = |what| move |e: std::io::Error| Step::Failed(what, e);
     let tree = match open_tree(source) {
         Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => return Err(Step::Unsupported),
@@ -134,6 +164,14 @@ fn bind_detached(source: &CStr, target: &CStr, opts: &BindOptions) -> Result<(),
             r => r.map_err(failed("setting propagation"))?,
         }
     }
+    let hardened = MountAttr {
+        set: libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV,
+        ..MountAttr::default()
+    };
+    match mount_setattr(&tree, true, &hardened) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => return Err(Step::Unsupported),
+        r => r.map_err(failed("making the bind nosuid,nodev"))?,
+    }
     if opts.readonly || opts.recursive_readonly {
         let attr = MountAttr {
             set: libc::MOUNT_ATTR_RDONLY,
@@ -147,44 +185,46 @@ fn bind_detached(source: &CStr, target: &CStr, opts: &BindOptions) -> Result<(),
     move_mount(&tree, target).map_err(failed("attaching the bind"))
 }
 
-/// The `mount(2)` path for kernels without the mount API.
-fn bind_legacy(source: &Path, target: &Path, opts: &BindOptions) -> Result<()> {
+/// The `mount(2)` path for kernels without the mount API. The bind is
+/// attached through the target's fd; the remounts that follow reach the new
+/// mount by its path, which lies in the read-only share.
+fn bind_legacy(source: &Path, target: &Target, opts: &BindOptions) -> Result<()> {
     mount(
         Some(source),
-        target,
+        &crate::share::fd_path(&target.fd),
         None::<&str>,
         MsFlags::MS_BIND | MsFlags::MS_REC,
         None::<&str>,
     )
     .with_context(|| format!("bind-mounting {}", source.display()))?;
-    let readonly = || -> Result<()> {
-        if !(opts.readonly || opts.recursive_readonly) {
-            return Ok(());
-        }
-        remount_readonly(target)?;
-        if opts.recursive_readonly {
-            let target_str = target.to_string_lossy();
-            for sub in crate::share::mounts_under(target) {
-                if sub != target_str {
-                    remount_readonly(Path::new(&sub))?;
-                }
+    let path = &target.path;
+    let harden = || -> Result<()> {
+        let readonly = opts.readonly || opts.recursive_readonly;
+        remount(path, readonly)?;
+        let target_str = path.to_string_lossy();
+        for sub in crate::share::mounts_under(path) {
+            if sub != target_str {
+                remount(Path::new(&sub), opts.recursive_readonly)?;
             }
         }
         Ok(())
     };
-    if let Err(e) = readonly() {
-        let _ = umount2(target, MntFlags::MNT_DETACH);
+    if let Err(e) = harden() {
+        let _ = umount2(path, MntFlags::MNT_DETACH);
         return Err(e);
     }
     Ok(())
 }
 
-/// Remounts one bind read-only, keeping the flags it has (dropping nosuid
-/// or nodev in a remount is refused where they are locked, and would
-/// loosen the mount anyway).
-fn remount_readonly(path: &Path) -> Result<()> {
+/// Remounts one bind nosuid,nodev (and read-only if asked), keeping the
+/// other flags it has (dropping one in a remount is refused where it is
+/// locked, and would loosen the mount anyway).
+fn remount(path: &Path, readonly: bool) -> Result<()> {
     let st = statvfs(path).with_context(|| format!("statvfs {}", path.display()))?;
-    let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+    let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    if readonly {
+        flags |= MsFlags::MS_RDONLY;
+    }
     for (fs, ms) in [
         (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
         (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
@@ -198,7 +238,7 @@ fn remount_readonly(path: &Path) -> Result<()> {
         }
     }
     mount(None::<&str>, path, None::<&str>, flags, None::<&str>)
-        .with_context(|| format!("remounting {} read-only", path.display()))
+        .with_context(|| format!("remounting {} ({flags:?})", path.display()))
 }
 
 /// Applies the requested propagation to an attached bind and its
@@ -285,16 +325,16 @@ fn mount_setattr(tree: &OwnedFd, recursive: bool, attr: &MountAttr) -> std::io::
     Ok(())
 }
 
-fn move_mount(tree: &OwnedFd, target: &CStr) -> std::io::Result<()> {
-    // SAFETY: both paths are NUL-terminated and outlive the call.
+fn move_mount(tree: &OwnedFd, target: &OwnedFd) -> std::io::Result<()> {
+    // SAFETY: both paths are empty NUL-terminated strings; the fds are ours.
     let rc = unsafe {
         libc::syscall(
             libc::SYS_move_mount,
             tree.as_raw_fd(),
             c"".as_ptr(),
-            libc::AT_FDCWD,
-            target.as_ptr(),
-            libc::MOVE_MOUNT_F_EMPTY_PATH,
+            target.as_raw_fd(),
+            c"".as_ptr(),
+            libc::MOVE_MOUNT_F_EMPTY_PATH | libc::MOVE_MOUNT_T_EMPTY_PATH,
         )
     };
     if rc < 0 {
@@ -314,7 +354,10 @@ pub fn unmount_all(dir: &Path) -> Result<()> {
     while !left.is_empty() {
         left.sort_by_key(|p| std::cmp::Reverse(p.len()));
         for p in &left {
-            match umount2(Path::new(p), MntFlags::MNT_DETACH) {
+            match umount2(
+                Path::new(p),
+                MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW,
+            ) {
                 Ok(()) | Err(Errno::EINVAL) | Err(Errno::ENOENT) => {}
                 Err(e) => tracing::warn!(mount = %p, error = %e, "cannot unmount"),
             }
@@ -378,10 +421,9 @@ mod tests {
             }
         }
 
-        fn target(&self, name: &str) -> PathBuf {
-            let t = self.root.join(name);
-            create_mountpoint(&self.dir, &t).unwrap();
-            t
+        fn target(&self, name: &str) -> Target {
+            create_mountpoint(&self.dir, &self.root.join(name)).unwrap();
+            Target::beneath(&self.root, Path::new(name)).unwrap()
         }
     }
 
@@ -410,20 +452,23 @@ mod tests {
             )
             .unwrap();
             assert_eq!(
-                std::fs::read(plain.join("sub/g")).unwrap(),
+                std::fs::read(plain.path.join("sub/g")).unwrap(),
                 b"g",
                 "{api:?}: recursive"
             );
-            assert!(erofs(&plain.join("x")), "{api:?}: top is read-only");
+            assert!(erofs(&plain.path.join("x")), "{api:?}: top is read-only");
             assert!(
-                !erofs(&plain.join("sub/x")),
+                !erofs(&plain.path.join("sub/x")),
                 "{api:?}: submount stays writable"
             );
 
             let rro = src.target("rro");
             bind_with(&src.dir, &rro, &opts(true, true, Propagation::Private), api).unwrap();
-            assert!(erofs(&rro.join("x")), "{api:?}");
-            assert!(erofs(&rro.join("sub/y")), "{api:?}: submount read-only too");
+            assert!(erofs(&rro.path.join("x")), "{api:?}");
+            assert!(
+                erofs(&rro.path.join("sub/y")),
+                "{api:?}: submount read-only too"
+            );
 
             assert!(
                 !erofs(&src.dir.join("h")),
@@ -438,9 +483,9 @@ mod tests {
         for api in APIS {
             let src = Source::new();
             let file = src.dir.join("f");
-            let target = src.root.join("file-target");
-            create_mountpoint(&file, &target).unwrap();
-            assert!(target.is_file());
+            create_mountpoint(&file, &src.root.join("file-target")).unwrap();
+            let target = Target::beneath(&src.root, Path::new("file-target")).unwrap();
+            assert!(target.path.is_file());
             bind_with(
                 &file,
                 &target,
@@ -448,7 +493,7 @@ mod tests {
                 api,
             )
             .unwrap();
-            std::fs::write(&target, b"written").unwrap();
+            std::fs::write(&target.path, b"written").unwrap();
             assert_eq!(std::fs::read(&file).unwrap(), b"written", "{api:?}");
         }
     }
@@ -503,21 +548,24 @@ mod tests {
             )
             .unwrap();
             std::fs::write(src.dir.join("later/new"), b"n").unwrap();
-            assert!(slave.join("later/new").exists(), "{api:?}: rslave receives");
             assert!(
-                !private.join("later/new").exists(),
+                slave.path.join("later/new").exists(),
+                "{api:?}: rslave receives"
+            );
+            assert!(
+                !private.path.join("later/new").exists(),
                 "{api:?}: rprivate does not"
             );
 
             mount(
                 Some("tmpfs"),
-                &slave.join("sub"),
+                &slave.path.join("sub"),
                 Some("tmpfs"),
                 MsFlags::empty(),
                 None::<&str>,
             )
             .unwrap();
-            std::fs::write(slave.join("sub/back"), b"b").unwrap();
+            std::fs::write(slave.path.join("sub/back"), b"b").unwrap();
             assert!(
                 !src.sub.join("back").exists(),
                 "{api:?}: nothing flows back"
@@ -531,11 +579,10 @@ mod tests {
     #[test]
     fn readonly_reaches_a_slave_namespace_and_unmount_follows() {
         let src = Source::new();
-        let share = src.root.join("share");
-        std::fs::create_dir(&share).unwrap();
-        crate::share::make_propagating(&share).unwrap();
-        let target = share.join("vol");
-        create_mountpoint(&src.dir, &target).unwrap();
+        let pod = crate::share::PodShare::of(&src.root.join("pod"));
+        pod.prepare().unwrap();
+        create_mountpoint(&src.dir, &pod.skeleton.join("vol")).unwrap();
+        let target = Target::beneath(&pod.share, Path::new("vol")).unwrap();
         // The child reports once its namespace exists, then dumps its
         // mount table each time it is poked.
         let mut child = Command::new("unshare")
@@ -570,13 +617,13 @@ mod tests {
             }
         };
         let before = dump(&mut stdin, &mut out);
-        unmount_all(&target).unwrap();
+        unmount_all(&target.path).unwrap();
         let after = dump(&mut stdin, &mut out);
         let _ = child.wait();
-        crate::share::release(&share);
+        crate::share::release(&pod.share);
         bound.unwrap();
 
-        let t = target.to_string_lossy().into_owned();
+        let t = target.path.to_string_lossy().into_owned();
         let entry = before
             .iter()
             .find(|l| l.split(' ').nth(4) == Some(t.as_str()))
@@ -599,8 +646,8 @@ mod tests {
         let src = Source::new();
         let target = src.target("t");
         bind(&src.dir, &target, &opts(false, false, Propagation::Private)).unwrap();
-        unmount_all(&target).unwrap();
-        std::fs::remove_dir_all(&target).unwrap();
+        unmount_all(&target.path).unwrap();
+        std::fs::remove_dir_all(&target.path).unwrap();
         assert_eq!(std::fs::read(src.dir.join("f")).unwrap(), b"f");
         assert_eq!(std::fs::read(src.sub.join("g")).unwrap(), b"g");
     }
@@ -617,6 +664,33 @@ mod tests {
             )
             .is_err()
         );
-        assert!(crate::share::mounts_under(&target).is_empty());
+        assert!(crate::share::mounts_under(&target.path).is_empty());
+    }
+
+    /// Whatever the request, the host side of a volume honours no setuid
+    /// bit and no device node the guest may have written into it.
+    #[test]
+    fn every_bind_is_nosuid_and_nodev() {
+        use nix::sys::statvfs::FsFlags;
+        for api in APIS {
+            let src = Source::new();
+            let target = src.target("t");
+            bind_with(
+                &src.dir,
+                &target,
+                &opts(false, false, Propagation::Private),
+                api,
+            )
+            .unwrap();
+            for p in [target.path.clone(), target.path.join("sub")] {
+                let flags = statvfs(&p).unwrap().flags();
+                assert!(
+                    flags.contains(FsFlags::ST_NOSUID) && flags.contains(FsFlags::ST_NODEV),
+                    "{api:?}: {} is {flags:?}",
+                    p.display()
+                );
+            }
+            assert!(!erofs(&target.path.join("x")), "{api:?}: still writable");
+        }
     }
 }

@@ -58,7 +58,7 @@ pub struct VmConfig {
     /// Where the VMM's own diagnostics (not the guest console) go.
     pub log: PathBuf,
     /// The built-in VMM's threads switch to this uid/gid before the guest
-    /// runs; QEMU ignores it.
+    /// runs; QEMU does (`-runas`) once its files and sockets are open.
     pub vmm_user: Option<Credentials>,
 }
 

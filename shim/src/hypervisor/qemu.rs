@@ -16,6 +16,7 @@ use anyhow::{Result, bail};
 use tokio::process::Command;
 
 use super::{BoxFuture, Console, Hypervisor, RunningVm, VirtioFs, VmConfig, Vsock};
+use crate::confine::{self, Confinement};
 use crate::process::{ExitSender, Process, log_tail};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +35,10 @@ impl Qemu {
         Qemu { binary, accel }
     }
 }
+
+/// QEMU's TCG translation buffer, in MiB: part of the host overhead the
+/// pod's memory limit allows for (vm.rs).
+pub const TCG_TB_MIB: u64 = 256;
 
 /// The process name used in logs and on the exit channel.
 pub const PROCESS_NAME: &str = "qemu";
@@ -59,8 +64,12 @@ pub fn args(config: &VmConfig, accel: Accel) -> Result<Vec<OsString>> {
     push(&config.vcpus.to_string());
     match accel {
         Accel::Tcg => {
+            // The translation cache defaults to 1 GiB and, touched page by
+            // page, would sit inside the pod's memory limit unbounded by
+            // anything but time; 256 MiB holds a kernel and user space
+            // translated many times over.
             push("-accel");
-            push("tcg");
+            push(&format!("tcg,tb-size={TCG_TB_MIB}"));
             push("-cpu");
             push("max");
         }
@@ -75,6 +84,31 @@ pub fn args(config: &VmConfig, accel: Accel) -> Result<Vec<OsString>> {
     }
     for flag in ["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"] {
         push(flag);
+    }
+    // QEMU's own seccomp filter, installed before the guest runs: no
+    // obsolete syscalls, no fork or exec, no scheduler or priority changes.
+    // `elevateprivileges` stays allowed because QEMU installs the filter
+    // before `-runas` calls setgid/setuid (QEMU 7.2 dies of SIGSYS with
+    // `deny`); once it is the VMM user with every id equal and no
+    // capability, a set*id call can change nothing.
+    push("-sandbox");
+    push("on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny");
+    if let Some(user) = config.vmm_user {
+        // After every file and socket is open (kernel, initrd, memfd, the
+        // vhost-user connections, stdio), QEMU drops root: setgroups,
+        // setgid, setuid, which clears every capability and makes it
+        // undumpable, so the other pods' processes under the same uid
+        // cannot ptrace it or read its /proc files. `UID:GID` needs QEMU
+        // 5.0 or later.
+        if user.uid == 0 || user.gid == 0 {
+            bail!(
+                "the VMM user must not be root (got {}:{})",
+                user.uid,
+                user.gid
+            );
+        }
+        push("-runas");
+        push(&format!("{}:{}", user.uid, user.gid));
     }
     push("-serial");
     push("stdio");
@@ -133,7 +167,12 @@ impl Hypervisor for Qemu {
         cmd.args(args(config, self.accel)?);
         let log = crate::process::open_append(&config.log)?;
         cmd.stdout(std::process::Stdio::piped()).stderr(log);
-        let (process, stdout) = Process::spawn(PROCESS_NAME, cmd, exits)?;
+        // Our deny-list under QEMU's filter: what `-sandbox` leaves open
+        // (ptrace, signals to other processes of the shared VMM uid, BPF,
+        // io_uring, ...).
+        let confinement = Confinement::new().filter(confine::deny_list(true)?);
+        let (process, stdout) =
+            Process::spawn_confined(PROCESS_NAME, cmd, exits, Some(confinement))?;
         Ok(Box::new(QemuVm {
             process,
             console: stdout.map(|s| Box::pin(s) as Console),
@@ -175,6 +214,7 @@ impl RunningVm for QemuVm {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vmm::privilege::Credentials;
 
     fn config() -> VmConfig {
         VmConfig {
@@ -192,7 +232,10 @@ mod tests {
                 tag: "vmpod".into(),
             }),
             log: "/pods/p/run/qemu.log".into(),
-            vmm_user: None,
+            vmm_user: Some(Credentials {
+                uid: 65534,
+                gid: 65534,
+            }),
         }
     }
 
@@ -225,9 +268,14 @@ mod tests {
         assert_eq!(values(&a, "-name"), ["vmpod-pod,,1,process=vmpod-pod,,1"]);
         assert_eq!(values(&a, "-m"), ["256M"]);
         assert_eq!(values(&a, "-smp"), ["2"]);
-        assert_eq!(values(&a, "-accel"), ["tcg"]);
+        assert_eq!(values(&a, "-accel"), ["tcg,tb-size=256"]);
         assert_eq!(values(&a, "-cpu"), ["max"]);
         assert_eq!(values(&a, "-serial"), ["stdio"]);
+        assert_eq!(
+            values(&a, "-sandbox"),
+            ["on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny"]
+        );
+        assert_eq!(values(&a, "-runas"), ["65534:65534"]);
         assert_eq!(
             values(&a, "-append"),
             ["console=ttyS0 reboot=t panic=-1 quiet"]
@@ -259,12 +307,13 @@ mod tests {
     #[test]
     fn kvm_and_kernel_vsock() {
         let mut c = config();
-        c.vsock = Vsock::Kernel { guest_cid: 3 };
+        // The daemon's allocation, not a fixed CID: kernel CIDs are host-wide.
+        c.vsock = Vsock::Kernel { guest_cid: 4711 };
         c.fs = None;
         let a = args(&c, Accel::Kvm).expect("args");
         assert_eq!(values(&a, "-accel"), ["kvm"]);
         assert_eq!(values(&a, "-cpu"), ["host,-arch-capabilities"]);
-        assert_eq!(values(&a, "-device"), ["vhost-vsock-device,guest-cid=3"]);
+        assert_eq!(values(&a, "-device"), ["vhost-vsock-device,guest-cid=4711"]);
         assert!(values(&a, "-chardev").is_empty());
     }
 }

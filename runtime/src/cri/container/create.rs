@@ -173,6 +173,7 @@ pub async fn create_container(
         mounts: built.mounts,
         log_path: built.log_path,
         spec: Some(built.spec),
+        writable_layer_bytes: daemon.config.vm.writable_layer_bytes,
     };
     let created = async {
         let mut client = container::shim_client(&sandbox).await?;

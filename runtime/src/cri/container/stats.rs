@@ -1,7 +1,12 @@
 //! Container and pod stats: `ContainerStats`, `ListContainerStats`,
 //! `PodSandboxStats`, `ListPodSandboxStats`, `ListMetricDescriptors` and
-//! `ListPodSandboxMetrics`, all from the guest's cgroup v2 files through one
-//! agent `Stats` call per pod.
+//! `ListPodSandboxMetrics`. Per-container figures come from the guest's
+//! cgroup v2 files through one agent `Stats` call per pod. A pod's own CPU
+//! and memory, which kubelet uses to pick pods to evict, are the host's
+//! accounting of the pod's VM processes ([`host_stats`]): a hostile guest
+//! could under-report its total, and the VM's overhead is the pod's too.
+//! Where the host accounts nothing (no cgroups, no memory controller) the
+//! guest's total is reported instead.
 //!
 //! `usage_nano_cores` is a rate, so it needs two samples: the previous one
 //! of each container and pod is kept here, and the first sample of a
@@ -18,9 +23,12 @@ use super::{attributes, sandbox_of};
 use crate::container::{self, is_live};
 use crate::cri::sandbox::{cri_metadata as sandbox_metadata, store_err};
 use crate::daemon::Daemon;
+use crate::sandbox::host_stats::{self, HostUsage};
 use crate::state::{ContainerRecord, SandboxRecord, SandboxState};
 
-/// (timestamp ns, cumulative cpu ns) of the last sample per container or pod.
+/// (timestamp ns, cumulative cpu ns) of the last sample per container or
+/// pod; a pod's host samples are kept under [`host_key`], since they are on
+/// another clock and count other processes than the guest's.
 static CPU_SAMPLES: LazyLock<Mutex<HashMap<String, (i64, u64)>>> =
     LazyLock::new(|| Mutex::new(HashMap::new()));
 
@@ -39,11 +47,15 @@ fn nano_cores(key: &str, ts: i64, cpu_ns: u64) -> Option<cri::UInt64Value> {
     u64v((u128::from(used) * 1_000_000_000 / u128::from(dt)) as u64)
 }
 
-fn cpu(key: &str, ts: i64, u: &agent::CgroupUsage) -> cri::CpuUsage {
+fn host_key(sandbox_id: &str) -> String {
+    format!("host/{sandbox_id}")
+}
+
+fn cpu(key: &str, ts: i64, cpu_ns: u64) -> cri::CpuUsage {
     cri::CpuUsage {
         timestamp: ts,
-        usage_core_nano_seconds: u64v(u.cpu_usage_ns),
-        usage_nano_cores: nano_cores(key, ts, u.cpu_usage_ns),
+        usage_core_nano_seconds: u64v(cpu_ns),
+        usage_nano_cores: nano_cores(key, ts, cpu_ns),
         psi: None,
     }
 }
@@ -75,7 +87,7 @@ fn container_stats(
     let usage = u.usage.unwrap_or_default();
     cri::ContainerStats {
         attributes: Some(attributes(rec)),
-        cpu: Some(cpu(&rec.id, ts, &usage)),
+        cpu: Some(cpu(&rec.id, ts, usage.cpu_usage_ns)),
         memory: Some(memory(ts, &usage)),
         writable_layer: Some(cri::FilesystemUsage {
             timestamp: ts,
@@ -217,6 +229,57 @@ fn is_tunnel_device(name: &str) -> bool {
     .any(|p| name.starts_with(p) && name[p.len()..].bytes().all(|b| b.is_ascii_digit()))
 }
 
+/// The host's memory figures in the guest's message shape, so that both
+/// go through the one CRI conversion.
+fn host_memory(m: &host_stats::Memory) -> agent::CgroupUsage {
+    agent::CgroupUsage {
+        memory_usage_bytes: m.usage_bytes,
+        memory_working_set_bytes: m.working_set_bytes,
+        memory_rss_bytes: m.rss_bytes,
+        page_faults: m.page_faults,
+        major_page_faults: m.major_page_faults,
+        memory_limit_bytes: m.limit_bytes.unwrap_or(0),
+        ..Default::default()
+    }
+}
+
+/// The pod-level CPU and memory: the host's figures (on the host's clock),
+/// each replaced by the guest's only where the host has none.
+fn pod_usage(
+    sandbox_id: &str,
+    guest_ts: i64,
+    guest: &agent::CgroupUsage,
+    host: &HostUsage,
+    host_ts: i64,
+) -> (cri::CpuUsage, cri::MemoryUsage) {
+    let cpu_usage = match &host.cpu_usage_ns {
+        Ok(ns) => cpu(&host_key(sandbox_id), host_ts, *ns),
+        Err(e) => {
+            tracing::debug!(sandbox = sandbox_id, error = %e, "pod CPU from the guest");
+            cpu(sandbox_id, guest_ts, guest.cpu_usage_ns)
+        }
+    };
+    let memory_usage = match &host.memory {
+        Ok(m) => {
+            // The guest's own total stays visible for debugging only; it
+            // must not decide anything.
+            tracing::debug!(
+                sandbox = sandbox_id,
+                host_working_set = m.working_set_bytes,
+                host_file = m.file_bytes,
+                guest_working_set = guest.memory_working_set_bytes,
+                "pod memory"
+            );
+            memory(host_ts, &host_memory(m))
+        }
+        Err(e) => {
+            tracing::debug!(sandbox = sandbox_id, error = %e, "pod memory from the guest");
+            memory(guest_ts, guest)
+        }
+    };
+    (cpu_usage, memory_usage)
+}
+
 fn pod_stats(
     daemon: &Daemon,
     sandbox: &SandboxRecord,
@@ -225,6 +288,10 @@ fn pod_stats(
 ) -> cri::PodSandboxStats {
     let ts = resp.timestamp_ns;
     let pod = resp.pod.unwrap_or_default();
+    // Read right after the guest's sample, so the two describe one moment.
+    let host_ts = crate::clock::unix_nanos();
+    let host = host_stats::read(&sandbox.cgroups);
+    let (pod_cpu, pod_memory) = pod_usage(&sandbox.id, ts, &pod, &host, host_ts);
     let net = resp.network.clone().unwrap_or_default();
     let iface = |i: &agent::InterfaceUsage| cri::NetworkInterfaceUsage {
         name: i.name.clone(),
@@ -254,8 +321,8 @@ fn pod_stats(
             annotations: sandbox.annotations.clone().into_iter().collect(),
         }),
         linux: Some(cri::LinuxPodSandboxStats {
-            cpu: Some(cpu(&sandbox.id, ts, &pod)),
-            memory: Some(memory(ts, &pod)),
+            cpu: Some(pod_cpu),
+            memory: Some(pod_memory),
             network: Some(cri::NetworkUsage {
                 timestamp: ts,
                 default_interface,
@@ -449,5 +516,64 @@ pub fn forget(ids: &[String]) {
     let mut samples = CPU_SAMPLES.lock().unwrap_or_else(|p| p.into_inner());
     for id in ids {
         samples.remove(id);
+        samples.remove(&host_key(id));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn guest() -> agent::CgroupUsage {
+        agent::CgroupUsage {
+            cpu_usage_ns: 5,
+            memory_usage_bytes: 1 << 20,
+            memory_working_set_bytes: 1 << 20,
+            memory_limit_bytes: 256 << 20,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn pod_usage_is_the_hosts_with_its_own_cpu_samples() {
+        let id = "pod-usage-host";
+        let host = |cpu_ns: u64| HostUsage {
+            cpu_usage_ns: Ok(cpu_ns),
+            memory: Ok(host_stats::Memory {
+                usage_bytes: 300 << 20,
+                working_set_bytes: 200 << 20,
+                rss_bytes: 20 << 20,
+                file_bytes: 280 << 20,
+                page_faults: 9,
+                major_page_faults: 1,
+                limit_bytes: Some(512 << 20),
+            }),
+        };
+        let (c, m) = pod_usage(id, 10, &guest(), &host(1_000_000_000), 1_000_000_000);
+        assert_eq!(c.usage_core_nano_seconds, u64v(1_000_000_000));
+        assert_eq!(c.usage_nano_cores, None);
+        assert_eq!(m.working_set_bytes, u64v(200 << 20));
+        assert_eq!(m.available_bytes, u64v(312 << 20));
+        assert_eq!(m.timestamp, 1_000_000_000);
+        // A guest sample in between must not be the host's previous one.
+        let _ = cpu(id, 20, 7);
+        let (c, _) = pod_usage(id, 30, &guest(), &host(1_500_000_000), 2_000_000_000);
+        assert_eq!(c.usage_nano_cores, u64v(500_000_000));
+        forget(&[id.to_string()]);
+        let (c, _) = pod_usage(id, 30, &guest(), &host(2_000_000_000), 3_000_000_000);
+        assert_eq!(c.usage_nano_cores, None);
+        forget(&[id.to_string()]);
+    }
+
+    #[test]
+    fn pod_usage_falls_back_to_the_guest_per_half() {
+        let host = HostUsage {
+            cpu_usage_ns: Ok(42_000),
+            memory: Err("no memory accounting".into()),
+        };
+        let (c, m) = pod_usage("pod-usage-guest", 10, &guest(), &host, 99);
+        assert_eq!((c.usage_core_nano_seconds, c.timestamp), (u64v(42_000), 99));
+        assert_eq!((m.working_set_bytes, m.timestamp), (u64v(1 << 20), 10));
+        forget(&["pod-usage-guest".to_string()]);
     }
 }

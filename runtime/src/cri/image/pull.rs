@@ -62,6 +62,6 @@ pub(crate) fn status_of(e: PullError) -> Status {
         PullError::Timeout { .. } => Status::deadline_exceeded(msg),
         PullError::Registry { .. } => Status::unavailable(msg),
         PullError::BadImage { .. } => Status::failed_precondition(msg),
-        PullError::Store(_) => Status::resource_exhausted(msg),
+        PullError::Store(_) | PullError::Limit { .. } => Status::resource_exhausted(msg),
     }
 }

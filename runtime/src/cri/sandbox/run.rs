@@ -15,12 +15,16 @@ use std::time::Duration;
 
 use tonic::Status;
 use vmpod_cri_api::v1::{PodSandboxConfig, RunPodSandboxRequest, RunPodSandboxResponse};
-use vmpod_shim_api::spec::{BackendSpec, GuestSetup, Helpers, VmSpec, VmmUser};
+use vmpod_shim_api::spec::{
+    BackendSpec, GuestSetup, Helpers, VmSpec, VmmUser, VsockSpec, VsockTransport,
+};
 use vmpod_shim_api::v1::VmState;
 
 use super::store_err;
 use crate::daemon::Daemon;
 use crate::host::backend::{self, Accel, Backend, VirtFacts};
+use crate::host::vsock::{self, VsockBackend};
+use crate::sandbox::cid::CidError;
 use crate::sandbox::{self, cgroup, monitor, resources, shim};
 use crate::state::{Metadata, ReserveError, SandboxRecord, SandboxState, VmRecord};
 
@@ -66,6 +70,15 @@ pub async fn run_pod_sandbox(
     let plan = plan_vm(daemon, &req.runtime_handler)?;
 
     let id = new_id()?;
+    // Allocated before the record is first written, so the record always
+    // names what it holds; released with the record (Registry::forget).
+    let vsock_cid = daemon
+        .sandboxes
+        .allocate_cid(&id, plan.vsock.is_kernel())
+        .map_err(|e| match e {
+            CidError::Exhausted { .. } => Status::resource_exhausted(e.to_string()),
+            _ => Status::failed_precondition(e.to_string()),
+        })?;
     let now = crate::clock::unix_nanos();
     let linux = config.linux.as_ref();
     let ns = linux
@@ -87,16 +100,20 @@ pub async fn run_pod_sandbox(
         sysctls: linux
             .map(|l| l.sysctls.clone().into_iter().collect())
             .unwrap_or_default(),
+        vsock_cid: Some(vsock_cid),
         vm: VmRecord::default(),
         reason: String::new(),
     };
-    daemon.store.reserve_sandbox(&rec).map_err(|e| match e {
-        ReserveError::Exists(existing) => Status::already_exists(format!(
-            "sandbox name {:?} (namespace {:?}, uid {:?}, attempt {}) is already used by sandbox {existing}",
-            rec.metadata.name, rec.metadata.namespace, rec.metadata.uid, rec.metadata.attempt
-        )),
-        ReserveError::Store(e) => store_err(e),
-    })?;
+    if let Err(e) = daemon.store.reserve_sandbox(&rec) {
+        daemon.sandboxes.release_cid(&id);
+        return Err(match e {
+            ReserveError::Exists(existing) => Status::already_exists(format!(
+                "sandbox name {:?} (namespace {:?}, uid {:?}, attempt {}) is already used by sandbox {existing}",
+                rec.metadata.name, rec.metadata.namespace, rec.metadata.uid, rec.metadata.attempt
+            )),
+            ReserveError::Store(e) => store_err(e),
+        });
+    }
 
     let mut size = resources::vm_size(
         &daemon.config.vm,
@@ -327,6 +344,7 @@ fn sanitize_hostname(name: &str) -> String {
 /// what to install.
 struct Plan {
     backend: BackendSpec,
+    vsock: VsockBackend,
     helpers: Helpers,
     shim: std::path::PathBuf,
     boot_timeout: Duration,
@@ -337,6 +355,9 @@ fn plan_vm(daemon: &Daemon, handler: &str) -> Result<Plan, Status> {
     let choice = handler_backend(handler, cfg.vm.backend);
     let decision = backend::choose(choice, &VirtFacts::probe())
         .map_err(|e| Status::failed_precondition(format!("runtime handler {handler:?}: {e}")))?;
+    let vsock = vsock::choose(cfg.vm.vsock, decision.backend, &vsock::probe_kernel())
+        .map_err(|e| Status::failed_precondition(format!("runtime handler {handler:?}: {e}")))?
+        .backend;
     let backend = match decision.backend {
         Backend::Qemu { accel: Accel::Kvm } => BackendSpec::QemuKvm,
         Backend::Qemu { accel: Accel::Tcg } => BackendSpec::QemuTcg,
@@ -368,13 +389,13 @@ fn plan_vm(daemon: &Daemon, handler: &str) -> Result<Plan, Status> {
         Some(need(&cfg.helpers.qemu, "apt-get install qemu-system-x86")?)
     };
     let virtiofsd = need(&cfg.helpers.virtiofsd, "cargo install --locked virtiofsd")?;
-    let vhost_device_vsock = if builtin || Path::new("/dev/vhost-vsock").exists() {
-        None
-    } else {
+    let vhost_device_vsock = if vsock == VsockBackend::VhostUser {
         Some(need(
             &cfg.helpers.vhost_device_vsock,
             "cargo install --locked vhost-device-vsock",
         )?)
+    } else {
+        None
     };
     let shim = daemon.shim_binary().ok_or_else(|| {
         Status::failed_precondition(format!(
@@ -388,6 +409,7 @@ fn plan_vm(daemon: &Daemon, handler: &str) -> Result<Plan, Status> {
     }));
     Ok(Plan {
         backend,
+        vsock,
         helpers: Helpers {
             qemu,
             virtiofsd,
@@ -435,14 +457,24 @@ async fn boot(
         memory_mib: size.memory_mib,
         boot_timeout_ms: u64::try_from(plan.boot_timeout.as_millis()).unwrap_or(u64::MAX),
         helpers: plan.helpers,
+        vsock: VsockSpec {
+            guest_cid: rec
+                .vsock_cid
+                .ok_or_else(|| Status::internal("the sandbox record holds no vsock CID"))?,
+            transport: if plan.vsock.is_kernel() {
+                VsockTransport::Kernel
+            } else {
+                VsockTransport::Hybrid
+            },
+        },
         guest,
-        vmm_user: (plan.backend == BackendSpec::Kvm).then(|| {
-            let user = daemon.config.vm.vmm_user;
-            VmmUser {
-                uid: user.uid,
-                gid: user.gid,
-            }
+        // Every backend: the built-in VMM's threads, QEMU (`-runas`) and
+        // vhost-device-vsock all run as this user.
+        vmm_user: Some(VmmUser {
+            uid: daemon.config.vm.vmm_user.uid,
+            gid: daemon.config.vm.vmm_user.gid,
         }),
+        console_log_bytes: daemon.config.vm.console_log_bytes,
     };
     let pid = shim::spawn(&plan.shim, &rec.pod_dir, &spec, &procs).map_err(Status::internal)?;
     rec.vm.shim_pid = pid;

@@ -5,6 +5,7 @@
 //! string handed to a syscall is a second chance for the layer to redirect
 //! us, and an fd plus one component is not.
 
+use std::cell::Cell;
 use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
@@ -30,6 +31,9 @@ pub(super) enum WalkError {
     NotDir { index: usize, what: &'static str },
     /// A syscall failed for another reason.
     Sys { op: &'static str, errno: Errno },
+    /// A directory is missing and the budget of directories to create is
+    /// spent.
+    Budget,
 }
 
 /// Opens the caller's destination. This is the one place a path is resolved
@@ -45,8 +49,15 @@ pub(super) fn open_root(dest: &Path) -> nix::Result<OwnedFd> {
 
 /// Opens the directory `root/comps[0]/.../comps[n-1]` one component at a
 /// time without following symlinks. With `create`, missing components are
-/// made (0755, like tar does for parents the archive never listed).
-pub(super) fn walk(root: &OwnedFd, comps: &[Vec<u8>], create: bool) -> Result<OwnedFd, WalkError> {
+/// made (0755, like tar does for parents the archive never listed), at most
+/// as many as the cell holds, which is decremented for each: a parent the
+/// archive never listed is still an inode on disk, and one short entry name
+/// can imply hundreds of them.
+pub(super) fn walk(
+    root: &OwnedFd,
+    comps: &[Vec<u8>],
+    create: Option<&Cell<u64>>,
+) -> Result<OwnedFd, WalkError> {
     let mut cur = root.try_clone().map_err(|e| WalkError::Sys {
         op: "duplicate root fd",
         errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
@@ -55,7 +66,13 @@ pub(super) fn walk(root: &OwnedFd, comps: &[Vec<u8>], create: bool) -> Result<Ow
         let comp = comp.as_slice();
         cur = match openat(&cur, comp, DIR_FLAGS, Mode::empty()) {
             Ok(fd) => fd,
-            Err(Errno::ENOENT) if create => {
+            Err(Errno::ENOENT) if create.is_some() => {
+                if let Some(left) = create {
+                    if left.get() == 0 {
+                        return Err(WalkError::Budget);
+                    }
+                    left.set(left.get() - 1);
+                }
                 match mkdirat(&cur, comp, Mode::from_bits_truncate(0o755)) {
                     Ok(()) | Err(Errno::EEXIST) => {}
                     Err(errno) => {
@@ -144,25 +161,46 @@ pub(super) fn clear_slot(parent: &impl AsFd, name: &[u8]) -> nix::Result<Option<
 /// replaces its own directory with a non-directory, so the tree is one this
 /// unpack created; still, a path-based delete could be steered by a symlink
 /// the layer planted inside it.
+///
+/// Children are removed while the directory is read, as `rm -r` and std's
+/// `remove_dir_all` do, instead of collecting their names first: one
+/// directory may hold as many entries as the layer has, and what this holds
+/// is one open directory stream per level, which the path depth limit
+/// bounds. A filesystem whose readdir skips entries when others are removed
+/// mid-stream is handled by reading again until the directory is empty.
 fn remove_tree(parent: &impl AsFd, name: &[u8]) -> nix::Result<()> {
+    /// Passes over one directory before giving up: each pass removes every
+    /// entry it sees, so a second is already unusual.
+    const PASSES: usize = 8;
     let mut dir = Dir::openat(parent, name, DIR_FLAGS, Mode::empty())?;
-    let mut names = Vec::new();
-    for ent in dir.iter() {
-        let ent = ent?;
-        let n = ent.file_name().to_bytes();
-        if n != b"." && n != b".." {
-            names.push(n.to_vec());
+    // The removals go through the stream's own fd while its iterator
+    // borrows `dir`: nothing is looked up by path, and each level of the
+    // recursion holds one fd, not two.
+    // SAFETY: `dir` owns the fd and outlives every use of `at` below; `at`
+    // only names the directory in *at calls and is never closed.
+    let at = unsafe { BorrowedFd::borrow_raw(dir.as_raw_fd()) };
+    for _ in 0..PASSES {
+        let mut removed = false;
+        // Each iterator starts at the beginning: it rewinds when dropped.
+        for ent in dir.iter() {
+            let ent = ent?;
+            let n = ent.file_name().to_bytes();
+            if n == b"." || n == b".." {
+                continue;
+            }
+            match stat_at(&at, n)? {
+                Some(st) if file_type(&st) == SFlag::S_IFDIR => remove_tree(&at, n)?,
+                Some(_) => unlinkat(at, n, UnlinkatFlags::NoRemoveDir)?,
+                None => continue,
+            }
+            removed = true;
+        }
+        match unlinkat(parent, name, UnlinkatFlags::RemoveDir) {
+            Err(Errno::ENOTEMPTY) if removed => continue,
+            r => return r,
         }
     }
-    for n in names {
-        match stat_at(&dir, &n)? {
-            Some(st) if file_type(&st) == SFlag::S_IFDIR => remove_tree(&dir, &n)?,
-            Some(_) => unlinkat(&dir, n.as_slice(), UnlinkatFlags::NoRemoveDir)?,
-            None => {}
-        }
-    }
-    drop(dir);
-    unlinkat(parent, name, UnlinkatFlags::RemoveDir)
+    Err(Errno::ENOTEMPTY)
 }
 
 /// fsetxattr on an fd we opened (regular files and directories).

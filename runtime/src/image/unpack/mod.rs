@@ -38,10 +38,20 @@
 //!   look up other paths; only our own whiteout translation sets them.
 //! - **Memory and disk are bounded.** The `tar` crate buffers PAX and GNU
 //!   long-name records whole, so the stream is metered and at most
-//!   [`MAX_METADATA_BYTES`] may be read between two entries; names and link
-//!   targets are capped at [`MAX_NAME_LEN`]; file data is streamed, never
-//!   held; GNU sparse entries, whose 512-byte header can declare exabytes of
-//!   holes, share a per-layer hole budget and are written with real holes.
+//!   [`MAX_METADATA_BYTES`] may be read between two entries; file data is
+//!   streamed, never held; GNU sparse entries, whose 512-byte header can
+//!   declare exabytes of holes, share a per-layer hole budget and are
+//!   written with real holes. A few KiB of gzip can expand to terabytes, and
+//!   a few MiB to millions of 512-byte headers, so the [`Limits`] (the
+//!   `registry.max-*` keys of the daemon config) are checked as the stream
+//!   is read, before the disk fills: decompressed bytes per layer and per
+//!   image, inodes per layer (entries plus the parents they imply), and the
+//!   length and depth of every name. Nothing is kept per entry in memory:
+//!   the one per-entry record the unpack needs until the end (a directory's
+//!   mode and mtime, see [`DeferredDirs`]) goes to an unnamed temp file once
+//!   it passes [`DEFERRED_DIRS_IN_MEMORY`], and what is held at any time is
+//!   that buffer, one entry's name and metadata (at most
+//!   [`MAX_METADATA_BYTES`]) and one open directory per path component.
 //! - **Device nodes are only made when running as root** (and skipped where
 //!   even root may not, such as in a user namespace), because a container
 //!   gets its `/dev` from the runtime anyway; whiteouts are the exception,
@@ -66,9 +76,11 @@ mod tests;
 use std::cell::Cell;
 use std::fmt::Write as _;
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufRead, Read, Seek, SeekFrom, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, openat};
@@ -83,8 +95,6 @@ use tar::EntryType;
 
 use fsops::WalkError;
 
-/// Longest entry name accepted, after PAX / GNU long-name expansion (PATH_MAX).
-pub const MAX_NAME_LEN: usize = 4096;
 /// Longest symlink or hard-link target accepted.
 pub const MAX_LINK_TARGET_LEN: usize = 4096;
 /// Most bytes the tar parser may consume between two entries: headers, PAX
@@ -92,6 +102,30 @@ pub const MAX_LINK_TARGET_LEN: usize = 4096;
 pub const MAX_METADATA_BYTES: u64 = 1 << 20;
 /// Most bytes of holes all GNU sparse entries of one layer may declare.
 pub const MAX_SPARSE_HOLE_BYTES: u64 = 64 << 30;
+/// Bytes of deferred directory records kept in memory before they go to a
+/// temp file. A real layer's directories fit (50,000 directories with
+/// 60-byte paths are about 4 MiB), so the file is only made for layers
+/// that are mostly directory entries.
+pub const DEFERRED_DIRS_IN_MEMORY: usize = 4 << 20;
+
+/// Default `registry.max-layer-entries`. The biggest real layers (a full
+/// distro with toolchains, node_modules trees) have a few hundred thousand
+/// files; a million is past them and still a bounded amount of work.
+pub const DEFAULT_MAX_LAYER_ENTRIES: u64 = 1_000_000;
+/// Default `registry.max-layer-bytes`: 16 GiB. CUDA/ML base layers are a
+/// few GiB uncompressed; a layer past this is a bomb or belongs on a volume.
+pub const DEFAULT_MAX_LAYER_BYTES: u64 = 16 << 30;
+/// Default `registry.max-image-bytes`: 64 GiB over all layers unpacked by
+/// one pull, so that many layers just under the per-layer limit cannot add
+/// up to a full disk either.
+pub const DEFAULT_MAX_IMAGE_BYTES: u64 = 64 << 30;
+/// Default `registry.max-path-length`: PATH_MAX. Longer names cannot be
+/// used by a container anyway: most syscalls refuse them.
+pub const DEFAULT_MAX_PATH_LENGTH: u64 = 4096;
+/// Default `registry.max-path-depth`. Deeply nested node_modules reach a
+/// few dozen components; 256 leaves room and bounds the directories one
+/// name can make us create and hold open.
+pub const DEFAULT_MAX_PATH_DEPTH: u64 = 256;
 
 const WHITEOUT_PREFIX: &[u8] = b".wh.";
 /// AUFS bookkeeping names (`.wh..wh.plnk`, ...) share this prefix.
@@ -104,6 +138,100 @@ const COPY_BUF: usize = 128 * 1024;
 const WRITEBACK_CHUNK: u64 = 8 << 20;
 /// Files at least this big get their tail's writeback started when done.
 const WRITEBACK_MIN_FILE: u64 = 1 << 20;
+
+/// A limit a hostile layer can run into, named by its config key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    LayerEntries,
+    LayerBytes,
+    ImageBytes,
+    PathLength,
+    PathDepth,
+}
+
+impl Limit {
+    /// The config key that sets it, so an operator who meets it with a
+    /// legitimate image knows what to raise.
+    pub fn key(self) -> &'static str {
+        match self {
+            Limit::LayerEntries => "registry.max-layer-entries",
+            Limit::LayerBytes => "registry.max-layer-bytes",
+            Limit::ImageBytes => "registry.max-image-bytes",
+            Limit::PathLength => "registry.max-path-length",
+            Limit::PathDepth => "registry.max-path-depth",
+        }
+    }
+
+    fn unit(self) -> &'static str {
+        match self {
+            Limit::LayerEntries => "entries and implied parent directories",
+            Limit::LayerBytes => "decompressed bytes",
+            Limit::ImageBytes => "decompressed bytes of the image's new layers",
+            Limit::PathLength => "bytes of name",
+            Limit::PathDepth => "name components",
+        }
+    }
+}
+
+/// What one layer (and one image) may make the unpacker do; see the
+/// `registry.max-*` keys in the daemon config.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Inodes per layer: tar entries plus the parent directories their
+    /// names imply without listing them.
+    pub max_layer_entries: u64,
+    /// Decompressed tar stream per layer, padding and trailing garbage
+    /// included.
+    pub max_layer_bytes: u64,
+    /// Entry and hard-link target names, in bytes after PAX / GNU
+    /// long-name expansion.
+    pub max_path_length: u64,
+    /// Entry and hard-link target names, in components.
+    pub max_path_depth: u64,
+    /// Shared by the layers of one image that are unpacked concurrently.
+    pub image: Arc<ImageBytes>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_layer_entries: DEFAULT_MAX_LAYER_ENTRIES,
+            max_layer_bytes: DEFAULT_MAX_LAYER_BYTES,
+            max_path_length: DEFAULT_MAX_PATH_LENGTH,
+            max_path_depth: DEFAULT_MAX_PATH_DEPTH,
+            image: Arc::new(ImageBytes::new(DEFAULT_MAX_IMAGE_BYTES)),
+        }
+    }
+}
+
+/// Decompressed bytes one image's layers have used so far, across the
+/// layers that unpack in parallel. Layers whose snapshot already exists
+/// cost nothing and are not counted: the limit is about what a pull adds.
+#[derive(Debug)]
+pub struct ImageBytes {
+    used: AtomicU64,
+    max: u64,
+}
+
+impl ImageBytes {
+    pub fn new(max: u64) -> ImageBytes {
+        ImageBytes {
+            used: AtomicU64::new(0),
+            max,
+        }
+    }
+
+    /// Counts `n` more bytes; false once the total is past the limit.
+    fn take(&self, n: u64) -> bool {
+        let before = self.used.fetch_add(n, Ordering::Relaxed);
+        before.saturating_add(n) <= self.max
+    }
+
+    /// Whether `n` more bytes would still fit, without counting them.
+    fn fits(&self, n: u64) -> bool {
+        self.used.load(Ordering::Relaxed).saturating_add(n) <= self.max
+    }
+}
 
 /// How a layer blob is compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,6 +304,10 @@ pub enum UnpackError {
         "tar metadata (headers, PAX records, GNU long names) after {after} exceeds {MAX_METADATA_BYTES} bytes"
     )]
     MetadataTooLarge { after: String },
+    /// The layer (or the image) is larger, in some way, than a limit of the
+    /// daemon config allows. `at` names where the unpack was.
+    #[error("exceeds {} = {max} {} at {at}", .limit.key(), .limit.unit())]
+    Limit { limit: Limit, max: u64, at: String },
     #[error("entry {path:?}: bad name: {reason}")]
     BadName { path: String, reason: &'static str },
     #[error("entry {path:?}: bad link target {target:?}: {reason}")]
@@ -242,23 +374,33 @@ pub enum UnpackError {
 }
 
 /// Unpacks one layer into `dest`, an existing empty directory, as an
-/// overlayfs-ready diff.
+/// overlayfs-ready diff, within `limits`.
 pub fn unpack(
     reader: impl Read,
     compression: Compression,
     dest: &Path,
+    limits: &Limits,
 ) -> Result<Unpacked, UnpackError> {
     let root = fsops::open_root(dest).map_err(|e| UnpackError::Destination {
         path: dest.to_path_buf(),
         source: e.into(),
     })?;
-    let meter = Meter::default();
+    let meter = Meter {
+        in_data: Cell::new(false),
+        meta_bytes: Cell::new(0),
+        stream_bytes: Cell::new(0),
+        tripped: Cell::new(None),
+        max_layer_bytes: limits.max_layer_bytes,
+        image: &limits.image,
+    };
     let mut u = Unpacker {
         root,
         privileged: nix::unistd::geteuid().is_root(),
         meter: &meter,
-        dirs: Vec::new(),
+        limits,
+        dirs: DeferredDirs::new(dest, DEFERRED_DIRS_IN_MEMORY),
         entries: 0,
+        parents_made: Cell::new(0),
         bytes: 0,
         sparse_holes: 0,
         last: None,
@@ -285,7 +427,6 @@ pub fn unpack(
         for entry in entries {
             let entry = entry.map_err(|e| u.stream_error(e))?;
             meter.meta_bytes.set(0);
-            u.entries += 1;
             u.entry(entry)?;
         }
     }
@@ -330,31 +471,59 @@ impl<R: Read> Read for Decoder<R> {
 /// Tells the stream who is reading. Bytes read while `in_data` is false are
 /// the tar parser's own (headers, padding, PAX and long-name records); they
 /// are counted so a hostile record cannot make the parser buffer gigabytes.
-#[derive(Default)]
-struct Meter {
+/// Every byte counts against the layer's and the image's byte limits.
+struct Meter<'l> {
     in_data: Cell<bool>,
     meta_bytes: Cell<u64>,
-    tripped: Cell<bool>,
+    /// Decompressed bytes so far.
+    stream_bytes: Cell<u64>,
+    /// Which budget the stream ran out of, if it did: its read error is
+    /// only a way to stop the tar parser and names no limit.
+    tripped: Cell<Option<Tripped>>,
+    max_layer_bytes: u64,
+    image: &'l ImageBytes,
 }
 
-/// Hashes the decompressed stream for diff_id and enforces the metadata
-/// budget of [`Meter`].
-struct HashingReader<'m, R> {
+#[derive(Clone, Copy)]
+enum Tripped {
+    Metadata,
+    Limit(Limit),
+}
+
+impl Meter<'_> {
+    fn trip(&self, why: Tripped) -> io::Error {
+        self.tripped.set(Some(why));
+        io::Error::other("layer limit exceeded")
+    }
+}
+
+/// Hashes the decompressed stream for diff_id and enforces the budgets of
+/// [`Meter`]. It sits between the decompressor and the tar parser, so a
+/// gzip or zstd bomb is stopped after at most one read past the limit,
+/// whatever the tar inside says.
+struct HashingReader<'m, 'l, R> {
     inner: R,
     hasher: Sha256,
-    meter: &'m Meter,
+    meter: &'m Meter<'l>,
 }
 
-impl<R: Read> Read for HashingReader<'_, R> {
+impl<R: Read> Read for HashingReader<'_, '_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.hasher.update(&buf[..n]);
+        let total = self.meter.stream_bytes.get().saturating_add(n as u64);
+        self.meter.stream_bytes.set(total);
+        if total > self.meter.max_layer_bytes {
+            return Err(self.meter.trip(Tripped::Limit(Limit::LayerBytes)));
+        }
+        if !self.meter.image.take(n as u64) {
+            return Err(self.meter.trip(Tripped::Limit(Limit::ImageBytes)));
+        }
         if !self.meter.in_data.get() {
             let total = self.meter.meta_bytes.get().saturating_add(n as u64);
             self.meter.meta_bytes.set(total);
             if total > MAX_METADATA_BYTES {
-                self.meter.tripped.set(true);
-                return Err(io::Error::other("tar metadata limit exceeded"));
+                return Err(self.meter.trip(Tripped::Metadata));
             }
         }
         Ok(n)
@@ -370,21 +539,133 @@ struct Meta {
     xattrs: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
-/// A directory whose mode and mtime are applied after all entries: writing
+/// Directories whose mode and mtime are applied after all entries: writing
 /// children changes a directory's mtime, and a read-only mode would block
 /// the children of an unprivileged unpack.
+///
+/// This is the one thing the unpack remembers per entry, and a layer can be
+/// nothing but directory entries, so it must not live in memory: records
+/// (mode, mtime, `/`-joined path) are appended to a buffer, and once that
+/// passes [`DEFERRED_DIRS_IN_MEMORY`] to an unnamed temp file in `dest`
+/// (`O_TMPFILE`: nothing to clean up, freed when the unpack ends however it
+/// ends). Memory is therefore at most that buffer; the file is smaller than
+/// the decompressed stream (each record is 24 bytes plus a name that took
+/// at least a 512-byte header to carry), which `registry.max-layer-bytes`
+/// bounds.
+struct DeferredDirs {
+    buf: Vec<u8>,
+    file: Option<File>,
+    /// Where the temp file goes: the snapshot's own filesystem.
+    dir: PathBuf,
+    /// [`DEFERRED_DIRS_IN_MEMORY`], smaller in tests.
+    in_memory: usize,
+}
+
+/// mode u32, mtime seconds i64, nanoseconds i64, path length u32.
+const DEFERRED_HEADER: usize = 4 + 8 + 8 + 4;
+
+/// One record read back by [`DeferredDirs::replay`].
 struct DeferredDir {
     comps: Vec<Vec<u8>>,
     mode: u32,
     mtime: TimeSpec,
 }
 
-struct Unpacker<'m> {
+impl DeferredDirs {
+    fn new(dest: &Path, in_memory: usize) -> DeferredDirs {
+        DeferredDirs {
+            buf: Vec::new(),
+            file: None,
+            dir: dest.to_path_buf(),
+            in_memory,
+        }
+    }
+
+    fn push(&mut self, comps: &[Vec<u8>], mode: u32, mtime: &TimeSpec) -> io::Result<()> {
+        let len: usize = comps.iter().map(|c| c.len() + 1).sum::<usize>();
+        let len = u32::try_from(len.saturating_sub(1))
+            .map_err(|_| io::Error::other("directory name too long to record"))?;
+        self.buf.extend_from_slice(&mode.to_le_bytes());
+        self.buf.extend_from_slice(&mtime.tv_sec().to_le_bytes());
+        self.buf.extend_from_slice(&mtime.tv_nsec().to_le_bytes());
+        self.buf.extend_from_slice(&len.to_le_bytes());
+        for (i, c) in comps.iter().enumerate() {
+            if i > 0 {
+                self.buf.push(b'/');
+            }
+            self.buf.extend_from_slice(c);
+        }
+        if self.buf.len() >= self.in_memory {
+            self.spill()?;
+        }
+        Ok(())
+    }
+
+    fn spill(&mut self) -> io::Result<()> {
+        let file = match &mut self.file {
+            Some(f) => f,
+            None => self.file.insert(tempfile::tempfile_in(&self.dir)?),
+        };
+        file.write_all(&self.buf)?;
+        self.buf.clear();
+        Ok(())
+    }
+
+    /// Calls `apply` for every record, in the order they were pushed.
+    fn replay(
+        &mut self,
+        mut apply: impl FnMut(DeferredDir) -> Result<(), UnpackError>,
+    ) -> Result<(), UnpackError> {
+        let spill_err = |e: io::Error| io_err("(deferred directories)", "read back", e);
+        let mut reader: Box<dyn BufRead + '_> = match &mut self.file {
+            None => Box::new(self.buf.as_slice()),
+            Some(file) => {
+                file.write_all(&self.buf).map_err(spill_err)?;
+                self.buf = Vec::new();
+                file.seek(SeekFrom::Start(0)).map_err(spill_err)?;
+                Box::new(io::BufReader::with_capacity(COPY_BUF, file))
+            }
+        };
+        let mut head = [0u8; DEFERRED_HEADER];
+        loop {
+            if reader.fill_buf().map_err(spill_err)?.is_empty() {
+                return Ok(());
+            }
+            reader.read_exact(&mut head).map_err(spill_err)?;
+            let (mode, rest) = head.split_at(4);
+            let (sec, rest) = rest.split_at(8);
+            let (nsec, len) = rest.split_at(8);
+            // The slices have the lengths just split off.
+            let le4 = |b: &[u8]| <[u8; 4]>::try_from(b).unwrap_or_default();
+            let le8 = |b: &[u8]| <[u8; 8]>::try_from(b).unwrap_or_default();
+            let len = u32::from_le_bytes(le4(len)) as usize;
+            let mut path = vec![0u8; len];
+            reader.read_exact(&mut path).map_err(spill_err)?;
+            let comps = if path.is_empty() {
+                Vec::new()
+            } else {
+                path.split(|&b| b == b'/').map(<[u8]>::to_vec).collect()
+            };
+            apply(DeferredDir {
+                comps,
+                mode: u32::from_le_bytes(le4(mode)),
+                mtime: TimeSpec::new(i64::from_le_bytes(le8(sec)), i64::from_le_bytes(le8(nsec))),
+            })?;
+        }
+    }
+}
+
+struct Unpacker<'m, 'l> {
     root: OwnedFd,
     privileged: bool,
-    meter: &'m Meter,
-    dirs: Vec<DeferredDir>,
+    meter: &'m Meter<'l>,
+    limits: &'l Limits,
+    dirs: DeferredDirs,
+    /// Tar entries so far (PAX and GNU long-name records not counted).
     entries: u64,
+    /// Parent directories created because a name implied them: they cost
+    /// an inode each like an entry, and count against the same limit.
+    parents_made: Cell<u64>,
     bytes: u64,
     sparse_holes: u64,
     /// Name of the last entry seen, for errors about the stream itself.
@@ -404,27 +685,76 @@ enum Target<'a> {
     },
 }
 
-impl Unpacker<'_> {
+impl Unpacker<'_, '_> {
     fn stream_error(&self, source: io::Error) -> UnpackError {
         let after = match &self.last {
             Some(p) => format!("entry {p:?}"),
             None => "(start of layer)".to_string(),
         };
-        if self.meter.tripped.get() {
-            UnpackError::MetadataTooLarge { after }
-        } else {
-            UnpackError::Stream { after, source }
+        match self.meter.tripped.get() {
+            Some(Tripped::Metadata) => UnpackError::MetadataTooLarge { after },
+            Some(Tripped::Limit(limit)) => UnpackError::Limit {
+                limit,
+                max: self.limit_of(limit),
+                at: after,
+            },
+            None => UnpackError::Stream { after, source },
         }
+    }
+
+    fn limit_of(&self, limit: Limit) -> u64 {
+        match limit {
+            Limit::LayerEntries => self.limits.max_layer_entries,
+            Limit::LayerBytes => self.limits.max_layer_bytes,
+            Limit::ImageBytes => self.limits.image.max,
+            Limit::PathLength => self.limits.max_path_length,
+            Limit::PathDepth => self.limits.max_path_depth,
+        }
+    }
+
+    fn limit_err(&self, limit: Limit, path: &str) -> UnpackError {
+        UnpackError::Limit {
+            limit,
+            max: self.limit_of(limit),
+            at: format!("entry {path:?}"),
+        }
+    }
+
+    /// Inodes this layer may still create: entries and implied parents
+    /// share `registry.max-layer-entries`.
+    fn inodes_left(&self) -> u64 {
+        self.limits
+            .max_layer_entries
+            .saturating_sub(self.entries)
+            .saturating_sub(self.parents_made.get())
+    }
+
+    /// Splits an entry or hard-link target name, within the name limits.
+    fn parse_name(&self, raw: &[u8], path: &str) -> Result<Vec<Vec<u8>>, NameError> {
+        parse_name(raw, self.limits.max_path_length, self.limits.max_path_depth).map_err(
+            |e| match e {
+                NameError::Limit(l) => NameError::Err(self.limit_err(l, path)),
+                e => e,
+            },
+        )
     }
 
     fn entry<R: Read>(&mut self, mut entry: tar::Entry<'_, R>) -> Result<(), UnpackError> {
         let raw = entry.path_bytes().into_owned();
         let path = show(&raw);
         self.last = Some(path.clone());
+        if self.inodes_left() == 0 {
+            return Err(self.limit_err(Limit::LayerEntries, &path));
+        }
+        self.entries += 1;
         let kind = entry.header().entry_type();
-        let comps = parse_name(&raw).map_err(|reason| UnpackError::BadName {
-            path: path.clone(),
-            reason,
+        let comps = self.parse_name(&raw, &path).map_err(|e| match e {
+            NameError::Bad(reason) => UnpackError::BadName {
+                path: path.clone(),
+                reason,
+            },
+            NameError::Err(e) => e,
+            NameError::Limit(l) => self.limit_err(l, &path),
         })?;
 
         if comps.last().is_some_and(|c| c.starts_with(WHITEOUT_PREFIX)) {
@@ -539,12 +869,9 @@ impl Unpacker<'_> {
         if opaque {
             set_opaque(&fd, path)?;
         }
-        self.dirs.push(DeferredDir {
-            comps: comps.to_vec(),
-            mode: meta.mode,
-            mtime: meta.mtime,
-        });
-        Ok(())
+        self.dirs
+            .push(comps, meta.mode, &meta.mtime)
+            .map_err(|e| io_err(path, "record directory metadata", e))
     }
 
     fn file<R: Read>(
@@ -556,11 +883,21 @@ impl Unpacker<'_> {
     ) -> Result<(), UnpackError> {
         let meta = read_meta(entry, path)?;
         let expected = entry.size();
+        let stored = entry
+            .header()
+            .entry_size()
+            .map_err(|source| bad_header(path, "size", source))?;
+        // The data is still to come through the stream, which would stop
+        // it at the limit anyway; refusing on the declared size fails
+        // before the first byte is written, and names the file.
+        let streamed = self.meter.stream_bytes.get().saturating_add(stored);
+        if streamed > self.limits.max_layer_bytes {
+            return Err(self.limit_err(Limit::LayerBytes, path));
+        }
+        if !self.limits.image.fits(stored) {
+            return Err(self.limit_err(Limit::ImageBytes, path));
+        }
         if sparse {
-            let stored = entry
-                .header()
-                .entry_size()
-                .map_err(|source| bad_header(path, "size", source))?;
             self.sparse_holes = self
                 .sparse_holes
                 .saturating_add(expected.saturating_sub(stored));
@@ -712,10 +1049,14 @@ impl Unpacker<'_> {
             });
         }
         // Same rules as entry names: the target is a path inside this layer.
-        let tcomps = parse_name(&raw).map_err(|reason| UnpackError::BadLinkTarget {
-            path: path.to_string(),
-            target: target.clone(),
-            reason,
+        let tcomps = self.parse_name(&raw, path).map_err(|e| match e {
+            NameError::Bad(reason) => UnpackError::BadLinkTarget {
+                path: path.to_string(),
+                target: target.clone(),
+                reason,
+            },
+            NameError::Err(e) => e,
+            NameError::Limit(l) => self.limit_err(l, path),
         })?;
         let bad = |reason| UnpackError::BadHardLink {
             path: path.to_string(),
@@ -725,7 +1066,7 @@ impl Unpacker<'_> {
         let Some((tname, tparents)) = tcomps.split_last() else {
             return Err(bad("names the layer root"));
         };
-        let tparent = match fsops::walk(&self.root, tparents, false) {
+        let tparent = match fsops::walk(&self.root, tparents, None) {
             Ok(fd) => fd,
             Err(WalkError::NotDir { .. })
             | Err(WalkError::Sys {
@@ -735,6 +1076,7 @@ impl Unpacker<'_> {
                 return Err(bad("is not an entry extracted earlier in this layer"));
             }
             Err(WalkError::Sys { op, errno }) => return Err(io_err(path, op, errno)),
+            Err(WalkError::Budget) => unreachable!("a walk without create makes nothing"),
         };
         match fsops::stat_at(&tparent, tname).map_err(|e| io_err(path, "stat link target", e))? {
             None => return Err(bad("is not an entry extracted earlier in this layer")),
@@ -906,23 +1248,26 @@ impl Unpacker<'_> {
     /// entry replaced is skipped; the walk is the same no-follow walk, so a
     /// symlink planted at a directory's path is not chmod-ed through.
     fn finish_dirs(&mut self) -> Result<(), UnpackError> {
-        for d in std::mem::take(&mut self.dirs) {
+        let root = &self.root;
+        self.dirs.replay(|d| {
             let path = show(&d.comps.join(&b'/'));
-            let fd = match fsops::walk(&self.root, &d.comps, false) {
+            let fd = match fsops::walk(root, &d.comps, None) {
                 Ok(fd) => fd,
                 Err(WalkError::NotDir { .. })
                 | Err(WalkError::Sys {
                     errno: Errno::ENOENT,
                     ..
                 }) => {
-                    continue;
+                    return Ok(());
                 }
                 Err(WalkError::Sys { op, errno }) => return Err(io_err(&path, op, errno)),
+                Err(WalkError::Budget) => {
+                    unreachable!("a walk without create makes nothing")
+                }
             };
             fchmod(&fd, Mode::from_bits_truncate(d.mode)).map_err(|e| io_err(&path, "chmod", e))?;
-            futimens(&fd, &d.mtime, &d.mtime).map_err(|e| io_err(&path, "set times", e))?;
-        }
-        Ok(())
+            futimens(&fd, &d.mtime, &d.mtime).map_err(|e| io_err(&path, "set times", e))
+        })
     }
 
     /// Opens the directory `comps` (relative to root) without following
@@ -934,13 +1279,19 @@ impl Unpacker<'_> {
         full: &[Vec<u8>],
         path: &str,
     ) -> Result<OwnedFd, UnpackError> {
-        fsops::walk(&self.root, comps, create).map_err(|e| match e {
+        let left = Cell::new(self.inodes_left());
+        let before = left.get();
+        let r = fsops::walk(&self.root, comps, create.then_some(&left));
+        self.parents_made
+            .set(self.parents_made.get() + (before - left.get()));
+        r.map_err(|e| match e {
             WalkError::NotDir { index, what } => UnpackError::UnsafeParent {
                 path: path.to_string(),
                 component: show(&full[..=index].join(&b'/')),
                 what,
             },
             WalkError::Sys { op, errno } => io_err(path, op, errno),
+            WalkError::Budget => self.limit_err(Limit::LayerEntries, path),
         })
     }
 
@@ -989,25 +1340,40 @@ fn read_data<R: Read>(
     r
 }
 
+/// Why a name was refused.
+enum NameError {
+    Bad(&'static str),
+    Limit(Limit),
+    /// Already turned into the error to report.
+    Err(UnpackError),
+}
+
 /// Splits an entry name into components: `.` and empty components (from
 /// `./`, a leading `/`, or `//`) are dropped, so absolute names land inside
-/// `dest`; `..` anywhere is refused.
-fn parse_name(raw: &[u8]) -> Result<Vec<Vec<u8>>, &'static str> {
+/// `dest`; `..` anywhere is refused. The length is checked before anything
+/// is allocated and the depth as components are collected, so a name costs
+/// at most `max_len` bytes plus `max_depth` small vectors.
+fn parse_name(raw: &[u8], max_len: u64, max_depth: u64) -> Result<Vec<Vec<u8>>, NameError> {
     if raw.is_empty() {
-        return Err("empty name");
+        return Err(NameError::Bad("empty name"));
     }
-    if raw.len() > MAX_NAME_LEN {
-        return Err("longer than 4096 bytes");
+    if raw.len() as u64 > max_len {
+        return Err(NameError::Limit(Limit::PathLength));
     }
     if raw.contains(&0) {
-        return Err("contains a NUL byte");
+        return Err(NameError::Bad("contains a NUL byte"));
     }
     let mut comps = Vec::new();
     for c in raw.split(|&b| b == b'/') {
         match c {
             b"" | b"." => {}
-            b".." => return Err("contains a `..` component"),
-            c => comps.push(c.to_vec()),
+            b".." => return Err(NameError::Bad("contains a `..` component")),
+            c => {
+                if comps.len() as u64 >= max_depth {
+                    return Err(NameError::Limit(Limit::PathDepth));
+                }
+                comps.push(c.to_vec())
+            }
         }
     }
     Ok(comps)

@@ -154,7 +154,7 @@ impl Env {
     }
 
     fn unpack(&self, tar: &[u8]) -> Result<Unpacked, UnpackError> {
-        unpack(tar, Compression::None, &self.dest)
+        unpack(tar, Compression::None, &self.dest, &Limits::default())
     }
 
     fn assert_outside_untouched(&self) {
@@ -507,7 +507,16 @@ fn bad_names_are_rejected() {
         .file("x", b"")
         .finish();
     let err = env.unpack(&tar).unwrap_err();
-    assert!(matches!(err, UnpackError::BadName { .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            UnpackError::Limit {
+                limit: Limit::PathLength,
+                ..
+            }
+        ),
+        "{err}"
+    );
 
     // The layer root as a file. ("/" with its trailing slash would be an
     // old-style directory entry, which is fine.)
@@ -724,7 +733,8 @@ fn all_compressions_give_the_raw_tar_digest() {
         ("zstd", zst, Compression::Zstd),
     ] {
         let env = Env::new();
-        let got = unpack(&blob[..], c, &env.dest).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let got = unpack(&blob[..], c, &env.dest, &Limits::default())
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
         assert_eq!(got.diff_id, want, "{what}");
         assert_eq!(got.entries, 3, "{what}");
         assert_eq!(got.bytes, 100_000, "{what}");
@@ -753,7 +763,7 @@ fn truncated_streams_are_errors() {
         ("tar mid-file", &tar[..2048], Compression::None),
     ] {
         let env = Env::new();
-        let err = unpack(blob, c, &env.dest).unwrap_err();
+        let err = unpack(blob, c, &env.dest, &Limits::default()).unwrap_err();
         assert!(
             matches!(
                 err,
@@ -896,8 +906,8 @@ fn layers_stack_in_overlayfs() {
         .file("e/.wh.stays", b"")
         .file("e/added", b"+")
         .finish();
-    unpack(&base[..], Compression::None, &lower).expect("lower");
-    unpack(&top[..], Compression::None, &upper).expect("upper");
+    unpack(&base[..], Compression::None, &lower, &Limits::default()).expect("lower");
+    unpack(&top[..], Compression::None, &upper, &Limits::default()).expect("upper");
 
     let opts = format!("lowerdir={}:{}", upper.display(), lower.display());
     nix::mount::mount(
@@ -1017,10 +1027,296 @@ fn big_files_from_small_reads_are_written_whole() {
         },
         Compression::None,
         &env.dest,
+        &Limits::default(),
     )
     .unwrap();
     assert_eq!(got.diff_id, sha256_hex(&tar));
     assert_eq!(got.bytes, data.len() as u64 + 4);
     assert!(fs::read(env.dest.join("big.bin")).unwrap() == data);
     assert_eq!(fs::read(env.dest.join("small")).unwrap(), b"tail");
+}
+
+/// Default limits with some replaced, and a fresh image budget.
+fn limits(f: impl FnOnce(&mut Limits)) -> Limits {
+    let mut l = Limits::default();
+    f(&mut l);
+    l
+}
+
+fn limit_of(err: &UnpackError) -> Option<Limit> {
+    match err {
+        UnpackError::Limit { limit, .. } => Some(*limit),
+        _ => None,
+    }
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+#[test]
+fn entry_limit_counts_entries_and_implied_parents() {
+    let l = limits(|l| l.max_layer_entries = 5);
+    let mut t = Tar::default();
+    for i in 0..5 {
+        t.file(&format!("f{i}"), b"");
+    }
+    let env = Env::new();
+    assert_eq!(
+        unpack(&t.finish()[..], Compression::None, &env.dest, &l)
+            .expect("five entries fit")
+            .entries,
+        5
+    );
+
+    let mut t = Tar::default();
+    for i in 0..6 {
+        t.file(&format!("f{i}"), b"");
+    }
+    let env = Env::new();
+    let err = unpack(&t.finish()[..], Compression::None, &env.dest, &l).unwrap_err();
+    assert_eq!(limit_of(&err), Some(Limit::LayerEntries), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("registry.max-layer-entries") && msg.contains("= 5") && msg.contains("f5"),
+        "{msg}"
+    );
+    assert!(!env.dest.join("f5").exists());
+
+    // One entry whose name implies four directories is five inodes.
+    let env = Env::new();
+    let tar = Tar::default().file("a/b/c/d/f", b"").finish();
+    let l4 = limits(|l| l.max_layer_entries = 4);
+    let err = unpack(&tar[..], Compression::None, &env.dest, &l4).unwrap_err();
+    assert_eq!(limit_of(&err), Some(Limit::LayerEntries), "{err}");
+    let env = Env::new();
+    unpack(&tar[..], Compression::None, &env.dest, &l).expect("five inodes fit");
+}
+
+#[test]
+fn layer_bytes_are_counted_on_the_decompressed_stream() {
+    // A gzip bomb: files each under the limit, 8 MiB decompressed in all,
+    // from a few KiB of gzip.
+    let zeros = vec![0u8; 512 << 10];
+    let mut t = Tar::default();
+    for i in 0..16 {
+        t.file(&format!("z{i}"), &zeros);
+    }
+    let gz = gzip(&t.finish());
+    assert!(gz.len() < 64 << 10, "{}", gz.len());
+    let l = limits(|l| l.max_layer_bytes = 1 << 20);
+    let env = Env::new();
+    let err = unpack(&gz[..], Compression::Gzip, &env.dest, &l).unwrap_err();
+    assert_eq!(limit_of(&err), Some(Limit::LayerBytes), "{err}");
+    assert!(
+        err.to_string()
+            .contains("registry.max-layer-bytes = 1048576"),
+        "{err}"
+    );
+    // Stopped at the limit: at most a copy buffer past it was written.
+    let written: u64 = fs::read_dir(&env.dest)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    assert!(written <= (1 << 20) + COPY_BUF as u64, "{written}");
+
+    // What follows the end of the archive counts too.
+    let mut tar = Tar::default().file("x", b"x").finish();
+    tar.resize(4 << 20, 0);
+    let env = Env::new();
+    let err = unpack(&gzip(&tar)[..], Compression::Gzip, &env.dest, &l).unwrap_err();
+    assert_eq!(limit_of(&err), Some(Limit::LayerBytes), "{err}");
+
+    // Just under the limit is fine.
+    let tar = Tar::default().file("z", &zeros).finish();
+    let env = Env::new();
+    unpack(&gzip(&tar)[..], Compression::Gzip, &env.dest, &l).expect("under the limit");
+}
+
+#[test]
+fn a_file_declared_past_the_limit_is_refused_before_it_is_written() {
+    // Only the header: the declared 2 MiB never arrive, and need not.
+    let mut h = Header::new_gnu();
+    h.set_entry_type(EntryType::Regular);
+    h.set_path("big").unwrap();
+    h.set_size(2 << 20);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    h.set_cksum();
+    let l = limits(|l| l.max_layer_bytes = 1 << 20);
+    let env = Env::new();
+    let err = unpack(&h.as_bytes()[..], Compression::None, &env.dest, &l).unwrap_err();
+    assert_eq!(limit_of(&err), Some(Limit::LayerBytes), "{err}");
+    assert!(err.to_string().contains("\"big\""), "{err}");
+    assert!(!env.dest.join("big").exists());
+}
+
+#[test]
+fn image_bytes_are_shared_by_the_layers_of_an_image() {
+    let image = Arc::new(ImageBytes::new(3 << 20));
+    let l = limits(|l| l.image = image.clone());
+    let layer = Tar::default().file("f", &vec![1u8; 2 << 20]).finish();
+    let env = Env::new();
+    unpack(&layer[..], Compression::None, &env.dest, &l).expect("first layer fits");
+    let env = Env::new();
+    let err = unpack(&layer[..], Compression::None, &env.dest, &l).unwrap_err();
+    assert_eq!(limit_of(&err), Some(Limit::ImageBytes), "{err}");
+    assert!(
+        err.to_string().contains("registry.max-image-bytes"),
+        "{err}"
+    );
+    // Another image has its own budget.
+    let env = Env::new();
+    unpack(&layer[..], Compression::None, &env.dest, &Limits::default()).expect("other image");
+}
+
+#[test]
+fn path_length_limit_covers_names_and_link_targets() {
+    let l = limits(|l| l.max_path_length = 100);
+    let ok = "d/".repeat(49) + "ok"; // 100 bytes
+    let long = "d/".repeat(50) + "x"; // 101 bytes
+    let env = Env::new();
+    let tar = Tar::default()
+        .pax(&[("path", ok.as_bytes())])
+        .file("ignored", b"")
+        .finish();
+    unpack(&tar[..], Compression::None, &env.dest, &l).expect("100 bytes fit");
+    assert!(env.dest.join(&ok).is_file());
+
+    let env = Env::new();
+    let tar = Tar::default()
+        .pax(&[("path", long.as_bytes())])
+        .file("ignored", b"")
+        .finish();
+    let err = unpack(&tar[..], Compression::None, &env.dest, &l).unwrap_err();
+    assert_eq!(limit_of(&err), Some(Limit::PathLength), "{err}");
+    assert!(
+        err.to_string().contains("registry.max-path-length = 100"),
+        "{err}"
+    );
+    assert_eq!(fs::read_dir(&env.dest).unwrap().count(), 0);
+
+    let env = Env::new();
+    let tar = Tar::default()
+        .file("t", b"")
+        .pax(&[("linkpath", long.as_bytes())])
+        .hardlink("h", "ignored")
+        .finish();
+    let err = unpack(&tar[..], Compression::None, &env.dest, &l).unwrap_err();
+    assert_eq!(limit_of(&err), Some(Limit::PathLength), "{err}");
+}
+
+#[test]
+fn path_depth_limit() {
+    let l = limits(|l| l.max_path_depth = 4);
+    let env = Env::new();
+    // `.` and empty components are not levels.
+    let tar = Tar::default().file("./a//b/c/d", b"").finish();
+    unpack(&tar[..], Compression::None, &env.dest, &l).expect("depth 4 fits");
+
+    let env = Env::new();
+    let tar = Tar::default().dir("a/").file("a/b/c/d/e", b"").finish();
+    let err = unpack(&tar[..], Compression::None, &env.dest, &l).unwrap_err();
+    assert_eq!(limit_of(&err), Some(Limit::PathDepth), "{err}");
+    assert!(
+        err.to_string().contains("registry.max-path-depth = 4"),
+        "{err}"
+    );
+    // Refused before any parent was made.
+    assert!(!env.dest.join("a/b").exists());
+
+    let env = Env::new();
+    let tar = Tar::default()
+        .file("t", b"")
+        .hardlink("h", "a/b/c/d/e")
+        .finish();
+    let err = unpack(&tar[..], Compression::None, &env.dest, &l).unwrap_err();
+    assert_eq!(limit_of(&err), Some(Limit::PathDepth), "{err}");
+}
+
+#[test]
+fn deferred_directories_spill_to_a_file_and_replay_in_order() {
+    let env = Env::new();
+    let mut d = DeferredDirs::new(&env.dest, 256);
+    let mut want = Vec::new();
+    for i in 0..1000u32 {
+        let comps: Vec<Vec<u8>> = match i % 3 {
+            0 => Vec::new(),
+            1 => vec![format!("d{i}").into_bytes()],
+            _ => vec![b"a".to_vec(), format!("b{i}").into_bytes(), b"c".to_vec()],
+        };
+        let mtime = TimeSpec::new(1_600_000_000 + i64::from(i), i64::from(i) * 1000);
+        d.push(&comps, 0o700 + i % 8, &mtime).unwrap();
+        want.push((comps, 0o700 + i % 8, mtime));
+    }
+    assert!(d.file.is_some(), "1000 records are past 256 bytes");
+    assert!(d.buf.len() < 256 + DEFERRED_HEADER + 16);
+    let mut got = Vec::new();
+    d.replay(|r| {
+        got.push((r.comps, r.mode, r.mtime));
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(got.len(), want.len());
+    assert!(got == want);
+    // The temp file is unnamed: dest shows nothing of it.
+    assert_eq!(fs::read_dir(&env.dest).unwrap().count(), 0);
+}
+
+#[test]
+fn repeated_directory_entries_keep_memory_flat() {
+    // 200,000 entries for the same directory: each is a deferred record,
+    // 4.8 MB of them, so they pass the in-memory threshold and spill; the
+    // last one's mode and mtime win, as in tar.
+    let mut t = Tar::default();
+    for i in 0..200_000u64 {
+        t.raw(
+            EntryType::Directory,
+            b"d/",
+            b"",
+            b"",
+            &Opts {
+                mode: if i == 199_999 { 0o711 } else { 0o755 },
+                mtime: 1_000 + i,
+                ..DEFAULT
+            },
+        );
+    }
+    let env = Env::new();
+    let got = unpack(
+        &t.finish()[..],
+        Compression::None,
+        &env.dest,
+        &Limits::default(),
+    )
+    .expect("unpack");
+    assert_eq!(got.entries, 200_000);
+    let m = fs::metadata(env.dest.join("d")).unwrap();
+    assert_eq!(m.mode() & 0o7777, 0o711);
+    assert_eq!(m.mtime(), 1_000 + 199_999);
+    assert_eq!(fs::read_dir(&env.dest).unwrap().count(), 1);
+}
+
+#[test]
+fn a_big_directory_replaced_by_a_file_is_removed_whole() {
+    let mut t = Tar::default();
+    t.dir("big/").dir("big/sub/");
+    for i in 0..3000 {
+        t.file(&format!("big/f{i}"), b"");
+        t.file(&format!("big/sub/g{i}"), b"");
+    }
+    t.file("big", b"now a file");
+    let env = Env::new();
+    unpack(
+        &t.finish()[..],
+        Compression::None,
+        &env.dest,
+        &Limits::default(),
+    )
+    .expect("unpack");
+    assert_eq!(fs::read(env.dest.join("big")).unwrap(), b"now a file");
 }
