@@ -19,7 +19,10 @@ pub struct Pod {
     pub rt: Rt,
     pub sandbox: String,
     pub log_dir: PathBuf,
+    /// The busybox fixture, pulled.
     pub busybox: String,
+    /// The `config` fixture (an image config with env, user, workdir), pulled.
+    pub config_image: String,
     _registry: Registry,
     _logs: tempfile::TempDir,
 }
@@ -30,6 +33,7 @@ impl Pod {
     pub async fn start(name: &str, config: &str, linux: Option<LinuxPodSandboxConfig>) -> Pod {
         let reg = Registry::start();
         reg.push_fixture(fixtures_dir(), "busybox", "busybox:latest");
+        reg.push_fixture(fixtures_dir(), "config", "config:latest");
         let cfg = format!(
             "{config}\n[registry.hosts.\"{}\"]\nplain-http = true\n",
             reg.addr()
@@ -39,17 +43,20 @@ impl Pod {
             .expect("vmpod serve starts");
         let mut images: ImageServiceClient<Channel> = daemon.images().await.expect("images");
         let busybox = format!("{}/busybox:latest", reg.addr());
-        images
-            .pull_image(PullImageRequest {
-                image: Some(ImageSpec {
-                    image: busybox.clone(),
-                    ..Default::default()
-                }),
-                auth: None,
-                sandbox_config: None,
-            })
-            .await
-            .unwrap_or_else(|e| panic!("pull {busybox}: {e}"));
+        let config_image = format!("{}/config:latest", reg.addr());
+        for image in [&busybox, &config_image] {
+            images
+                .pull_image(PullImageRequest {
+                    image: Some(ImageSpec {
+                        image: image.clone(),
+                        ..Default::default()
+                    }),
+                    auth: None,
+                    sandbox_config: None,
+                })
+                .await
+                .unwrap_or_else(|e| panic!("pull {image}: {e}"));
+        }
         let logs = tempfile::Builder::new()
             .prefix("vmpod-logs-")
             .tempdir()
@@ -68,6 +75,11 @@ impl Pod {
                     }),
                     hostname: format!("{name}-host"),
                     log_directory: log_dir.to_string_lossy().into(),
+                    dns_config: Some(DnsConfig {
+                        servers: vec!["10.96.0.10".into()],
+                        searches: vec!["vmpod-test.svc.cluster.local".into()],
+                        options: vec![],
+                    }),
                     linux,
                     ..Default::default()
                 }),
@@ -83,6 +95,7 @@ impl Pod {
             sandbox,
             log_dir,
             busybox,
+            config_image,
             _registry: reg,
             _logs: logs,
         }
@@ -95,13 +108,18 @@ impl Pod {
 
     /// A busybox container running `cmd`, logging to `<name>/0.log`.
     pub fn config(&self, name: &str, cmd: &[&str]) -> ContainerConfig {
+        self.config_of(&self.busybox, name, cmd)
+    }
+
+    /// A container of `image` running `cmd`, logging to `<name>/0.log`.
+    pub fn config_of(&self, image: &str, name: &str, cmd: &[&str]) -> ContainerConfig {
         ContainerConfig {
             metadata: Some(ContainerMetadata {
                 name: name.into(),
                 attempt: 0,
             }),
             image: Some(ImageSpec {
-                image: self.busybox.clone(),
+                image: image.to_string(),
                 ..Default::default()
             }),
             command: cmd.iter().map(|s| s.to_string()).collect(),
@@ -122,22 +140,40 @@ impl Pod {
             .map(|r| r.into_inner().container_id)
     }
 
+    pub async fn start_container(&mut self, id: &str) -> Result<(), tonic::Status> {
+        self.rt
+            .start_container(StartContainerRequest {
+                container_id: id.into(),
+            })
+            .await
+            .map(|_| ())
+    }
+
     /// Creates and starts; panics with the daemon log on failure.
     pub async fn run(&mut self, config: ContainerConfig) -> String {
         let id = match self.create(config).await {
             Ok(id) => id,
             Err(e) => panic!("CreateContainer: {e}\n{}", self.daemon.log_text()),
         };
-        if let Err(e) = self
-            .rt
-            .start_container(StartContainerRequest {
-                container_id: id.clone(),
-            })
-            .await
-        {
+        if let Err(e) = self.start_container(&id).await {
             panic!("StartContainer: {e}\n{}", self.daemon.log_text());
         }
         id
+    }
+
+    /// The CRI log file of container `name`.
+    pub fn log_path(&self, name: &str) -> PathBuf {
+        self.log_dir.join(name).join("0.log")
+    }
+
+    pub async fn stop(&mut self, id: &str, timeout: i64) {
+        self.rt
+            .stop_container(StopContainerRequest {
+                container_id: id.into(),
+                timeout,
+            })
+            .await
+            .expect("StopContainer");
     }
 
     pub async fn status(&mut self, id: &str) -> ContainerStatus {
@@ -199,9 +235,17 @@ impl Pod {
 
     /// stdout of a successful exec, as text.
     pub async fn sh(&mut self, id: &str, script: &str) -> String {
-        let (code, out) = self.sh_any(id, script).await;
-        assert_eq!(code, 0, "exec {script:?}: {out}");
-        out
+        let r = self
+            .exec(id, &["sh", "-c", script], 60)
+            .await
+            .unwrap_or_else(|e| panic!("exec {script:?}: {e}"));
+        assert_eq!(
+            r.exit_code,
+            0,
+            "exec {script:?}: stderr {}",
+            String::from_utf8_lossy(&r.stderr)
+        );
+        String::from_utf8_lossy(&r.stdout).into_owned()
     }
 
     /// The VMM's pid, from PodSandboxStatus's verbose info.
@@ -224,7 +268,7 @@ impl Pod {
             .unwrap_or_else(|| panic!("no vmPid in {info}"))
     }
 
-    pub async fn stop_and_remove(&mut self) {
+    pub async fn remove_pod(&mut self) {
         self.rt
             .stop_pod_sandbox(StopPodSandboxRequest {
                 pod_sandbox_id: self.sandbox.clone(),

@@ -6,246 +6,17 @@
 //! VM boots are the expensive part under TCG, so each test boots one pod and
 //! checks several behaviours in it.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use tonic::Code;
 use tonic::transport::Channel;
+use vmpod_cri_api::ImageServiceClient;
 use vmpod_cri_api::v1::*;
-use vmpod_cri_api::{ImageServiceClient, RuntimeServiceClient};
-use vmpod_tests::daemon::{Daemon, test_config};
 use vmpod_tests::host::{cgroups_named, mounts_under, processes_mentioning};
-use vmpod_tests::registry::{Registry, fixtures_dir};
+use vmpod_tests::pod::Pod;
 
-type Rt = RuntimeServiceClient<Channel>;
-
-/// One daemon, one registry with the fixtures, one READY pod.
-struct Pod {
-    daemon: Daemon,
-    rt: Rt,
-    sandbox: String,
-    log_dir: PathBuf,
-    _registry: Registry,
-    _logs: tempfile::TempDir,
-    busybox: String,
-    config_image: String,
-}
-
-impl Pod {
-    async fn start(name: &str) -> Pod {
-        Self::start_with(name, None).await
-    }
-
-    async fn start_with(name: &str, linux: Option<LinuxPodSandboxConfig>) -> Pod {
-        let reg = Registry::start();
-        let fx = fixtures_dir();
-        reg.push_fixture(fx, "busybox", "busybox:latest");
-        reg.push_fixture(fx, "config", "config:latest");
-        let cfg = format!("[registry.hosts.\"{}\"]\nplain-http = true\n", reg.addr());
-        let daemon = Daemon::start_with_config(&test_config(&cfg)).await.unwrap();
-        let mut images: ImageServiceClient<Channel> = daemon.images().await.unwrap();
-        let busybox = format!("{}/busybox:latest", reg.addr());
-        let config_image = format!("{}/config:latest", reg.addr());
-        for image in [&busybox, &config_image] {
-            images
-                .pull_image(PullImageRequest {
-                    image: Some(ImageSpec {
-                        image: image.clone(),
-                        ..Default::default()
-                    }),
-                    auth: None,
-                    sandbox_config: None,
-                })
-                .await
-                .unwrap_or_else(|e| panic!("pull {image}: {e}"));
-        }
-        let logs = tempfile::Builder::new()
-            .prefix("vmpod-logs-")
-            .tempdir()
-            .unwrap();
-        let log_dir = logs.path().join(name);
-        std::fs::create_dir_all(&log_dir).unwrap();
-        let mut rt = daemon.runtime().await.unwrap();
-        let sandbox = rt
-            .run_pod_sandbox(RunPodSandboxRequest {
-                config: Some(PodSandboxConfig {
-                    metadata: Some(PodSandboxMetadata {
-                        name: name.into(),
-                        uid: format!("uid-{name}"),
-                        namespace: "vmpod-test".into(),
-                        attempt: 0,
-                    }),
-                    hostname: format!("{name}-host"),
-                    log_directory: log_dir.to_string_lossy().into(),
-                    dns_config: Some(DnsConfig {
-                        servers: vec!["10.96.0.10".into()],
-                        searches: vec!["vmpod-test.svc.cluster.local".into()],
-                        options: vec![],
-                    }),
-                    linux,
-                    ..Default::default()
-                }),
-                runtime_handler: String::new(),
-            })
-            .await
-            .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", daemon.log_text()))
-            .into_inner()
-            .pod_sandbox_id;
-        Pod {
-            daemon,
-            rt,
-            sandbox,
-            log_dir,
-            _registry: reg,
-            _logs: logs,
-            busybox,
-            config_image,
-        }
-    }
-
-    fn config(&self, name: &str, cmd: &[&str]) -> ContainerConfig {
-        self.config_of(&self.busybox, name, cmd)
-    }
-
-    fn config_of(&self, image: &str, name: &str, cmd: &[&str]) -> ContainerConfig {
-        ContainerConfig {
-            metadata: Some(ContainerMetadata {
-                name: name.into(),
-                attempt: 0,
-            }),
-            image: Some(ImageSpec {
-                image: image.to_string(),
-                ..Default::default()
-            }),
-            command: cmd.iter().map(|s| s.to_string()).collect(),
-            log_path: format!("{name}/0.log"),
-            linux: Some(LinuxContainerConfig::default()),
-            ..Default::default()
-        }
-    }
-
-    async fn create(&mut self, config: ContainerConfig) -> Result<String, tonic::Status> {
-        self.rt
-            .create_container(CreateContainerRequest {
-                pod_sandbox_id: self.sandbox.clone(),
-                config: Some(config),
-                sandbox_config: None,
-            })
-            .await
-            .map(|r| r.into_inner().container_id)
-    }
-
-    async fn start_container(&mut self, id: &str) -> Result<(), tonic::Status> {
-        self.rt
-            .start_container(StartContainerRequest {
-                container_id: id.into(),
-            })
-            .await
-            .map(|_| ())
-    }
-
-    /// Creates and starts; panics with the daemon log on failure.
-    async fn run(&mut self, config: ContainerConfig) -> String {
-        let id = match self.create(config).await {
-            Ok(id) => id,
-            Err(e) => panic!("CreateContainer: {e}\n{}", self.daemon.log_text()),
-        };
-        if let Err(e) = self.start_container(&id).await {
-            panic!("StartContainer: {e}\n{}", self.daemon.log_text());
-        }
-        id
-    }
-
-    async fn status(&mut self, id: &str) -> ContainerStatus {
-        self.rt
-            .container_status(ContainerStatusRequest {
-                container_id: id.into(),
-                verbose: false,
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .status
-            .unwrap()
-    }
-
-    /// Waits for the container to exit; returns its final status.
-    async fn wait_exit(&mut self, id: &str, limit: Duration) -> ContainerStatus {
-        let t0 = Instant::now();
-        loop {
-            let s = self.status(id).await;
-            if s.state() == ContainerState::ContainerExited {
-                return s;
-            }
-            assert!(
-                t0.elapsed() < limit,
-                "container {id} still {:?} after {limit:?}",
-                s.state()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    async fn exec(
-        &mut self,
-        id: &str,
-        cmd: &[&str],
-        timeout: i64,
-    ) -> Result<ExecSyncResponse, tonic::Status> {
-        self.rt
-            .exec_sync(ExecSyncRequest {
-                container_id: id.into(),
-                cmd: cmd.iter().map(|s| s.to_string()).collect(),
-                timeout,
-            })
-            .await
-            .map(tonic::Response::into_inner)
-    }
-
-    /// stdout of a successful exec, as text.
-    async fn sh(&mut self, id: &str, script: &str) -> String {
-        let r = self
-            .exec(id, &["sh", "-c", script], 30)
-            .await
-            .unwrap_or_else(|e| panic!("exec {script:?}: {e}"));
-        assert_eq!(
-            r.exit_code,
-            0,
-            "exec {script:?}: stderr {}",
-            String::from_utf8_lossy(&r.stderr)
-        );
-        String::from_utf8_lossy(&r.stdout).into_owned()
-    }
-
-    fn log_path(&self, name: &str) -> PathBuf {
-        self.log_dir.join(name).join("0.log")
-    }
-
-    async fn stop(&mut self, id: &str, timeout: i64) {
-        self.rt
-            .stop_container(StopContainerRequest {
-                container_id: id.into(),
-                timeout,
-            })
-            .await
-            .unwrap();
-    }
-
-    async fn remove_pod(&mut self) {
-        self.rt
-            .stop_pod_sandbox(StopPodSandboxRequest {
-                pod_sandbox_id: self.sandbox.clone(),
-            })
-            .await
-            .unwrap();
-        self.rt
-            .remove_pod_sandbox(RemovePodSandboxRequest {
-                pod_sandbox_id: self.sandbox.clone(),
-            })
-            .await
-            .unwrap();
-    }
-}
+type Rt = vmpod_tests::pod::Rt;
 
 /// The records of a CRI log file: (stream, tag, content).
 fn log_records(path: &Path) -> Vec<(String, String, String)> {
@@ -285,7 +56,7 @@ async fn wait_for_log(path: &Path, needle: &str, limit: Duration) {
 
 #[tokio::test]
 async fn logs_exit_codes_and_process_config() {
-    let mut pod = Pod::start("basics").await;
+    let mut pod = Pod::start("basics", "", None).await;
 
     // stdout and stderr land in the CRI log with their stream tags.
     let id = pod
@@ -511,7 +282,7 @@ async fn logs_exit_codes_and_process_config() {
 
 #[tokio::test]
 async fn bad_requests_name_the_problem() {
-    let mut pod = Pod::start("bad").await;
+    let mut pod = Pod::start("bad", "", None).await;
     let mut c = pod.config("unpulled", &["true"]);
     c.image = Some(ImageSpec {
         image: "127.0.0.1:1/never-pulled:latest".into(),
@@ -572,7 +343,7 @@ async fn bad_requests_name_the_problem() {
 
 #[tokio::test]
 async fn rootfs_and_mounts() {
-    let mut pod = Pod::start("mounts").await;
+    let mut pod = Pod::start("mounts", "", None).await;
     let host = tempfile::tempdir().unwrap();
     std::fs::write(host.path().join("file.txt"), "host-file\n").unwrap();
     std::fs::create_dir(host.path().join("dir")).unwrap();
@@ -677,8 +448,9 @@ async fn rootfs_and_mounts() {
 
 #[tokio::test]
 async fn pod_namespaces_are_shared() {
-    let mut pod = Pod::start_with(
+    let mut pod = Pod::start(
         "shared",
+        "",
         Some(LinuxPodSandboxConfig {
             security_context: Some(LinuxSandboxSecurityContext {
                 namespace_options: Some(NamespaceOption {
@@ -753,7 +525,7 @@ async fn pod_namespaces_are_shared() {
 
 #[tokio::test]
 async fn limits_stop_exec_and_stats() {
-    let mut pod = Pod::start("limits").await;
+    let mut pod = Pod::start("limits", "", None).await;
 
     // 32 MiB limit, a shell that doubles a string until it is killed.
     let mut c = pod.config(
@@ -996,7 +768,7 @@ async fn limits_stop_exec_and_stats() {
 
 #[tokio::test]
 async fn logs_survive_a_daemon_kill() {
-    let mut pod = Pod::start("restart").await;
+    let mut pod = Pod::start("restart", "", None).await;
     let id = pod
         .run(pod.config(
             "ticker",
@@ -1038,7 +810,7 @@ async fn logs_survive_a_daemon_kill() {
 
 #[tokio::test]
 async fn vm_death_turns_containers_exited() {
-    let mut pod = Pod::start("death").await;
+    let mut pod = Pod::start("death", "", None).await;
     let id = pod.run(pod.config("victim", &["sleep", "600"])).await;
     let info = pod
         .rt

@@ -355,7 +355,7 @@ async fn a_root_guest_cannot_reach_the_host() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    pod.stop_and_remove().await;
+    pod.remove_pod().await;
 
     assert_eq!(snapshot(&canary), canary_before, "the canary changed");
     assert_eq!(
