@@ -1,6 +1,6 @@
 //! Confinement of the host processes that face the guest (QEMU, virtiofsd,
-//! vhost-device-vsock), applied between fork and exec, and the pod's memory
-//! limit.
+//! vhost-device-vsock), applied between fork and exec. Their memory limit
+//! is the pod cgroup's, set by the daemon before the shim starts.
 //!
 //! The guest is hostile: its kernel and agent may be compromised and then
 //! drive every message these processes parse. Each of them therefore gives
@@ -471,117 +471,9 @@ fn allowed_vsock_syscalls() -> Vec<i64> {
     ]
 }
 
-/// Sets the memory limit of the pod's own cgroup (the leaf the daemon made
-/// and the shim joined before it spawned anything) to `bytes`, in every
-/// hierarchy that has the memory controller. One limit for the pod's host
-/// processes together (VMM, helpers, shim) rather than one per helper: a
-/// helper's share would have to be guessed, while the sum is known (guest
-/// RAM plus a bounded overhead), and a per-helper limit needs sub-cgroups,
-/// which cgroup v2 forbids beside the shim's own membership.
-///
-/// Returns the files written. Only a leaf named `vmpod-<id16>` is touched:
-/// a shim started by hand or by a test stays in its caller's cgroup,
-/// which is not ours to limit; then nothing is written.
-pub fn limit_pod_memory(pod_id: &str, bytes: u64) -> Result<Vec<PathBuf>> {
-    let leaf = format!("vmpod-{}", &pod_id[..pod_id.len().min(16)]);
-    let cgroups =
-        std::fs::read_to_string("/proc/self/cgroup").context("reading /proc/self/cgroup")?;
-    let mountinfo =
-        std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
-    let mut written = Vec::new();
-    for (controllers, path) in own_cgroups(&cgroups) {
-        let v2 = controllers.is_empty();
-        if !v2 && !controllers.split(',').any(|c| c == "memory") {
-            continue;
-        }
-        if Path::new(path).file_name().and_then(|n| n.to_str()) != Some(leaf.as_str()) {
-            continue;
-        }
-        let Some(dir) = cgroup_dir(&mountinfo, v2, path) else {
-            continue;
-        };
-        let file = if v2 {
-            dir.join("memory.max")
-        } else {
-            dir.join("memory.limit_in_bytes")
-        };
-        // v2 without the memory controller delegated to the leaf has no
-        // memory.max: nothing to limit there.
-        if v2 && !file.exists() {
-            continue;
-        }
-        std::fs::write(&file, bytes.to_string())
-            .with_context(|| format!("setting the pod's memory limit in {}", file.display()))?;
-        written.push(file);
-    }
-    Ok(written)
-}
-
-/// `(controllers, path)` of each line of /proc/self/cgroup; v2's line has
-/// no controllers.
-fn own_cgroups(text: &str) -> Vec<(&str, &str)> {
-    text.lines()
-        .filter_map(|l| {
-            let mut f = l.splitn(3, ':');
-            let _id = f.next()?;
-            Some((f.next()?, f.next()?))
-        })
-        .collect()
-}
-
-/// Where the cgroup `path` of a v1 memory or v2 hierarchy is mounted.
-fn cgroup_dir(mountinfo: &str, v2: bool, path: &str) -> Option<PathBuf> {
-    for line in mountinfo.lines() {
-        let (left, right) = line.split_once(" - ")?;
-        let mut r = right.split_whitespace();
-        let fstype = r.next()?;
-        let _source = r.next();
-        let options = r.next().unwrap_or("");
-        let wanted = if v2 {
-            fstype == "cgroup2"
-        } else {
-            fstype == "cgroup" && options.split(',').any(|o| o == "memory")
-        };
-        if !wanted {
-            continue;
-        }
-        let l: Vec<&str> = left.split_whitespace().collect();
-        let (Some(root), Some(mount_point)) = (l.get(3), l.get(4)) else {
-            continue;
-        };
-        let rel = if *root == "/" {
-            path.strip_prefix('/')
-        } else {
-            path.strip_prefix(root).map(|p| p.trim_start_matches('/'))
-        };
-        if let Some(rel) = rel {
-            return Some(Path::new(mount_point).join(rel));
-        }
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn finds_the_memory_cgroup_dirs() {
-        let cg = "9:name=systemd:/\n4:memory:/kubepods/vmpod-0123456789abcdef\n0::/vmpod/vmpod-0123456789abcdef\n";
-        let lines = own_cgroups(cg);
-        assert_eq!(lines[1], ("memory", "/kubepods/vmpod-0123456789abcdef"));
-        assert_eq!(lines[2], ("", "/vmpod/vmpod-0123456789abcdef"));
-        let mi = "30 25 0:26 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory\n\
-                  31 25 0:27 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n";
-        assert_eq!(
-            cgroup_dir(mi, false, "/kubepods/vmpod-x"),
-            Some(PathBuf::from("/sys/fs/cgroup/memory/kubepods/vmpod-x"))
-        );
-        assert_eq!(
-            cgroup_dir(mi, true, "/vmpod/vmpod-x"),
-            Some(PathBuf::from("/sys/fs/cgroup/unified/vmpod/vmpod-x"))
-        );
-    }
 
     #[test]
     fn filters_compile() {

@@ -21,7 +21,6 @@ use vmpod_shim_api::spec::{BackendSpec, VmSpec, VsockTransport};
 use vmpod_shim_api::v1::{BootTimes, Phase, VmState};
 
 use crate::agent::{self, AgentAddr};
-use crate::confine;
 use crate::console::{self, ConsoleTail};
 use crate::container::Containers;
 use crate::helpers;
@@ -245,17 +244,6 @@ impl Machine {
 
     async fn boot(&mut self, deadline: Instant) -> Result<AgentClient<Channel>> {
         let pod = self.pod.clone();
-        // Everything spawned below runs in the pod's cgroup (the shim joined
-        // it first thing), so one limit covers them all.
-        let limit = pod_memory_limit(self.spec.memory_mib);
-        let limited = confine::limit_pod_memory(&self.spec.id, limit)?;
-        if limited.is_empty() {
-            tracing::warn!(
-                "not in the pod's own memory cgroup: its processes have no memory limit"
-            );
-        } else {
-            tracing::info!(bytes = limit, files = ?limited, "pod memory limit set");
-        }
         let vmm_user = self
             .spec
             .vmm_user
@@ -591,21 +579,6 @@ const DEFAULT_VMM_USER: Credentials = Credentials {
     uid: 65534,
     gid: 65534,
 };
-
-/// Host memory for everything besides guest RAM: QEMU's TCG translation
-/// buffer (`tb-size`, see qemu.rs) and its own heap, virtiofsd, the vsock
-/// helper, the shim and its log relays; page cache they cause is charged
-/// too but reclaimable.
-const HOST_OVERHEAD_MIB: u64 = 512;
-
-/// The pod's host processes together may use guest RAM plus the overhead;
-/// a guest that makes QEMU or a helper grow beyond is OOM-killed in its own
-/// cgroup instead of pressing the host.
-fn pod_memory_limit(memory_mib: u64) -> u64 {
-    memory_mib
-        .saturating_add(HOST_OVERHEAD_MIB)
-        .saturating_mul(1 << 20)
-}
 
 /// Creates the pod's `run/` directory and its share (read-only bind of the
 /// host-only skeleton, see [`crate::share`]).

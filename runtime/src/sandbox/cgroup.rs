@@ -87,9 +87,8 @@ fn roots(layout: CgroupLayout) -> Vec<PathBuf> {
 /// leaf dirs. Parents are created as needed (kubelet normally made them) and
 /// left in place on removal.
 ///
-/// The shim sets the leaf's memory limit (guest RAM plus its overhead; it
-/// knows both); on cgroup v2 that needs the memory controller enabled down
-/// to the leaf, which a parent we created has not.
+/// On cgroup v2 the leaf's memory limit ([`limit_memory`]) needs the memory
+/// controller enabled down to the leaf, which a parent we created has not.
 pub fn create(leaf: &Path, layout: CgroupLayout) -> Result<Vec<PathBuf>, String> {
     let mut made = Vec::new();
     for root in roots(layout) {
@@ -109,8 +108,8 @@ pub fn create(leaf: &Path, layout: CgroupLayout) -> Result<Vec<PathBuf>, String>
 /// Enables the memory and pids controllers in each ancestor of `leaf`
 /// (from the root down), so the leaf gets `memory.max` and `pids.max`.
 /// Best effort: kubelet's parents already have them, and a parent that
-/// holds processes refuses (no internal processes); then the shim finds no
-/// `memory.max` and says the pod runs unlimited.
+/// holds processes refuses (no internal processes); then [`limit_memory`]
+/// finds no `memory.max` and the pod runs unlimited (logged).
 fn delegate_v2(root: &Path, leaf: &Path) {
     let mut dir = root.to_path_buf();
     for part in leaf.components() {
@@ -122,6 +121,35 @@ fn delegate_v2(root: &Path, leaf: &Path) {
         }
         dir.push(part);
     }
+}
+
+/// Limits the memory of the pod's leaf dirs (as [`create`] made them) to
+/// `bytes`: `memory.max` on v2, `memory.limit_in_bytes` in the v1 memory
+/// hierarchy; the other hierarchies have neither file. One limit for the
+/// pod's host processes together (shim, VMM, helpers) rather than one per
+/// helper: a helper's share would have to be guessed, while the sum is
+/// known, and per-helper limits need sub-cgroups, which cgroup v2 forbids
+/// beside the shim's own membership. Set before the shim starts, so
+/// everything it spawns is covered. Returns the files written.
+pub fn limit_memory(dirs: &[PathBuf], bytes: u64) -> Result<Vec<PathBuf>, String> {
+    let mut written = Vec::new();
+    for dir in dirs {
+        let Some(file) = ["memory.max", "memory.limit_in_bytes"]
+            .iter()
+            .map(|f| dir.join(f))
+            .find(|f| f.exists())
+        else {
+            continue;
+        };
+        std::fs::write(&file, bytes.to_string()).map_err(|e| {
+            format!(
+                "cannot set the pod's memory limit in {}: {e}",
+                file.display()
+            )
+        })?;
+        written.push(file);
+    }
+    Ok(written)
 }
 
 /// Mount points of the v1 controllers we use, each once (cpu and cpuacct
@@ -214,6 +242,37 @@ pub fn procs_file(dir: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The limit goes where each hierarchy keeps it (files as the kernel
+    /// shows them: v2, v1 memory, v1 cpu), and nowhere else.
+    #[test]
+    fn the_memory_limit_lands_in_each_memory_hierarchy() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (v2, v1mem, v1cpu) = (
+            tmp.path().join("v2"),
+            tmp.path().join("mem"),
+            tmp.path().join("cpu"),
+        );
+        for d in [&v2, &v1mem, &v1cpu] {
+            std::fs::create_dir(d).unwrap();
+        }
+        std::fs::write(v2.join("memory.max"), "max").unwrap();
+        std::fs::write(v1mem.join("memory.limit_in_bytes"), "9223372036854771712").unwrap();
+        std::fs::write(v1cpu.join("cpu.shares"), "1024").unwrap();
+        let written = limit_memory(&[v2.clone(), v1mem.clone(), v1cpu.clone()], 768 << 20).unwrap();
+        assert_eq!(
+            written,
+            [v2.join("memory.max"), v1mem.join("memory.limit_in_bytes")]
+        );
+        for f in &written {
+            assert_eq!(
+                std::fs::read_to_string(f).unwrap(),
+                (768u64 << 20).to_string()
+            );
+        }
+        assert_eq!(std::fs::read_dir(&v1cpu).unwrap().count(), 1);
+        assert!(limit_memory(&[], 1).unwrap().is_empty());
+    }
 
     #[test]
     fn systemd_slices_expand() {

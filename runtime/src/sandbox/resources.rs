@@ -17,6 +17,24 @@ pub struct VmSize {
     pub memory_mib: u64,
 }
 
+/// Host memory for everything besides guest RAM: QEMU's TCG translation
+/// buffer (`tb-size`, see the shim's qemu.rs) and its own heap, virtiofsd,
+/// the vsock helper, the shim and its log relays; page cache they cause is
+/// charged too but reclaimable.
+pub const HOST_OVERHEAD_MIB: u64 = 512;
+
+impl VmSize {
+    /// The memory limit of the pod's host cgroup: its host processes
+    /// together may use guest RAM plus the overhead, so a guest that makes
+    /// QEMU or a helper grow beyond is OOM-killed in its own cgroup instead
+    /// of pressing the host.
+    pub fn host_memory_limit_bytes(&self) -> u64 {
+        self.memory_mib
+            .saturating_add(HOST_OVERHEAD_MIB)
+            .saturating_mul(1 << 20)
+    }
+}
+
 pub fn vm_size(
     vm: &VmConfig,
     resources: Option<&LinuxContainerResources>,
@@ -48,6 +66,16 @@ pub fn vm_size(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_host_limit_is_guest_ram_plus_the_overhead() {
+        let s = VmSize {
+            vcpus: 1,
+            memory_mib: 256,
+        };
+        assert_eq!(s.host_memory_limit_bytes(), (256 + HOST_OVERHEAD_MIB) << 20);
+    }
+
     use super::*;
 
     fn res(quota: i64, period: i64, mem: i64) -> LinuxContainerResources {

@@ -37,7 +37,7 @@ impl Qemu {
 }
 
 /// QEMU's TCG translation buffer, in MiB: part of the host overhead the
-/// pod's memory limit allows for (vm.rs).
+/// pod's memory limit allows for (the daemon's `sandbox/resources.rs`).
 pub const TCG_TB_MIB: u64 = 256;
 
 /// The process name used in logs and on the exit channel.

@@ -446,6 +446,13 @@ async fn boot(
     rec.cgroups = cgroup::planned(&leaf, layout);
     daemon.store.put_sandbox(rec).map_err(store_err)?;
     let dirs = cgroup::create(&leaf, layout).map_err(Status::internal)?;
+    let limit = size.host_memory_limit_bytes();
+    let limited = cgroup::limit_memory(&dirs, limit).map_err(Status::internal)?;
+    if limited.is_empty() && !dirs.is_empty() {
+        tracing::warn!(sandbox = %rec.id, "no memory controller on the pod's cgroup: its host processes run without a memory limit");
+    } else {
+        tracing::debug!(sandbox = %rec.id, bytes = limit, files = ?limited, "pod memory limit set");
+    }
     let procs: Vec<_> = dirs.iter().map(|d| cgroup::procs_file(d)).collect();
 
     let spec = VmSpec {
