@@ -10,6 +10,25 @@ use tempfile::TempDir;
 use tonic::transport::{Channel, Endpoint};
 use vmpod_cri_api::{ImageServiceClient, RuntimeServiceClient};
 
+/// Pulls `image` (no auth, no sandbox config), as kubelet does for a pod's
+/// first container; returns the image ref.
+pub async fn pull(
+    images: &mut ImageServiceClient<Channel>,
+    image: &str,
+) -> std::result::Result<String, tonic::Status> {
+    images
+        .pull_image(vmpod_cri_api::v1::PullImageRequest {
+            image: Some(vmpod_cri_api::v1::ImageSpec {
+                image: image.to_owned(),
+                ..Default::default()
+            }),
+            auth: None,
+            sandbox_config: None,
+        })
+        .await
+        .map(|r| r.into_inner().image_ref)
+}
+
 /// The workspace root.
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

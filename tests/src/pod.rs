@@ -9,7 +9,7 @@ use tonic::transport::Channel;
 use vmpod_cri_api::v1::*;
 use vmpod_cri_api::{ImageServiceClient, RuntimeServiceClient};
 
-use crate::daemon::{Daemon, test_config};
+use crate::daemon::{Daemon, pull, test_config};
 use crate::registry::{Registry, fixtures_dir};
 
 pub type Rt = RuntimeServiceClient<Channel>;
@@ -45,15 +45,7 @@ impl Pod {
         let busybox = format!("{}/busybox:latest", reg.addr());
         let config_image = format!("{}/config:latest", reg.addr());
         for image in [&busybox, &config_image] {
-            images
-                .pull_image(PullImageRequest {
-                    image: Some(ImageSpec {
-                        image: image.clone(),
-                        ..Default::default()
-                    }),
-                    auth: None,
-                    sandbox_config: None,
-                })
+            pull(&mut images, image)
                 .await
                 .unwrap_or_else(|e| panic!("pull {image}: {e}"));
         }

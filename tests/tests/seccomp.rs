@@ -89,15 +89,7 @@ async fn runtime_default_is_an_allow_list_in_a_real_pod() {
     let daemon = Daemon::start_with_config(&test_config(&cfg)).await.unwrap();
     let image = format!("{}/sysprobe:latest", reg.addr());
     let mut images: ImageServiceClient<Channel> = daemon.images().await.unwrap();
-    images
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: image.clone(),
-                ..Default::default()
-            }),
-            auth: None,
-            sandbox_config: None,
-        })
+    vmpod_tests::daemon::pull(&mut images, &image)
         .await
         .unwrap_or_else(|e| panic!("pull {image}: {e}"));
 

@@ -112,15 +112,7 @@ async fn pull_bomb(reg: &Registry, d: &Daemon, name: &str, layer: &Path, diff_id
     let image = format!("{}/{repo_tag}", reg.addr());
     let mut c = d.images().await.expect("image client");
     let started = Instant::now();
-    let status = c
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: image.clone(),
-                ..Default::default()
-            }),
-            auth: None,
-            sandbox_config: None,
-        })
+    let status = vmpod_tests::daemon::pull(&mut c, &image)
         .await
         .expect_err("a bomb must not pull");
     let hwm_kib = proc_status_kib(d.pid(), "VmHWM");
