@@ -98,18 +98,13 @@ impl PodShare {
         }
         Ok(())
     }
-
-    /// An O_PATH fd of `rel` inside the share, resolved without leaving
-    /// the share's own mount and without following any symlink: the mount
-    /// target to hand to `mount`/`move_mount`. A path that crosses a mount
-    /// (the target is already mounted on) fails with EXDEV.
-    pub fn open_beneath(&self, rel: &Path) -> Result<OwnedFd> {
-        open_beneath(&self.share, rel)
-    }
 }
 
-/// `rel` under `root` as an O_PATH fd: beneath `root`, no symlinks, no
-/// mount crossings. `root` itself must be a host-only path.
+/// `rel` under `root` as an O_PATH fd, resolved without leaving `root`'s
+/// own mount and without following any symlink: the mount target to hand
+/// to `mount`/`move_mount`. A path that crosses a mount (the target is
+/// already mounted on) fails with EXDEV. `root` itself must be a host-only
+/// path.
 pub fn open_beneath(root: &Path, rel: &Path) -> Result<OwnedFd> {
     if rel.is_absolute() {
         bail!("{} is not relative to {}", rel.display(), root.display());
@@ -243,7 +238,7 @@ mod tests {
             .spawn()
             .expect("unshare (util-linux) runs");
         std::thread::sleep(std::time::Duration::from_millis(300));
-        let target = pod.open_beneath(Path::new("probe")).expect("open probe");
+        let target = open_beneath(&pod.share, Path::new("probe")).expect("open probe");
         mount(
             Some("tmpfs"),
             &fd_path(&target),

@@ -14,7 +14,7 @@
 //! left is a file that the pod dir's removal deletes.
 
 use std::fs::{File, OpenOptions};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -29,8 +29,9 @@ pub use vmpod_shim_api::{
     MIN_WRITABLE_LAYER_BYTES as MIN_BYTES,
 };
 
-/// Where mkfs.ext4 is looked for (the shim may run with a minimal PATH).
-const MKFS: [&str; 3] = ["/usr/sbin/mkfs.ext4", "/sbin/mkfs.ext4", "mkfs.ext4"];
+/// Where mkfs.ext4 is looked for before PATH (the shim may run with a
+/// minimal one).
+const MKFS: [&str; 2] = ["/usr/sbin/mkfs.ext4", "/sbin/mkfs.ext4"];
 
 /// A mounted writable layer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,16 +139,15 @@ pub fn remove(root: &Path, id: &str) -> Result<()> {
         Err(e) => return Err(e).with_context(|| format!("unmounting {}", mountpoint.display())),
     }
     // Unmounted, the mount point is an empty directory of the host's.
-    for r in [
-        std::fs::remove_dir(&mountpoint)
-            .with_context(|| format!("removing {}", mountpoint.display())),
-        std::fs::remove_file(&image).with_context(|| format!("removing {}", image.display())),
+    for (path, removed) in [
+        (&mountpoint, std::fs::remove_dir(&mountpoint)),
+        (&image, std::fs::remove_file(&image)),
     ] {
-        match r {
-            Err(e)
-                if e.downcast_ref::<std::io::Error>()
-                    .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound) => {}
-            r => r?,
+        match removed {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("removing {}", path.display()));
+            }
+            _ => {}
         }
     }
     Ok(())
@@ -167,9 +167,8 @@ fn used(mountpoint: &Path) -> Result<(u64, u64)> {
 /// 10 GiB, and only a few MiB of the sparse file are written.
 fn mkfs(image: &Path) -> Result<()> {
     let program = MKFS
-        .iter()
-        .find(|p| !p.starts_with('/') || Path::new(p).exists())
-        .copied()
+        .into_iter()
+        .find(|p| Path::new(p).exists())
         .unwrap_or("mkfs.ext4");
     let out = Command::new(program)
         .args([
@@ -275,9 +274,10 @@ fn attach_loop(file: &File) -> Result<Loop> {
             )
         };
         if rc == 0 {
-            // SAFETY: `into_raw_fd` hands over sole ownership of the fd.
-            let fd = unsafe { OwnedFd::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(dev)) };
-            return Ok(Loop { path, _fd: fd });
+            return Ok(Loop {
+                path,
+                _fd: dev.into(),
+            });
         }
         let e = std::io::Error::last_os_error();
         if e.raw_os_error() != Some(libc::EBUSY) {
