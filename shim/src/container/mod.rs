@@ -589,19 +589,32 @@ async fn signal_and_wait<A: AgentSource>(
         Err(s) if s.code() == Code::FailedPrecondition => {}
         Err(s) => return Err(s),
     }
-    // WaitContainer takes 0 as "for ever"; a zero wait is one millisecond.
-    let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
-    let status = call(
-        agents,
-        "WaitContainer",
-        Some(wait.saturating_add(CALL_MARGIN)),
-        client.wait_container(WaitContainerRequest {
-            id: id.to_owned(),
-            timeout_ms: wait_ms,
-        }),
-    )
-    .await?;
-    Ok((status.state() == ContainerState::ContainerExited).then_some(status))
+    // The grace is timed by the host's clock: the guest's clock drifts
+    // under TCG, and a guest answering early must not shorten the grace
+    // the user asked for. The agent's wait is re-armed until the host
+    // deadline passes.
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        // WaitContainer takes 0 as "for ever"; a zero wait is one millisecond.
+        let wait_ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX).max(1);
+        let status = call(
+            agents,
+            "WaitContainer",
+            Some(left.saturating_add(CALL_MARGIN)),
+            client.wait_container(WaitContainerRequest {
+                id: id.to_owned(),
+                timeout_ms: wait_ms,
+            }),
+        )
+        .await?;
+        if status.state() == ContainerState::ContainerExited {
+            return Ok(Some(status));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(None);
+        }
+    }
 }
 
 /// Unmounts everything of container `id` in the share (its volumes, then
