@@ -9,12 +9,12 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use vmpod_agent_proto::Agent;
 use vmpod_agent_proto::v1::{
-    BootTimestamps, ContainerRef, ContainerStatus, CreateContainerRequest, ExecSyncRequest,
-    ExecSyncResponse, GuestInfoRequest, GuestInfoResponse, HealthRequest, HealthResponse,
-    ListContainersRequest, ListContainersResponse, OutputChunk, RemoveContainerResponse,
-    SetupSandboxRequest, SetupSandboxResponse, SignalContainerRequest, SignalContainerResponse,
-    StatsRequest, StatsResponse, UpdateContainerRequest, UpdateContainerResponse,
-    WaitContainerRequest,
+    BootTimestamps, ContainerEvent, ContainerRef, ContainerStatus, CreateContainerRequest,
+    EventsRequest, ExecSyncRequest, ExecSyncResponse, GuestInfoRequest, GuestInfoResponse,
+    HealthRequest, HealthResponse, ListContainersRequest, ListContainersResponse, OutputChunk,
+    RemoveContainerResponse, SetupSandboxRequest, SetupSandboxResponse, SignalContainerRequest,
+    SignalContainerResponse, StatsRequest, StatsResponse, StopContainerRequest as AgentStopRequest,
+    UpdateContainerRequest, UpdateContainerResponse, WaitContainerRequest,
 };
 
 use crate::VERSION;
@@ -50,6 +50,29 @@ impl AgentService {
 
 #[tonic::async_trait]
 impl Agent for AgentService {
+    // TEMPORARY (issue 17 in progress): replaced by the real calls.
+    async fn container_status(
+        &self,
+        _: Request<ContainerRef>,
+    ) -> Result<Response<ContainerStatus>, Status> {
+        Err(Status::unimplemented("ContainerStatus"))
+    }
+
+    async fn stop_container(
+        &self,
+        _: Request<AgentStopRequest>,
+    ) -> Result<Response<ContainerStatus>, Status> {
+        Err(Status::unimplemented("StopContainer"))
+    }
+
+    type EventsStream = ReceiverStream<Result<ContainerEvent, Status>>;
+
+    async fn events(
+        &self,
+        _: Request<EventsRequest>,
+    ) -> Result<Response<Self::EventsStream>, Status> {
+        Err(Status::unimplemented("Events"))
+    }
     async fn health(
         &self,
         _request: Request<HealthRequest>,

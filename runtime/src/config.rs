@@ -8,7 +8,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer, Serialize};
-use vmpod_shim::vmm::privilege::Credentials;
+use vmpod_shim_api::spec::VmmUser;
 
 /// Where `vmpod serve` looks for its config when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/vmpod/config.toml";
@@ -203,7 +203,7 @@ pub struct VmConfig {
     /// `UID:GID` the built-in VMM's threads run as once a pod's VM is
     /// built (they drop every capability in any case); never root.
     #[serde(deserialize_with = "vmm_user", serialize_with = "vmm_user_text")]
-    pub vmm_user: Credentials,
+    pub vmm_user: VmmUser,
     /// Size at which a pod's `console.log` is rotated to `console.log.1`:
     /// the guest decides how much it prints, so this bounds what it can
     /// take of the host's disk (twice this per pod).
@@ -240,13 +240,13 @@ fn console_log_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
 
 /// `vm.vmm-user` is written `UID:GID`, parsed (and root refused) as
 /// `vmpod-vmm --user` parses it.
-fn vmm_user<'de, D: Deserializer<'de>>(d: D) -> Result<Credentials, D::Error> {
+fn vmm_user<'de, D: Deserializer<'de>>(d: D) -> Result<VmmUser, D::Error> {
     String::deserialize(d)?
         .parse()
         .map_err(serde::de::Error::custom)
 }
 
-fn vmm_user_text<S: serde::Serializer>(c: &Credentials, s: S) -> Result<S::Ok, S::Error> {
+fn vmm_user_text<S: serde::Serializer>(c: &VmmUser, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&format!("{}:{}", c.uid, c.gid))
 }
 
@@ -261,7 +261,7 @@ impl Default for VmConfig {
             memory_mib: 256,
             boot_timeout_secs: None,
             // nobody:nogroup on Debian.
-            vmm_user: Credentials {
+            vmm_user: VmmUser {
                 uid: 65534,
                 gid: 65534,
             },

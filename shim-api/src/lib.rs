@@ -6,12 +6,12 @@ pub mod v1 {
     tonic::include_proto!("vmpod.shim.v1");
 }
 
+pub mod mounts;
 pub mod spec;
 
 pub use v1::shim_client::ShimClient;
 pub use v1::shim_server::{Shim, ShimServer};
 
-/// Files in a pod's directory, shared knowledge of daemon and shim.
 /// Quota of a container's writable layer when the daemon asks for none:
 /// larger than any sane container's scratch writes, small enough that one
 /// pod cannot fill a node's disk by itself. The layer is a sparse file, so
@@ -22,6 +22,7 @@ pub const MIN_WRITABLE_LAYER_BYTES: u64 = 4 << 20;
 /// Far above any disk; refuses a unit mistake (bytes meant as KiB, ...).
 pub const MAX_WRITABLE_LAYER_BYTES: u64 = 1 << 50;
 
+/// Files in a pod's directory, shared knowledge of daemon and shim.
 pub mod layout {
     /// The VM spec the daemon writes before starting the shim (JSON).
     pub const SPEC: &str = "vm.json";

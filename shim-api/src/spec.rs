@@ -54,6 +54,26 @@ pub struct VmmUser {
     pub gid: u32,
 }
 
+/// `UID:GID`, as `vm.vmm-user` is written; root is refused.
+impl std::str::FromStr for VmmUser {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (uid, gid) = s
+            .split_once(':')
+            .ok_or_else(|| format!("{s:?} is not UID:GID"))?;
+        let id = |v: &str, what: &str| match v.parse::<u32>() {
+            Ok(0) => Err(format!("{what} 0 is root; the point is not to be")),
+            Ok(n) => Ok(n),
+            Err(_) => Err(format!("{what} {v:?} is not a number")),
+        };
+        Ok(VmmUser {
+            uid: id(uid, "uid")?,
+            gid: id(gid, "gid")?,
+        })
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum BackendSpec {
@@ -112,6 +132,10 @@ pub enum VsockTransport {
 
 /// CIDs 0 (hypervisor), 1 (local), 2 (host) and `u32::MAX` (any) are not
 /// guest addresses.
+/// The built-in VMM's MP table holds at most this many CPUs; the shim
+/// checks at build time that this matches the VMM's own limit.
+pub const BUILTIN_VMM_MAX_VCPUS: u32 = 32;
+
 pub const MIN_GUEST_CID: u32 = 3;
 pub const MAX_GUEST_CID: u32 = u32::MAX - 1;
 

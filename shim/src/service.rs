@@ -55,6 +55,22 @@ impl ShimService {
 
 #[tonic::async_trait]
 impl Shim for ShimService {
+    // TEMPORARY (issue 17 in progress): replaced by the event relay.
+    async fn container_status(
+        &self,
+        _: Request<ContainerRef>,
+    ) -> Result<Response<vmpod_agent_proto::v1::ContainerStatus>, Status> {
+        Err(Status::unimplemented("ContainerStatus"))
+    }
+
+    type EventsStream = ReceiverStream<Result<vmpod_agent_proto::v1::ContainerEvent, Status>>;
+
+    async fn events(
+        &self,
+        _: Request<vmpod_agent_proto::v1::EventsRequest>,
+    ) -> Result<Response<Self::EventsStream>, Status> {
+        Err(Status::unimplemented("Events"))
+    }
     async fn state(&self, _: Request<StateRequest>) -> Result<Response<VmState>, Status> {
         Ok(Response::new(self.vm.state()))
     }

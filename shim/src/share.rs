@@ -19,7 +19,7 @@
 //! (container root filesystems, volumes) would stay invisible to it, and so
 //! to the guest. The share bind has shared propagation, set before
 //! virtiofsd starts, so its copy is a slave that receives every later
-//! mount. [`release`] undoes it when the VM is gone.
+//! mount. `vmpod_shim_api::mounts::release` undoes it when the VM is gone.
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -140,75 +140,10 @@ pub fn fd_path(fd: &OwnedFd) -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
 }
 
-/// Deletes `dir` (a host-only pod dir) once nothing is mounted below it:
-/// deleting through a bind mount would delete the host's files.
-pub fn remove_unmounted(dir: &Path) -> Result<()> {
-    release(dir);
-    let left = mounts_under(dir);
-    if !left.is_empty() {
-        bail!(
-            "not deleting {}: still mounted below it: {}",
-            dir.display(),
-            left.join(", ")
-        );
-    }
-    match std::fs::remove_dir_all(dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e).with_context(|| format!("removing {}", dir.display())),
-    }
-}
-
-/// Detaches the share and everything mounted below it. Idempotent.
-pub fn release(share: &Path) {
-    // Deepest first, so each unmount finds its parent still mounted.
-    let mut points = mounts_under(share);
-    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
-    for p in points {
-        if let Err(e) = umount2(
-            Path::new(&p),
-            MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW,
-        ) {
-            tracing::warn!(mount = %p, error = %e, "cannot unmount");
-        }
-    }
-}
-
-/// Mount points at or below `dir`, from this process's mountinfo.
-pub fn mounts_under(dir: &Path) -> Vec<String> {
-    let dir = dir.to_string_lossy();
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(unescape)
-        .filter(|m| m == dir.as_ref() || m.starts_with(&format!("{dir}/")))
-        .collect()
-}
-
-/// mountinfo escapes space, tab, newline and backslash as octal.
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vmpod_shim_api::mounts::{mounts_under, release, remove_unmounted};
 
     fn prepared() -> (tempfile::TempDir, PodShare) {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -316,11 +251,5 @@ mod tests {
             b"alive"
         );
         assert!(!dir.path().join("pod").exists());
-    }
-
-    #[test]
-    fn unescapes_mountinfo() {
-        assert_eq!(unescape("/a\\040b"), "/a b");
-        assert_eq!(unescape("/plain"), "/plain");
     }
 }

@@ -478,7 +478,7 @@ impl Machine {
         // side (relays, root overlays, volume binds) is left to undo.
         self.containers.teardown_all().await;
         // The share and anything a failed teardown left (writable layers).
-        crate::share::release(self.pod.path());
+        vmpod_shim_api::mounts::release(self.pod.path());
     }
 
     fn phase(&self) -> Phase {

@@ -356,6 +356,6 @@ async fn children_die_with_a_killed_shim() {
     }
     // A killed shim cannot release the share; the daemon does it before
     // deleting the pod dir, and so does this test.
-    vmpod_shim::share::release(&pod);
-    assert!(vmpod_shim::share::mounts_under(&pod).is_empty());
+    vmpod_shim_api::mounts::release(&pod);
+    assert!(vmpod_shim_api::mounts::mounts_under(&pod).is_empty());
 }

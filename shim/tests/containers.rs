@@ -90,7 +90,7 @@ async fn wait_for_records(log: &Path, want: &[&str], limit: Duration) -> Vec<Str
 }
 
 fn container_mounts(pod: &Path) -> Vec<String> {
-    vmpod_shim::share::mounts_under(&pod.join("share/containers"))
+    vmpod_shim_api::mounts::mounts_under(&pod.join("share/containers"))
 }
 
 async fn remove(client: &mut ShimClient<Channel>, id: &str) {
@@ -244,6 +244,6 @@ async fn create_start_log_stop_remove_in_a_real_guest() {
         .expect("StartContainer c3");
     assert!(!container_mounts(&pod).is_empty());
     shutdown_and_check(&mut client, &mut shim, &pod).await;
-    let left = vmpod_shim::share::mounts_under(&pod);
+    let left = vmpod_shim_api::mounts::mounts_under(&pod);
     assert!(left.is_empty(), "mounts left in the pod dir: {left:?}");
 }

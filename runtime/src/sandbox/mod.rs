@@ -150,7 +150,7 @@ pub fn remove_pod_dir(state_dir: &Path, rec: &SandboxRecord) -> Result<(), Strin
     // A shim that was killed cannot have released its mounts (the share's
     // bind mount, container roots, writable layers); deleting through them
     // must not happen.
-    vmpod_shim::share::remove_unmounted(&expected).map_err(|e| format!("{e:#}"))
+    vmpod_shim_api::mounts::remove_unmounted(&expected).map_err(|e| format!("{e:#}"))
 }
 
 /// Undoes a sandbox that never became ready, after a failed boot or one

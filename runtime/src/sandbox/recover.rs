@@ -63,7 +63,7 @@ pub async fn recover(daemon: &Arc<Daemon>) -> Result<(), String> {
             shim::stop(&dir, pid, super::STOP_GRACE).await;
         }
         tracing::warn!(dir = %dir.display(), "removing orphaned pod dir");
-        if let Err(e) = vmpod_shim::share::remove_unmounted(&dir) {
+        if let Err(e) = vmpod_shim_api::mounts::remove_unmounted(&dir) {
             tracing::warn!(dir = %dir.display(), error = %format!("{e:#}"), "cannot remove orphaned pod dir");
         }
     }

@@ -296,14 +296,14 @@ mod tests {
 
     impl Fixture {
         fn no_mounts_but_the_share(&self) -> bool {
-            crate::share::mounts_under(self.pod.share.parent().unwrap())
+            vmpod_shim_api::mounts::mounts_under(self.pod.share.parent().unwrap())
                 == vec![self.pod.share.to_string_lossy().into_owned()]
         }
     }
 
     impl Drop for Fixture {
         fn drop(&mut self) {
-            let _ = crate::share::remove_unmounted(self.pod.share.parent().unwrap());
+            let _ = vmpod_shim_api::mounts::remove_unmounted(self.pod.share.parent().unwrap());
         }
     }
 

@@ -198,12 +198,12 @@ mod tests {
         check.unwrap();
         assert!(!r.dir.exists());
         assert_eq!(
-            crate::share::mounts_under(&pod.share),
+            vmpod_shim_api::mounts::mounts_under(&pod.share),
             vec![pod.share.to_string_lossy().into_owned()],
             "only the share itself stays mounted"
         );
         remove_rootfs(&r).unwrap();
-        crate::share::remove_unmounted(&tmp.path().join("pod")).unwrap();
+        vmpod_shim_api::mounts::remove_unmounted(&tmp.path().join("pod")).unwrap();
     }
 
     #[test]
@@ -220,7 +220,7 @@ mod tests {
             remove_rootfs(&r).unwrap();
             assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{id}: {err}");
         }
-        crate::share::remove_unmounted(&tmp.path().join("pod")).unwrap();
+        vmpod_shim_api::mounts::remove_unmounted(&tmp.path().join("pod")).unwrap();
     }
 
     /// A symlink where the mount point will be, as a guest that could
@@ -237,7 +237,7 @@ mod tests {
         std::os::unix::fs::symlink(&victim, pod.skeleton.join("containers/c1/rootfs")).unwrap();
         let target = volumes::Target::beneath(&pod.share, Path::new("containers/c1/rootfs"));
         assert!(target.is_err(), "resolved through a symlink");
-        crate::share::remove_unmounted(&tmp.path().join("pod")).unwrap();
+        vmpod_shim_api::mounts::remove_unmounted(&tmp.path().join("pod")).unwrap();
         assert!(victim.is_dir(), "the victim is not the pod's to delete");
     }
 
@@ -258,6 +258,6 @@ mod tests {
             !pod.skeleton.join(CONTAINERS_DIR).join("c").exists(),
             "a refused mount leaves nothing"
         );
-        crate::share::remove_unmounted(&tmp.path().join("pod")).unwrap();
+        vmpod_shim_api::mounts::remove_unmounted(&tmp.path().join("pod")).unwrap();
     }
 }

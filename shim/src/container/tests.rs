@@ -56,6 +56,29 @@ fn chunk(stream: OutputStream, data: &str) -> Result<OutputChunk, Status> {
 
 #[tonic::async_trait]
 impl Agent for FakeAgent {
+    // TEMPORARY (issue 17 in progress): replaced by the real calls.
+    async fn container_status(
+        &self,
+        _: Request<ContainerRef>,
+    ) -> Result<Response<ContainerStatus>, Status> {
+        Err(Status::unimplemented("ContainerStatus"))
+    }
+
+    async fn stop_container(
+        &self,
+        _: Request<vmpod_agent_proto::v1::StopContainerRequest>,
+    ) -> Result<Response<ContainerStatus>, Status> {
+        Err(Status::unimplemented("StopContainer"))
+    }
+
+    type EventsStream = tokio_stream::wrappers::ReceiverStream<Result<ContainerEvent, Status>>;
+
+    async fn events(
+        &self,
+        _: Request<EventsRequest>,
+    ) -> Result<Response<Self::EventsStream>, Status> {
+        Err(Status::unimplemented("Events"))
+    }
     async fn health(&self, _: Request<HealthRequest>) -> Result<Response<HealthResponse>, Status> {
         Err(Status::unimplemented("fake"))
     }
@@ -338,7 +361,7 @@ impl Fixture {
     }
 
     fn no_mounts(&self) -> bool {
-        crate::share::mounts_under(self.pod.share.parent().unwrap())
+        vmpod_shim_api::mounts::mounts_under(self.pod.share.parent().unwrap())
             == vec![self.pod.share.to_string_lossy().into_owned()]
     }
 
@@ -365,7 +388,7 @@ impl Fixture {
 
 impl Drop for Fixture {
     fn drop(&mut self) {
-        let _ = crate::share::remove_unmounted(self.pod.share.parent().unwrap());
+        let _ = vmpod_shim_api::mounts::remove_unmounted(self.pod.share.parent().unwrap());
     }
 }
 

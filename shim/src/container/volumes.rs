@@ -202,7 +202,7 @@ fn bind_legacy(source: &Path, target: &Target, opts: &BindOptions) -> Result<()>
         let readonly = opts.readonly || opts.recursive_readonly;
         remount(path, readonly)?;
         let target_str = path.to_string_lossy();
-        for sub in crate::share::mounts_under(path) {
+        for sub in vmpod_shim_api::mounts::mounts_under(path) {
             if sub != target_str {
                 remount(Path::new(&sub), opts.recursive_readonly)?;
             }
@@ -350,7 +350,7 @@ fn move_mount(tree: &OwnedFd, target: &OwnedFd) -> std::io::Result<()> {
 /// hidden under another (a volume whose source had one) becomes reachable
 /// only once the one above is gone: passes repeat while they make progress.
 pub fn unmount_all(dir: &Path) -> Result<()> {
-    let mut left = crate::share::mounts_under(dir);
+    let mut left = vmpod_shim_api::mounts::mounts_under(dir);
     while !left.is_empty() {
         left.sort_by_key(|p| std::cmp::Reverse(p.len()));
         for p in &left {
@@ -362,7 +362,7 @@ pub fn unmount_all(dir: &Path) -> Result<()> {
                 Err(e) => tracing::warn!(mount = %p, error = %e, "cannot unmount"),
             }
         }
-        let now = crate::share::mounts_under(dir);
+        let now = vmpod_shim_api::mounts::mounts_under(dir);
         if now.len() >= left.len() {
             anyhow::bail!("mounts left under {}: {}", dir.display(), now.join(", "));
         }
@@ -620,7 +620,7 @@ mod tests {
         unmount_all(&target.path).unwrap();
         let after = dump(&mut stdin, &mut out);
         let _ = child.wait();
-        crate::share::release(&pod.share);
+        vmpod_shim_api::mounts::release(&pod.share);
         bound.unwrap();
 
         let t = target.path.to_string_lossy().into_owned();
@@ -664,7 +664,7 @@ mod tests {
             )
             .is_err()
         );
-        assert!(crate::share::mounts_under(&target.path).is_empty());
+        assert!(vmpod_shim_api::mounts::mounts_under(&target.path).is_empty());
     }
 
     /// Whatever the request, the host side of a volume honours no setuid

@@ -315,7 +315,7 @@ mod tests {
         remove(root, "c1").unwrap();
         fill.unwrap();
         assert!(!w.image.exists() && !w.mountpoint.exists());
-        assert!(crate::share::mounts_under(root).is_empty());
+        assert!(vmpod_shim_api::mounts::mounts_under(root).is_empty());
         remove(root, "c1").expect("idempotent");
     }
 

@@ -28,6 +28,11 @@ use crate::vmm::{self, BootProtocol, VmmConfig, VmmHandle};
 
 pub const PROCESS_NAME: &str = "kvm";
 
+// The daemon sizes VMs by the limit in shim-api without linking the VMM.
+const _: () = assert!(
+    vmpod_shim_api::spec::BUILTIN_VMM_MAX_VCPUS == crate::vmm::boot::layout::MAX_VCPUS as u32
+);
+
 #[derive(Debug, Default)]
 pub struct Kvm;
 

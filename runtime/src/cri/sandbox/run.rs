@@ -16,7 +16,7 @@ use std::time::Duration;
 use tonic::Status;
 use vmpod_cri_api::v1::{PodSandboxConfig, RunPodSandboxRequest, RunPodSandboxResponse};
 use vmpod_shim_api::spec::{
-    BackendSpec, GuestSetup, Helpers, VmSpec, VmmUser, VsockSpec, VsockTransport,
+    BUILTIN_VMM_MAX_VCPUS, BackendSpec, GuestSetup, Helpers, VmSpec, VsockSpec, VsockTransport,
 };
 use vmpod_shim_api::v1::VmState;
 
@@ -50,9 +50,6 @@ fn handler_backend(handler: &str, configured: BackendChoice) -> BackendChoice {
         _ => configured,
     }
 }
-
-/// The built-in VMM's MP table holds at most this many CPUs.
-const BUILTIN_VMM_MAX_VCPUS: u32 = vmpod_shim::vmm::boot::layout::MAX_VCPUS as u32;
 
 /// Extra time, past the guest's boot timeout, for the shim to tear down and
 /// report before the daemon gives up on it.
@@ -477,10 +474,7 @@ async fn boot(
         guest,
         // Every backend: the built-in VMM's threads, QEMU (`-runas`) and
         // vhost-device-vsock all run as this user.
-        vmm_user: Some(VmmUser {
-            uid: daemon.config.vm.vmm_user.uid,
-            gid: daemon.config.vm.vmm_user.gid,
-        }),
+        vmm_user: Some(daemon.config.vm.vmm_user),
         console_log_bytes: daemon.config.vm.console_log_bytes,
     };
     let pid = shim::spawn(&plan.shim, &rec.pod_dir, &spec, &procs).map_err(Status::internal)?;
