@@ -8,6 +8,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 triple="$(rustc -vV | sed -n 's/^host: //p')"
-cargo rustc --locked --quiet --profile vmm -p vmpod-shim --bin vmpod-vmm \
+cargo rustc --locked --quiet --profile vmm -p vmpod-vmm --bin vmpod-vmm \
     --target "$triple" -- -C target-feature=+crt-static >&2
 echo "${CARGO_TARGET_DIR:-$PWD/target}/$triple/vmm/vmpod-vmm"

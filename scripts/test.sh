@@ -9,7 +9,7 @@ log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
 ./scripts/install-deps.sh
 ./images/build.sh
-# The built-in VMM's tiny test guests (shim/tests/vmm.rs also builds them).
+# The built-in VMM's tiny test guests (vmm/tests/vmm.rs also builds them).
 ./tests/guests/build.sh >/dev/null
 
 log "cargo fmt --check"

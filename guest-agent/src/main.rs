@@ -90,9 +90,18 @@ async fn serve(pid1: bool, agent_start_ns: u64, mounts_done_ns: u64) -> Result<(
         "serving gRPC on vsock"
     );
 
+    // Events streams never end on their own, and a graceful shutdown
+    // waits for every open call: end them once shutdown is asked for.
+    let shutdown = {
+        let containers = Arc::clone(&containers);
+        async move {
+            shutdown_requested().await;
+            containers.close_events();
+        }
+    };
     tonic::transport::Server::builder()
         .add_service(AgentServer::new(AgentService::new(boot, pid1, containers)))
-        .serve_with_incoming_shutdown(incoming, shutdown_requested())
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .context("the gRPC server failed")?;
     info!("shutting down");

@@ -15,8 +15,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result};
 use nix::errno::Errno;
-use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
-use nix::unistd::Pid;
 use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
@@ -35,6 +33,42 @@ impl Exit {
             Exit::Signaled(sig) => 128 + sig,
         }
     }
+}
+
+/// What one waitpid(2) call found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Waited {
+    /// A child ended, and its status is ours now.
+    Exit(i32, Exit),
+    /// A child stopped or continued: not an exit.
+    Changed(i32),
+    /// WNOHANG and no child has changed state.
+    Nothing,
+}
+
+/// waitpid(2) (`pid` -1: any child), with the status decoded here: nix's
+/// `WaitStatus` holds a `Signal`, which has no real-time signals, so for a
+/// process one of those killed nix returns EINVAL after the kernel has
+/// already handed over, and forgotten, the status. A container stopped
+/// with signal 40 would then stay RUNNING for ever.
+pub fn wait_raw(pid: i32, nohang: bool) -> Result<Waited, Errno> {
+    let mut status: libc::c_int = 0;
+    let flags = if nohang { libc::WNOHANG } else { 0 };
+    // SAFETY: waitpid(2) writing into a local int.
+    let rc = unsafe { libc::waitpid(pid, &mut status, flags) };
+    if rc < 0 {
+        return Err(Errno::last());
+    }
+    if rc == 0 {
+        return Ok(Waited::Nothing);
+    }
+    Ok(if libc::WIFEXITED(status) {
+        Waited::Exit(rc, Exit::Exited(libc::WEXITSTATUS(status)))
+    } else if libc::WIFSIGNALED(status) {
+        Waited::Exit(rc, Exit::Signaled(libc::WTERMSIG(status)))
+    } else {
+        Waited::Changed(rc)
+    })
 }
 
 /// Pids someone waits for. A `BTreeMap` because its `new` is const.
@@ -111,13 +145,12 @@ pub fn install() -> Result<()> {
 pub fn reap_all() {
     loop {
         let mut map = waiters();
-        let (pid, exit) = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::Exited(pid, code)) => (pid.as_raw(), Exit::Exited(code)),
-            Ok(WaitStatus::Signaled(pid, sig, _)) => (pid.as_raw(), Exit::Signaled(sig as i32)),
-            Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return,
+        let (pid, exit) = match wait_raw(-1, true) {
+            Ok(Waited::Exit(pid, exit)) => (pid, exit),
+            Ok(Waited::Nothing) | Err(Errno::ECHILD) => return,
             // Stops and continues are not exits (no WUNTRACED anyway).
-            Ok(status) => {
-                debug!(?status, "child changed state");
+            Ok(Waited::Changed(pid)) => {
+                debug!(pid, "child changed state");
                 continue;
             }
             Err(Errno::EINTR) => continue,
@@ -133,5 +166,35 @@ pub fn reap_all() {
             }
             None => debug!(pid, ?exit, "reaped an untracked child"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // The children are reaped by wait_raw, which is what is tested.
+    #[allow(clippy::zombie_processes)]
+    #[test]
+    fn wait_raw_decodes_exits_and_real_time_signals() {
+        let child = std::process::Command::new("sh")
+            .args(["-c", "exit 5"])
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        assert_eq!(wait_raw(pid, false), Ok(Waited::Exit(pid, Exit::Exited(5))));
+
+        let child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        assert_eq!(wait_raw(pid, true), Ok(Waited::Nothing));
+        // SAFETY: kill(2) of our own child.
+        assert_eq!(unsafe { libc::kill(pid, 40) }, 0);
+        let waited = wait_raw(pid, false);
+        assert_eq!(waited, Ok(Waited::Exit(pid, Exit::Signaled(40))));
+        assert_eq!(Exit::Signaled(40).code(), 168);
+        assert_eq!(wait_raw(pid, true), Err(Errno::ECHILD));
     }
 }

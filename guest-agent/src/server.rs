@@ -9,16 +9,17 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use vmpod_agent_proto::Agent;
 use vmpod_agent_proto::v1::{
-    BootTimestamps, ContainerEvent, ContainerRef, ContainerStatus, CreateContainerRequest,
-    EventsRequest, ExecSyncRequest, ExecSyncResponse, GuestInfoRequest, GuestInfoResponse,
-    HealthRequest, HealthResponse, ListContainersRequest, ListContainersResponse, OutputChunk,
+    BootTimestamps, ContainerRef, ContainerStatus, CreateContainerRequest, EventsRequest,
+    ExecSyncRequest, ExecSyncResponse, GuestInfoRequest, GuestInfoResponse, HealthRequest,
+    HealthResponse, ListContainersRequest, ListContainersResponse, OutputChunk,
     RemoveContainerResponse, SetupSandboxRequest, SetupSandboxResponse, SignalContainerRequest,
-    SignalContainerResponse, StatsRequest, StatsResponse, StopContainerRequest as AgentStopRequest,
+    SignalContainerResponse, StatsRequest, StatsResponse, StopContainerRequest,
     UpdateContainerRequest, UpdateContainerResponse, WaitContainerRequest,
 };
 
 use crate::VERSION;
 use crate::container::Containers;
+use crate::container::events::EventStream;
 use crate::sandbox::{self, SandboxSetup};
 use crate::sysinfo::{self, KernelInfo};
 
@@ -50,29 +51,6 @@ impl AgentService {
 
 #[tonic::async_trait]
 impl Agent for AgentService {
-    // TEMPORARY (issue 17 in progress): replaced by the real calls.
-    async fn container_status(
-        &self,
-        _: Request<ContainerRef>,
-    ) -> Result<Response<ContainerStatus>, Status> {
-        Err(Status::unimplemented("ContainerStatus"))
-    }
-
-    async fn stop_container(
-        &self,
-        _: Request<AgentStopRequest>,
-    ) -> Result<Response<ContainerStatus>, Status> {
-        Err(Status::unimplemented("StopContainer"))
-    }
-
-    type EventsStream = ReceiverStream<Result<ContainerEvent, Status>>;
-
-    async fn events(
-        &self,
-        _: Request<EventsRequest>,
-    ) -> Result<Response<Self::EventsStream>, Status> {
-        Err(Status::unimplemented("Events"))
-    }
     async fn health(
         &self,
         _request: Request<HealthRequest>,
@@ -175,6 +153,17 @@ impl Agent for AgentService {
             .map(Response::new)
     }
 
+    async fn stop_container(
+        &self,
+        request: Request<StopContainerRequest>,
+    ) -> Result<Response<ContainerStatus>, Status> {
+        let r = request.get_ref();
+        self.containers
+            .stop(&r.id, r.signal, Duration::from_millis(r.timeout_ms))
+            .await
+            .map(Response::new)
+    }
+
     async fn remove_container(
         &self,
         request: Request<ContainerRef>,
@@ -190,6 +179,26 @@ impl Agent for AgentService {
         Ok(Response::new(ListContainersResponse {
             containers: self.containers.list(),
         }))
+    }
+
+    async fn container_status(
+        &self,
+        request: Request<ContainerRef>,
+    ) -> Result<Response<ContainerStatus>, Status> {
+        self.containers
+            .status(&request.get_ref().id)
+            .map(Response::new)
+    }
+
+    type EventsStream = EventStream;
+
+    async fn events(
+        &self,
+        request: Request<EventsRequest>,
+    ) -> Result<Response<Self::EventsStream>, Status> {
+        self.containers
+            .events(request.get_ref().after_seq)
+            .map(Response::new)
     }
 
     type ReadOutputStream = ReceiverStream<Result<OutputChunk, Status>>;
@@ -255,6 +264,7 @@ mod tests {
 
     fn block_on<F: std::future::Future>(f: F) -> F::Output {
         tokio::runtime::Builder::new_current_thread()
+            .enable_time()
             .build()
             .unwrap()
             .block_on(f)
@@ -311,5 +321,52 @@ mod tests {
             .unwrap()
             .into_inner();
         assert!(list.containers.is_empty());
+        let err = block_on(svc.container_status(Request::new(ContainerRef { id: "nope".into() })))
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::NotFound);
+        assert_eq!(err.message(), "container nope not found");
+        let err = block_on(svc.stop_container(Request::new(StopContainerRequest {
+            id: "nope".into(),
+            ..Default::default()
+        })))
+        .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::NotFound);
+    }
+
+    #[test]
+    fn stop_container_checks_the_signal_number() {
+        let svc = service();
+        for signal in [-1, 65, i32::MAX] {
+            let err = block_on(svc.stop_container(Request::new(StopContainerRequest {
+                id: "nope".into(),
+                signal,
+                timeout_ms: 10,
+            })))
+            .unwrap_err();
+            assert_eq!(err.code(), tonic::Code::InvalidArgument);
+            assert!(
+                err.message().starts_with(&format!("signal: {signal} ")),
+                "{}",
+                err.message()
+            );
+        }
+    }
+
+    #[test]
+    fn events_refuse_a_seq_this_agent_never_sent() {
+        let svc = service();
+        let err = block_on(svc.events(Request::new(EventsRequest { after_seq: 3 }))).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::OutOfRange);
+        // From the start: open, with nothing to say yet.
+        block_on(async {
+            use tokio_stream::StreamExt;
+            let mut stream = svc
+                .events(Request::new(EventsRequest { after_seq: 0 }))
+                .await
+                .unwrap()
+                .into_inner();
+            let next = tokio::time::timeout(Duration::from_millis(10), stream.next()).await;
+            assert!(next.is_err(), "{next:?}");
+        });
     }
 }

@@ -11,17 +11,18 @@
 use std::collections::BTreeMap;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
-use std::sync::{LazyLock, OnceLock};
+use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::Duration;
 
 use tokio::runtime::Runtime;
 use tokio_stream::StreamExt;
 use tonic::Code;
+use vmpod_agent::container::events::EventStream;
 use vmpod_agent::container::{Config, Containers, find_cgroup2_mount};
 use vmpod_agent::reaper;
 use vmpod_agent_proto::v1::{
-    ContainerSpec, ContainerState, ExecSyncRequest, Mount, NamespaceMode, Namespaces, OutputStream,
-    Process, Resources, Seccomp, Security, User, seccomp,
+    ContainerEvent, ContainerEventType, ContainerSpec, ContainerState, ExecSyncRequest, Mount,
+    NamespaceMode, Namespaces, OutputStream, Process, Resources, Seccomp, Security, User, seccomp,
 };
 
 /// One runtime for all tests: the SIGCHLD reaper is per process and lives
@@ -51,7 +52,7 @@ struct Fixture {
     _dir: tempfile::TempDir,
     base: PathBuf,
     rootfs: PathBuf,
-    containers: Containers,
+    containers: Arc<Containers>,
     cgroup_parent: PathBuf,
 }
 
@@ -101,7 +102,7 @@ impl Fixture {
             _dir: dir,
             base,
             rootfs,
-            containers: Containers::new(config),
+            containers: Arc::new(Containers::new(config)),
             cgroup_parent: cgroup_root.join(parent),
         })
     }
@@ -811,4 +812,393 @@ fn cgroup_membership_limits_and_stats() {
         f.containers.remove("cg1").await.unwrap();
         assert!(!cg.exists());
     });
+}
+
+/// Waits (up to 10 s) for the first line of the container's output, so a
+/// test knows its traps are set.
+async fn ready(f: &Fixture, id: &str) {
+    let mut out = f.containers.read_output(id).unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(10), out.next())
+        .await
+        .expect("no output within 10 s")
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.data, b"ready\n");
+}
+
+#[test]
+fn stop_kills_what_ignores_the_signal_after_the_grace() {
+    let Some(f) = Fixture::new("stopkill") else {
+        return;
+    };
+    rt().block_on(async {
+        let spec = f.spec(
+            "stop1",
+            &[
+                "sh",
+                "-c",
+                "trap '' TERM; echo ready; while true; do sleep 1; done",
+            ],
+        );
+        f.containers.create(spec).await.unwrap();
+        f.containers.start("stop1").await.unwrap();
+        ready(&f, "stop1").await;
+
+        let grace = Duration::from_millis(700);
+        let started = std::time::Instant::now();
+        let st = f.containers.stop("stop1", 0, grace).await.unwrap();
+        let elapsed = started.elapsed();
+        assert_eq!(st.state, ContainerState::ContainerExited as i32, "{st:?}");
+        assert_eq!(st.exit_code, 128 + libc::SIGKILL);
+        assert!(elapsed >= grace, "killed after {elapsed:?}");
+        assert!(elapsed < grace + Duration::from_secs(5), "{elapsed:?}");
+        // Its `sleep` went with it (cgroup.kill); the kernel empties the
+        // cgroup a moment after the kill.
+        let procs = f.cgroup_parent.join("stop1/cgroup.procs");
+        let mut left = String::new();
+        for _ in 0..200 {
+            left = std::fs::read_to_string(&procs).unwrap();
+            if left.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(left, "", "processes left in the cgroup");
+
+        // Again: the same status at once.
+        let started = std::time::Instant::now();
+        let again = f.containers.stop("stop1", 0, grace).await.unwrap();
+        assert!(started.elapsed() < Duration::from_millis(100));
+        assert_eq!(again, st);
+        assert_eq!(f.containers.status("stop1").unwrap(), st);
+
+        let e = f.containers.stop("stop1", 65, grace).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(e.message().contains("65"), "{}", e.message());
+        let e = f.containers.stop("nope", 0, grace).await.unwrap_err();
+        assert_eq!(e.code(), Code::NotFound);
+        let e = f.containers.status("nope").unwrap_err();
+        assert_eq!(e.code(), Code::NotFound);
+        f.containers.remove("stop1").await.unwrap();
+    });
+}
+
+#[test]
+fn stop_ends_what_exits_on_the_signal() {
+    let Some(f) = Fixture::new("stopterm") else {
+        return;
+    };
+    rt().block_on(async {
+        let long = Duration::from_secs(20);
+        // (id, signal, exit code): SIGTERM by default, any signal asked
+        // for, real-time ones included.
+        for (id, signal, code) in [
+            ("term1", 0, 128 + libc::SIGTERM),
+            ("int1", libc::SIGINT, 128 + libc::SIGINT),
+            ("rt1", 40, 128 + 40),
+        ] {
+            f.containers
+                .create(f.spec(id, &["sleep", "1000"]))
+                .await
+                .unwrap();
+            f.containers.start(id).await.unwrap();
+            let started = std::time::Instant::now();
+            let st = f.containers.stop(id, signal, long).await.unwrap();
+            assert_eq!(st.state, ContainerState::ContainerExited as i32, "{st:?}");
+            assert_eq!(st.exit_code, code, "{id}");
+            assert!(started.elapsed() < Duration::from_secs(5), "{id}");
+        }
+
+        // A shell that exits with its own code on TERM.
+        let spec = f.spec(
+            "own1",
+            &[
+                "sh",
+                "-c",
+                "trap 'exit 7' TERM; echo ready; while true; do sleep 1; done",
+            ],
+        );
+        f.containers.create(spec).await.unwrap();
+        f.containers.start("own1").await.unwrap();
+        ready(&f, "own1").await;
+        let st = f.containers.stop("own1", 0, long).await.unwrap();
+        assert_eq!(st.exit_code, 7, "{st:?}");
+
+        // No grace: killed at once.
+        f.containers
+            .create(f.spec("now1", &["sleep", "1000"]))
+            .await
+            .unwrap();
+        f.containers.start("now1").await.unwrap();
+        let st = f.containers.stop("now1", 0, Duration::ZERO).await.unwrap();
+        assert_eq!(st.exit_code, 128 + libc::SIGKILL);
+
+        // Created, not started: answered as it is, and left alone.
+        let created = f
+            .containers
+            .create(f.spec("idle1", &["true"]))
+            .await
+            .unwrap();
+        let st = f.containers.stop("idle1", 0, long).await.unwrap();
+        assert_eq!(st, created);
+        let st = f.containers.status("idle1").unwrap();
+        assert_eq!(st.state, ContainerState::ContainerCreated as i32);
+    });
+}
+
+/// The next event, within 10 s.
+async fn next_event(events: &mut EventStream) -> ContainerEvent {
+    tokio::time::timeout(Duration::from_secs(10), events.next())
+        .await
+        .expect("no event within 10 s")
+        .expect("the events stream ended")
+        .expect("an event")
+}
+
+fn kind(e: &ContainerEvent) -> ContainerEventType {
+    ContainerEventType::try_from(e.r#type).expect("a known event type")
+}
+
+#[test]
+fn events_follow_the_lifecycle_and_replay() {
+    use ContainerEventType::{
+        ContainerEventCreated as Created, ContainerEventDeleted as Deleted,
+        ContainerEventStarted as Started, ContainerEventStopped as Stopped,
+    };
+    let Some(f) = Fixture::new("events") else {
+        return;
+    };
+    rt().block_on(async {
+        let mut events = f.containers.events(0).unwrap();
+        f.containers
+            .create(f.spec("ev1", &["sh", "-c", "exit 3"]))
+            .await
+            .unwrap();
+        f.containers.start("ev1").await.unwrap();
+        f.wait("ev1").await;
+        f.containers.remove("ev1").await.unwrap();
+        let mut got = Vec::new();
+        for _ in 0..4 {
+            got.push(next_event(&mut events).await);
+        }
+        let summary: Vec<(u64, ContainerEventType, i32)> = got
+            .iter()
+            .map(|e| (e.seq, kind(e), e.status.as_ref().unwrap().state))
+            .collect();
+        let (created, running, exited) = (
+            ContainerState::ContainerCreated as i32,
+            ContainerState::ContainerRunning as i32,
+            ContainerState::ContainerExited as i32,
+        );
+        assert_eq!(
+            summary,
+            [
+                (1, Created, created),
+                (2, Started, running),
+                (3, Stopped, exited),
+                (4, Deleted, exited),
+            ]
+        );
+        let stopped = got[2].status.as_ref().unwrap();
+        assert_eq!((stopped.id.as_str(), stopped.exit_code), ("ev1", 3));
+        assert!(stopped.finished_at_ns >= stopped.started_at_ns && stopped.started_at_ns > 0);
+        assert_eq!(got[3].status, got[2].status);
+        assert!(got.iter().all(|e| !e.resync));
+
+        // A second call replays from after the given seq.
+        let mut replay = f.containers.events(2).unwrap();
+        assert_eq!(next_event(&mut replay).await, got[2]);
+        assert_eq!(next_event(&mut replay).await, got[3]);
+
+        // A failed exec: CREATED, then STOPPED saying why, never STARTED.
+        f.containers
+            .create(f.spec("ev2", &["no-such-command"]))
+            .await
+            .unwrap();
+        f.containers.start("ev2").await.unwrap_err();
+        for stream in [&mut events, &mut replay] {
+            let e = next_event(stream).await;
+            assert_eq!((e.seq, kind(&e)), (5, Created));
+            let e = next_event(stream).await;
+            assert_eq!((e.seq, kind(&e)), (6, Stopped));
+            let st = e.status.unwrap();
+            assert_eq!(st.exit_code, 127);
+            assert!(st.message.contains("executable file not found"), "{st:?}");
+            assert_eq!(st.started_at_ns, 0);
+        }
+
+        // Commands that exit at once race StartContainer's own reading of
+        // the exec: STOPPED still always comes after STARTED.
+        for i in 0..10 {
+            let id = format!("fast{i}");
+            f.containers.create(f.spec(&id, &["true"])).await.unwrap();
+            f.containers.start(&id).await.unwrap();
+            let kinds = [(); 3].map(|_| ());
+            let mut seen = Vec::new();
+            for () in kinds {
+                let e = next_event(&mut events).await;
+                assert_eq!(e.status.as_ref().unwrap().id, id);
+                seen.push(kind(&e));
+            }
+            assert_eq!(seen, [Created, Started, Stopped], "{id}");
+        }
+
+        // Exit to event: the reaper's SIGCHLD straight to the stream.
+        f.containers
+            .create(f.spec("ev3", &["sleep", "1000"]))
+            .await
+            .unwrap();
+        f.containers.start("ev3").await.unwrap();
+        for want in [Created, Started] {
+            assert_eq!(kind(&next_event(&mut events).await), want);
+        }
+        let killed = std::time::Instant::now();
+        f.containers.signal("ev3", libc::SIGKILL).unwrap();
+        let e = next_event(&mut events).await;
+        let latency = killed.elapsed();
+        assert_eq!(kind(&e), Stopped);
+        assert_eq!(e.status.unwrap().exit_code, 128 + libc::SIGKILL);
+        eprintln!("SIGKILL to STOPPED event: {latency:?}");
+        assert!(latency < Duration::from_millis(100), "{latency:?}");
+    });
+}
+
+#[test]
+fn stop_status_and_events_over_grpc() {
+    use ContainerEventType::{
+        ContainerEventCreated as Created, ContainerEventStarted as Started,
+        ContainerEventStopped as Stopped,
+    };
+    use vmpod_agent::server::{AgentService, BootTimes};
+    use vmpod_agent_proto::v1::{
+        ContainerRef, CreateContainerRequest, EventsRequest, SignalContainerRequest,
+        StopContainerRequest,
+    };
+    use vmpod_agent_proto::{AgentClient, AgentServer};
+
+    let Some(f) = Fixture::new("grpc") else {
+        return;
+    };
+    rt().block_on(async {
+        // NODELAY: vsock (and a unix socket) has no Nagle; loopback TCP
+        // would hold each small event frame for a delayed ACK (~40 ms).
+        let incoming = tonic::transport::server::TcpIncoming::bind("127.0.0.1:0".parse().unwrap())
+            .unwrap()
+            .with_nodelay(Some(true));
+        let addr = incoming.local_addr().unwrap();
+        let boot = BootTimes {
+            agent_start_ns: 0,
+            mounts_done_ns: 0,
+            serving_ns: 0,
+        };
+        let service = AgentService::new(boot, false, Arc::clone(&f.containers));
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(AgentServer::new(service))
+                .serve_with_incoming_shutdown(incoming, async {
+                    let _ = stop_rx.await;
+                }),
+        );
+        let mut client = AgentClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        let mut events = client
+            .events(EventsRequest { after_seq: 0 })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut next = async || {
+            tokio::time::timeout(Duration::from_secs(10), events.message())
+                .await
+                .expect("no event within 10 s")
+                .expect("an event")
+                .expect("the stream ended")
+        };
+
+        let e = client
+            .container_status(ContainerRef { id: "nope".into() })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::NotFound);
+
+        for id in ["g1", "g2"] {
+            client
+                .create_container(CreateContainerRequest {
+                    spec: Some(f.spec(id, &["sleep", "1000"])),
+                })
+                .await
+                .unwrap();
+            client
+                .start_container(ContainerRef { id: id.into() })
+                .await
+                .unwrap();
+        }
+        let st = client
+            .stop_container(StopContainerRequest {
+                id: "g1".into(),
+                signal: 0,
+                timeout_ms: 10_000,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(st.exit_code, 128 + libc::SIGTERM, "{st:?}");
+        let st = client
+            .container_status(ContainerRef { id: "g1".into() })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(st.state, ContainerState::ContainerExited as i32);
+        let mut seen = Vec::new();
+        for _ in 0..5 {
+            let e = next().await;
+            seen.push((e.seq, e.status.unwrap().id, kind_of(e.r#type)));
+        }
+        let want = |seq: u64, id: &str, k| (seq, id.to_string(), k);
+        assert_eq!(
+            seen,
+            [
+                want(1, "g1", Created),
+                want(2, "g1", Started),
+                want(3, "g2", Created),
+                want(4, "g2", Started),
+                want(5, "g1", Stopped),
+            ]
+        );
+
+        // Exit to event, through gRPC: the host wants this under 100 ms
+        // over vsock; loopback TCP is the same code path here.
+        let killed = std::time::Instant::now();
+        client
+            .signal_container(SignalContainerRequest {
+                id: "g2".into(),
+                signal: libc::SIGKILL,
+            })
+            .await
+            .unwrap();
+        let e = next().await;
+        let latency = killed.elapsed();
+        assert_eq!((e.seq, kind_of(e.r#type)), (6, Stopped));
+        eprintln!("SignalContainer(SIGKILL) to STOPPED over gRPC: {latency:?}");
+        assert!(latency < Duration::from_millis(100), "{latency:?}");
+
+        // The agent's shutdown ends the open stream, so the server can
+        // finish gracefully.
+        f.containers.close_events();
+        let end = tokio::time::timeout(Duration::from_secs(5), events.message())
+            .await
+            .expect("the stream did not end");
+        assert!(matches!(end, Ok(None)), "{end:?}");
+        let _ = stop_tx.send(());
+        tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .expect("the server did not shut down")
+            .unwrap()
+            .unwrap();
+    });
+}
+
+fn kind_of(t: i32) -> ContainerEventType {
+    ContainerEventType::try_from(t).expect("a known event type")
 }

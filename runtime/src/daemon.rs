@@ -4,14 +4,19 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::config::Config;
-use crate::image::ContentStore;
-use crate::sandbox::Registry;
+use crate::container::registry::Registry as Containers;
+use crate::image::content::ContentStore;
+use crate::sandbox::registry::Registry as Sandboxes;
 use crate::state::Store;
 
+/// Everything a call may touch; one per daemon, nothing per process.
 pub struct Daemon {
     pub config: Arc<Config>,
     pub store: Store,
-    pub sandboxes: Registry,
+    /// Per sandbox: locks, monitors, vsock CIDs, CPU samples.
+    pub sandboxes: Sandboxes,
+    /// Per container: locks, CPU samples.
+    pub containers: Containers,
     pub content: ContentStore,
 }
 

@@ -167,6 +167,7 @@ async fn start(
         config: Arc::new(config.clone()),
         store,
         sandboxes: Default::default(),
+        containers: Default::default(),
         content: crate::image::ContentStore::open(&state_dir.join("images"))
             .map_err(|e| anyhow!("image store: {e}"))?,
     });

@@ -22,8 +22,7 @@ use seccompiler::{
     SeccompRule, TargetArch,
 };
 use std::collections::BTreeMap;
-
-use crate::vmm::privilege::Credentials;
+use vmpod_shim_api::spec::VmmUser;
 
 /// Stands for the child's own pid in a filter compiled before the fork;
 /// [`Confinement::apply`] patches the real pid in. Above any pid_max (2^22)
@@ -47,7 +46,7 @@ pub struct Confinement {
     /// capability goes with root. `None`: stay root (virtiofsd, which
     /// drops to its own reduced set; QEMU, which switches itself with
     /// `-runas` after it opened its files).
-    user: Option<Credentials>,
+    user: Option<VmmUser>,
     /// The file mode mask: the sockets a helper creates are for its owner
     /// (and root) only.
     umask: Option<libc::mode_t>,
@@ -73,7 +72,7 @@ impl Confinement {
         Ok(self)
     }
 
-    pub fn user(mut self, user: Credentials) -> Result<Confinement> {
+    pub fn user(mut self, user: VmmUser) -> Result<Confinement> {
         if user.uid == 0 || user.gid == 0 {
             bail!(
                 "a confined helper must not run as root (got {}:{})",
@@ -158,7 +157,7 @@ impl Confinement {
             }
             // Groups, then gid, then uid: each step needs what the next
             // one removes.
-            if let Some(Credentials { uid, gid }) = self.user
+            if let Some(VmmUser { uid, gid }) = self.user
                 && (libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()) != 0
                     || libc::syscall(libc::SYS_setresgid, gid, gid, gid) != 0
                     || libc::syscall(libc::SYS_setresuid, uid, uid, uid) != 0)

@@ -1,12 +1,15 @@
-//! vmpod-shim as a library: the pieces the binary wires together, public so
-//! that `vmpod bench` can boot the very same QEMU command line and helpers
-//! without a shim as its raw baseline.
+//! vmpod-shim as a library: the pieces the binary wires together, public for
+//! its integration tests. `vmpod bench` gets the shim's QEMU and helper
+//! command lines from `vmpod-shim --print-commands` (`commands.rs`), not by
+//! linking this.
 
 pub mod agent;
+pub mod backends;
+pub mod commands;
 pub mod confine;
 pub mod console;
 pub mod container;
-pub mod helpers;
+pub mod events;
 pub mod hypervisor;
 pub mod logs;
 pub mod pod_dir;
@@ -14,6 +17,5 @@ pub mod process;
 pub mod relay;
 pub mod service;
 pub mod share;
-pub mod spec;
 pub mod vm;
-pub mod vmm;
+pub mod vm_spec;

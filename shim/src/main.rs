@@ -24,7 +24,7 @@ use vmpod_shim::hypervisor::qemu::{Accel, Qemu};
 use vmpod_shim::pod_dir::PodDir;
 use vmpod_shim::service::ShimService;
 use vmpod_shim::vm::{DEFAULT_STOP_GRACE, Machine};
-use vmpod_shim::{process, spec, vm};
+use vmpod_shim::{commands, process, vm, vm_spec};
 
 #[derive(Parser, Debug)]
 #[command(name = "vmpod-shim", version, about = "Owns one pod's microVM")]
@@ -35,12 +35,20 @@ struct Args {
     /// A cgroup.procs file to join before anything is spawned (repeatable).
     #[arg(long = "cgroup-procs")]
     cgroup_procs: Vec<PathBuf>,
+    /// Print, as JSON on stdout, the argv of every helper and of the VMM
+    /// that vm.json asks for, then exit without starting anything (see
+    /// `commands.rs`; `vmpod bench` boots its raw baseline from it).
+    #[arg(long)]
+    print_commands: bool,
 }
 
 fn main() -> ExitCode {
     let shim_start_ns = vm::now_ns();
     let started = tokio::time::Instant::now();
     let args = Args::parse();
+    if args.print_commands {
+        return print_commands(&PodDir::new(args.pod_dir));
+    }
     // Cgroups first, so every child (helpers, VMM) is accounted to the pod.
     for file in &args.cgroup_procs {
         if let Err(e) = std::fs::write(file, format!("{}\n", std::process::id())) {
@@ -53,7 +61,7 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let pod = PodDir::new(args.pod_dir);
-    let spec = match spec::load(&pod.spec()) {
+    let spec = match vm_spec::load(&pod.spec()) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("vmpod-shim: invalid VM spec: {e}");
@@ -85,6 +93,31 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
+            eprintln!("vmpod-shim: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `--print-commands`: vm.json loaded and checked as for a start; nothing
+/// joined, created or spawned.
+fn print_commands(pod: &PodDir) -> ExitCode {
+    let spec = match vm_spec::load(&pod.spec()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("vmpod-shim: invalid VM spec: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let json = commands::planned(&spec, pod)
+        .and_then(|c| c.to_json())
+        .and_then(|j| Ok(serde_json::to_string_pretty(&j)?));
+    match json {
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
             eprintln!("vmpod-shim: {e:#}");
             ExitCode::FAILURE
         }
@@ -127,7 +160,7 @@ async fn run(
     );
     let (exit_tx, mut exit_rx) = mpsc::unbounded_channel();
     let (exiting_tx, exiting_rx) = watch::channel(false);
-    let service = ShimService::new(handle.clone(), containers, exit_tx, exiting_rx);
+    let service = ShimService::new(handle.clone(), containers.clone(), exit_tx, exiting_rx);
     let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(
         tonic::transport::Server::builder()
@@ -138,6 +171,11 @@ async fn run(
     );
     write_pid(&pod.shim_pid())?;
     let vm_task = tokio::spawn(machine.run());
+    let events_task = tokio::spawn(vmpod_shim::events::pump(
+        handle.clone(),
+        containers.events().clone(),
+        handle.subscribe(),
+    ));
 
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
@@ -164,6 +202,7 @@ async fn run(
     handle.shutdown(DEFAULT_STOP_GRACE).await;
     drop(handle);
     vm_task.abort();
+    events_task.abort();
     tracing::info!("shim exiting");
     Ok(())
 }

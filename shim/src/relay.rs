@@ -16,29 +16,12 @@ use tonic::{Code, Status};
 use vmpod_agent_proto::AgentClient;
 use vmpod_shim_api::v1::VmState;
 
-use crate::vm::VmHandle;
-
 /// Where agent clients come from: the VM in the shim, a fake agent in
 /// tests. `Err` is the UNAVAILABLE to answer when there is no agent.
 pub trait AgentSource: Clone + Send + Sync + 'static {
     fn client(&self) -> Result<AgentClient<Channel>, Status>;
     /// Why the agent is (or may be) gone, for error messages: "VM is ...".
     fn why_unavailable(&self) -> String;
-}
-
-impl AgentSource for VmHandle {
-    fn client(&self) -> Result<AgentClient<Channel>, Status> {
-        self.agent().ok_or_else(|| {
-            Status::unavailable(format!(
-                "guest agent not reachable: {}",
-                describe_vm(&self.state())
-            ))
-        })
-    }
-
-    fn why_unavailable(&self) -> String {
-        describe_vm(&self.state())
-    }
 }
 
 /// "VM is PHASE_FAILED (qemu (pid 7) exited unexpectedly: SIGKILL)": the

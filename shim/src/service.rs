@@ -8,9 +8,10 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use vmpod_agent_proto::v1::{
-    ContainerRef, ContainerStatus, ExecSyncRequest, ExecSyncResponse, GuestInfoRequest,
-    GuestInfoResponse, ListContainersRequest, ListContainersResponse, RemoveContainerResponse,
-    StatsRequest, StatsResponse, UpdateContainerRequest, UpdateContainerResponse,
+    ContainerEvent, ContainerRef, ContainerStatus, EventsRequest, ExecSyncRequest,
+    ExecSyncResponse, GuestInfoRequest, GuestInfoResponse, ListContainersRequest,
+    ListContainersResponse, RemoveContainerResponse, StatsRequest, StatsResponse,
+    UpdateContainerRequest, UpdateContainerResponse,
 };
 use vmpod_shim_api::Shim;
 use vmpod_shim_api::v1::{
@@ -55,22 +56,6 @@ impl ShimService {
 
 #[tonic::async_trait]
 impl Shim for ShimService {
-    // TEMPORARY (issue 17 in progress): replaced by the event relay.
-    async fn container_status(
-        &self,
-        _: Request<ContainerRef>,
-    ) -> Result<Response<vmpod_agent_proto::v1::ContainerStatus>, Status> {
-        Err(Status::unimplemented("ContainerStatus"))
-    }
-
-    type EventsStream = ReceiverStream<Result<vmpod_agent_proto::v1::ContainerEvent, Status>>;
-
-    async fn events(
-        &self,
-        _: Request<vmpod_agent_proto::v1::EventsRequest>,
-    ) -> Result<Response<Self::EventsStream>, Status> {
-        Err(Status::unimplemented("Events"))
-    }
     async fn state(&self, _: Request<StateRequest>) -> Result<Response<VmState>, Status> {
         Ok(Response::new(self.vm.state()))
     }
@@ -170,6 +155,27 @@ impl Shim for ShimService {
     ) -> Result<Response<ListContainersResponse>, Status> {
         let r = self.containers.list(&self.vm, req.into_inner()).await;
         r.map(Response::new)
+    }
+
+    async fn container_status(
+        &self,
+        req: Request<ContainerRef>,
+    ) -> Result<Response<ContainerStatus>, Status> {
+        let r = self.containers.status(&self.vm, &req.into_inner().id).await;
+        r.map(Response::new)
+    }
+
+    type EventsStream = ReceiverStream<Result<ContainerEvent, Status>>;
+
+    async fn events(
+        &self,
+        req: Request<EventsRequest>,
+    ) -> Result<Response<Self::EventsStream>, Status> {
+        let rx = self
+            .containers
+            .events()
+            .subscribe(req.into_inner().after_seq)?;
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 
     async fn exec_sync(

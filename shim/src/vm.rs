@@ -14,20 +14,21 @@ use nix::sys::signal::Signal;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tonic::Status;
 use tonic::transport::Channel;
 use vmpod_agent_proto::v1::SetupSandboxRequest;
 use vmpod_agent_proto::{AGENT_VSOCK_PORT, AgentClient, SHARE_TAG};
-use vmpod_shim_api::spec::{BackendSpec, VmSpec, VsockTransport};
+use vmpod_shim_api::spec::{BackendSpec, VmSpec, VmmUser, VsockTransport};
 use vmpod_shim_api::v1::{BootTimes, Phase, VmState};
 
 use crate::agent::{self, AgentAddr};
+use crate::backends;
 use crate::console::{self, ConsoleTail};
 use crate::container::Containers;
-use crate::helpers;
 use crate::hypervisor::{BASE_CMDLINE, Hypervisor, RunningVm, VirtioFs, VmConfig, Vsock};
 use crate::pod_dir::PodDir;
 use crate::process::{self, Exit, ExitSender, Process, describe, log_tail};
-use crate::vmm::privilege::Credentials;
+use crate::relay::{AgentSource, describe_vm};
 
 /// Grace for QEMU when the shim stops on its own (failure, signal).
 pub const DEFAULT_STOP_GRACE: Duration = Duration::from_millis(2000);
@@ -104,6 +105,21 @@ impl VmHandle {
         {
             let _ = wait.await;
         }
+    }
+}
+
+impl AgentSource for VmHandle {
+    fn client(&self) -> Result<AgentClient<Channel>, Status> {
+        self.agent().ok_or_else(|| {
+            Status::unavailable(format!(
+                "guest agent not reachable: {}",
+                describe_vm(&self.state())
+            ))
+        })
+    }
+
+    fn why_unavailable(&self) -> String {
+        describe_vm(&self.state())
     }
 }
 
@@ -244,15 +260,9 @@ impl Machine {
 
     async fn boot(&mut self, deadline: Instant) -> Result<AgentClient<Channel>> {
         let pod = self.pod.clone();
-        let vmm_user = self
-            .spec
-            .vmm_user
-            .map_or(DEFAULT_VMM_USER, |u| Credentials {
-                uid: u.uid,
-                gid: u.gid,
-            });
+        let vmm_user = self.spec.vmm_user.unwrap_or(DEFAULT_VMM_USER);
         let guest_cid = self.spec.vsock.guest_cid;
-        // spec.rs checked that the backend can serve the transport.
+        // vm_spec.rs checked that the backend can serve the transport.
         let (vsock, agent_addr) = match (self.spec.vsock.transport, self.spec.backend) {
             (VsockTransport::Kernel, _) => (
                 Vsock::Kernel { guest_cid },
@@ -260,7 +270,7 @@ impl Machine {
             ),
             // The built-in VMM serves the hybrid-vsock socket itself.
             (VsockTransport::Hybrid, BackendSpec::Kvm) => {
-                helpers::remove_stale(&pod.hybrid_vsock())?;
+                backends::remove_stale(&pod.hybrid_vsock())?;
                 (
                     Vsock::InProcess {
                         guest_cid,
@@ -276,13 +286,13 @@ impl Machine {
                     .vhost_device_vsock
                     .clone()
                     .context("hybrid vsock for QEMU needs helpers.vhost-device-vsock")?;
-                helpers::remove_stale(&pod.hybrid_vsock())?;
+                backends::remove_stale(&pod.hybrid_vsock())?;
                 let socket = pod.vsock_backend_socket();
-                helpers::open_run_dir_to(&pod, vmm_user)?;
+                backends::open_run_dir_to(&pod, vmm_user)?;
                 let (cmd, confinement) =
-                    helpers::vhost_device_vsock_confined(&bin, &pod, guest_cid, vmm_user)?;
-                let p = helpers::spawn(
-                    helpers::VHOST_DEVICE_VSOCK,
+                    backends::vhost_device_vsock_confined(&bin, &pod, guest_cid, vmm_user)?;
+                let p = backends::spawn(
+                    backends::VHOST_DEVICE_VSOCK,
                     cmd,
                     confinement,
                     &socket,
@@ -297,11 +307,11 @@ impl Machine {
             }
         };
         let fs_socket = pod.virtiofs_socket();
-        let cmd = helpers::virtiofsd_command(&self.spec.helpers.virtiofsd, &pod);
-        let p = helpers::spawn(
-            helpers::VIRTIOFSD,
+        let cmd = backends::virtiofsd_command(&self.spec.helpers.virtiofsd, &pod);
+        let p = backends::spawn(
+            backends::VIRTIOFSD,
             cmd,
-            helpers::virtiofsd_confinement()?,
+            backends::virtiofsd_confinement()?,
             &fs_socket,
             &pod,
             self.exits.clone(),
@@ -309,7 +319,7 @@ impl Machine {
         self.helpers.push(p);
         // Both helpers start in parallel; wait for their sockets afterwards.
         for (helper, socket) in self.helpers.iter().zip(helper_sockets(&pod, &vsock)) {
-            helpers::wait_for_socket(helper, &socket, &pod).await?;
+            backends::wait_for_socket(helper, &socket, &pod).await?;
         }
 
         let config = VmConfig {
@@ -575,7 +585,7 @@ fn helper_sockets(pod: &PodDir, vsock: &Vsock) -> Vec<std::path::PathBuf> {
 /// `vm.vmm-user`'s default, for a vm.json that names none (an older
 /// daemon passed it for the built-in VMM only): QEMU and the vsock helper
 /// never run as root.
-const DEFAULT_VMM_USER: Credentials = Credentials {
+pub const DEFAULT_VMM_USER: VmmUser = VmmUser {
     uid: 65534,
     gid: 65534,
 };

@@ -24,7 +24,8 @@ use tokio::sync::{oneshot, watch};
 use tonic::{Code, Status};
 use tracing::{info, warn};
 use vmpod_agent_proto::v1::{
-    ContainerSpec, ContainerState, ContainerStatus, Mount, NamespaceMode, OutputStream, Propagation,
+    ContainerEventType, ContainerSpec, ContainerState, ContainerStatus, Mount, NamespaceMode,
+    OutputStream, Propagation,
 };
 
 use super::channel::{self, Msg};
@@ -430,26 +431,22 @@ impl Containers {
             cgroup,
             output,
             status: tx,
+            events: Arc::clone(&self.events),
             sync: tokio::sync::Mutex::new(Some(sync)),
+            start_gate: tokio::sync::Mutex::new(()),
             stdin: std::sync::Mutex::new(stdin),
         });
-        let watcher = Arc::clone(&container);
-        tokio::spawn(async move {
-            let exit = exit.await;
-            let oom = watcher.cgroup.oom_killed();
-            watcher.status.send_modify(|s| {
-                s.state = ContainerState::ContainerExited as i32;
-                s.pid = 0;
-                s.finished_at_ns = now_ns();
-                s.exit_code = exit.map_or(255, |e| e.code());
-                s.oom_killed = oom;
-                if oom && s.message.is_empty() {
-                    s.message = "OOMKilled".into();
-                }
-            });
-            info!(id = %watcher.id, exit_code = watcher.status.borrow().exit_code, oom, "container exited");
-        });
-        self.lock_map().insert(id.clone(), container);
+        {
+            // Announced under the map lock: nothing can reach the container
+            // (to start or remove it) before its CREATED is in the log.
+            let mut map = self.lock_map();
+            map.insert(id.clone(), Arc::clone(&container));
+            self.events
+                .emit(ContainerEventType::ContainerEventCreated, status.clone());
+        }
+        // Only now, so that even an init that is already dead is STOPPED
+        // after it was CREATED.
+        tokio::spawn(watch_exit(container, exit));
         info!(id, pid, "container created");
         Ok(status)
     }
@@ -526,57 +523,96 @@ impl Containers {
     /// StartContainer.
     pub async fn start(&self, id: &str) -> Result<ContainerStatus, Status> {
         let c = self.get(id)?;
-        let mut guard = c.sync.lock().await;
-        let st = c.status();
-        if st.state == ContainerState::ContainerRunning as i32 {
-            return Err(Status::failed_precondition(format!(
-                "container {id} is already running"
-            )));
+        // On its own task: a caller that gives up half way must not leave
+        // behind a container whose exec went ahead but which still says
+        // CREATED (so StopContainer would leave it alone) and never got
+        // its STARTED.
+        tokio::spawn(start(c))
+            .await
+            .map_err(|e| Status::internal(format!("the StartContainer task of {id} failed: {e}")))?
+    }
+}
+
+/// Publishes the init's exit as soon as the reaper has it.
+async fn watch_exit(c: Arc<Container>, exit: oneshot::Receiver<Exit>) {
+    let exit = exit.await;
+    // Free at once unless StartContainer is between Start and publishing
+    // how the exec went, which the exit must come after.
+    let _gate = c.start_gate.lock().await;
+    let oom = c.cgroup.oom_killed();
+    c.transition(ContainerEventType::ContainerEventStopped, |s| {
+        s.state = ContainerState::ContainerExited as i32;
+        s.pid = 0;
+        s.finished_at_ns = now_ns();
+        s.exit_code = exit.map_or(255, |e| e.code());
+        s.oom_killed = oom;
+        if oom && s.message.is_empty() {
+            s.message = "OOMKilled".into();
         }
-        if st.state == ContainerState::ContainerExited as i32 {
-            return Err(Status::failed_precondition(format!(
-                "container {id} has exited"
-            )));
+        true
+    });
+    info!(id = %c.id, exit_code = c.status.borrow().exit_code, oom, "container exited");
+}
+
+/// StartContainer's work: lets the init exec and reports how that went.
+async fn start(c: Arc<Container>) -> Result<ContainerStatus, Status> {
+    let id = c.id.as_str();
+    let mut guard = c.sync.lock().await;
+    let st = c.status();
+    if st.state == ContainerState::ContainerRunning as i32 {
+        return Err(Status::failed_precondition(format!(
+            "container {id} is already running"
+        )));
+    }
+    if st.state == ContainerState::ContainerExited as i32 {
+        return Err(Status::failed_precondition(format!(
+            "container {id} has exited"
+        )));
+    }
+    let Some(mut sync) = guard.take() else {
+        return Err(Status::failed_precondition(format!(
+            "container {id} was already started"
+        )));
+    };
+    let gate = c.start_gate.lock().await;
+    c.status.send_modify(|s| s.started_at_ns = now_ns());
+    let sent = channel::send_async(&mut sync, &Msg::Start).await;
+    let reply = match sent {
+        Ok(()) => channel::recv_async(&mut sync).await,
+        Err(e) => Err(e),
+    };
+    match reply {
+        Ok(None) => {
+            // The exit watcher waits for the gate, so this is still
+            // CREATED even if the command has already exited.
+            c.transition(ContainerEventType::ContainerEventStarted, |s| {
+                if s.state != ContainerState::ContainerCreated as i32 {
+                    return false;
+                }
+                s.state = ContainerState::ContainerRunning as i32;
+                true
+            });
+            drop(gate);
+            info!(id, "container started");
+            Ok(c.status())
         }
-        let Some(mut sync) = guard.take() else {
-            return Err(Status::failed_precondition(format!(
-                "container {id} was already started"
-            )));
-        };
-        c.status.send_modify(|s| s.started_at_ns = now_ns());
-        let sent = channel::send_async(&mut sync, &Msg::Start).await;
-        let reply = match sent {
-            Ok(()) => channel::recv_async(&mut sync).await,
-            Err(e) => Err(e),
-        };
-        match reply {
-            Ok(None) => {
-                c.status.send_modify(|s| {
-                    if s.state == ContainerState::ContainerCreated as i32 {
-                        s.state = ContainerState::ContainerRunning as i32;
-                    }
-                });
-                info!(id, "container started");
-                Ok(c.status())
-            }
-            Ok(Some(Msg::Error { code: _, message })) => {
-                // The init exits right after reporting; record why.
-                let mut rx = c.status.subscribe();
-                let exited = rx.wait_for(|s| s.state == ContainerState::ContainerExited as i32);
-                let _ = tokio::time::timeout(Duration::from_secs(5), exited).await;
-                c.status.send_modify(|s| {
-                    // It never ran its command: no start time, as in CRI.
-                    s.started_at_ns = 0;
-                    if s.message.is_empty() {
-                        s.message = message.clone();
-                    }
-                });
-                warn!(id, %message, "container failed to start");
-                Err(Status::failed_precondition(message))
-            }
-            other => Err(Status::failed_precondition(format!(
-                "container {id} died before it could start ({other:?})"
-            ))),
+        Ok(Some(Msg::Error { code: _, message })) => {
+            // The init exits right after reporting; recorded before its
+            // exit is published, so that STOPPED says why. It never ran
+            // its command: no start time, as in CRI.
+            c.status.send_modify(|s| {
+                s.started_at_ns = 0;
+                if s.message.is_empty() {
+                    s.message = message.clone();
+                }
+            });
+            drop(gate);
+            let _ = c.exited_within(Duration::from_secs(5)).await;
+            warn!(id, %message, "container failed to start");
+            Err(Status::failed_precondition(message))
         }
+        other => Err(Status::failed_precondition(format!(
+            "container {id} died before it could start ({other:?})"
+        ))),
     }
 }

@@ -403,11 +403,10 @@ impl std::error::Error for ExecFailed {}
 
 /// Blocks until `child` exits; returns its status the shell way.
 fn wait_for(child: nix::unistd::Pid) -> u8 {
-    use nix::sys::wait::{WaitStatus, waitpid};
+    use crate::reaper::{Waited, wait_raw};
     loop {
-        match waitpid(child, None) {
-            Ok(WaitStatus::Exited(_, code)) => return code as u8,
-            Ok(WaitStatus::Signaled(_, sig, _)) => return (128 + sig as i32) as u8,
+        match wait_raw(child.as_raw(), false) {
+            Ok(Waited::Exit(_, exit)) => return exit.code() as u8,
             Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
             Err(_) => return 255,
         }
@@ -444,8 +443,8 @@ fn pod_pause() -> u8 {
 
 /// PID 1 of the pod's pid namespace: reaps orphans until killed.
 fn pause_loop() -> ! {
+    use crate::reaper::{Waited, wait_raw};
     use nix::sys::signal::{SigSet, Signal};
-    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
     let _ = nix::unistd::setsid();
     // Seen by containers as their PID 1 in `ps`; "exe" (from
     // /proc/self/exe) would say nothing.
@@ -457,8 +456,8 @@ fn pause_loop() -> ! {
     let _ = nix::unistd::chdir("/");
     loop {
         loop {
-            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::StillAlive) | Err(_) => break,
+            match wait_raw(-1, true) {
+                Ok(Waited::Nothing) | Err(_) => break,
                 Ok(_) => {}
             }
         }

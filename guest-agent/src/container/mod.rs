@@ -11,18 +11,22 @@
 //!
 //! Exits arrive from the one SIGCHLD reaper ([`crate::reaper`]), keyed by
 //! pid; nothing here polls. A record's status lives in a `watch` channel,
-//! so WaitContainer just waits for it to say EXITED.
+//! so WaitContainer just waits for it to say EXITED. Every lifecycle change
+//! is also appended to the event log (`events.rs`) inside the same write to
+//! that channel, which is what keeps the Events stream in the order the
+//! changes happened.
 //!
 //! The verbs each have a file: `create.rs` (CreateContainer and
 //! StartContainer, which share the init's sync socket), `exec.rs`
-//! (ExecSync), `stats.rs`; signal, wait, remove, list, update and output
-//! are short enough to live here. The helper processes' side is in
-//! `helper.rs`, `mounts.rs` and `process.rs`.
+//! (ExecSync), `stats.rs`, `events.rs` (Events); signal, stop, wait,
+//! remove, list, update and output are short enough to live here. The
+//! helper processes' side is in `helper.rs`, `mounts.rs` and `process.rs`.
 
 mod caps;
 mod cgroup;
 mod channel;
 mod create;
+pub mod events;
 mod exec;
 pub mod helper;
 mod mounts;
@@ -50,12 +54,13 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 use tracing::{info, warn};
 use vmpod_agent_proto::v1::{
-    ContainerSpec, ContainerState, ContainerStatus, OutputChunk, Resources,
+    ContainerEventType, ContainerSpec, ContainerState, ContainerStatus, OutputChunk, Resources,
 };
 
 pub use cgroup::find_cgroup2_mount;
 
 use self::cgroup::{Cgroup, CgroupTree};
+use self::events::{EventLog, EventStream};
 use self::output::Output;
 use self::plan::ProcessPlan;
 
@@ -93,8 +98,16 @@ pub(crate) struct Container {
     cgroup: Cgroup,
     output: Arc<Output>,
     status: watch::Sender<ContainerStatus>,
+    /// Where its status changes are announced.
+    events: Arc<EventLog>,
     /// The init's sync socket until StartContainer has used it.
     sync: tokio::sync::Mutex<Option<tokio::net::UnixStream>>,
+    /// Held by StartContainer from Start until it has published how the
+    /// exec went, and taken by the exit watcher before it publishes the
+    /// exit: a command that exits at once is reaped before Start has read
+    /// the exec's outcome, and its STOPPED must still come after STARTED
+    /// (and carry the exec error when there was one).
+    start_gate: tokio::sync::Mutex<()>,
     /// The write end of stdin (or the pty master), kept for a later attach.
     #[allow(dead_code)]
     stdin: Mutex<Option<OwnedFd>>,
@@ -104,7 +117,75 @@ impl Container {
     fn status(&self) -> ContainerStatus {
         self.status.borrow().clone()
     }
+
+    /// Changes the status and logs `kind` with the result, under the
+    /// status's write lock so that no other change of this container can
+    /// come between the two. `change` returns false when there was nothing
+    /// to change; then nothing is logged.
+    fn transition(
+        &self,
+        kind: ContainerEventType,
+        change: impl FnOnce(&mut ContainerStatus) -> bool,
+    ) -> bool {
+        self.status.send_if_modified(|s| {
+            if !change(s) {
+                return false;
+            }
+            self.events.emit(kind, s.clone());
+            true
+        })
+    }
+
+    /// The status once exited, or None if it is still not after `timeout`.
+    async fn exited_within(&self, timeout: Duration) -> Option<ContainerStatus> {
+        let mut rx = self.status.subscribe();
+        let exited = rx.wait_for(|s| s.state == ContainerState::ContainerExited as i32);
+        match tokio::time::timeout(timeout, exited).await {
+            Ok(Ok(st)) => Some(st.clone()),
+            _ => None,
+        }
+    }
+
+    /// SIGKILL to the init and cgroup.kill for everything else in the
+    /// cgroup (its children, ExecSync processes).
+    fn kill_all(&self, pid: u32) -> Result<(), Status> {
+        send_signal(&self.id, pid, libc::SIGKILL)?;
+        if let Err(e) = self.cgroup.kill()
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            warn!(id = self.id, "cgroup.kill failed: {e}");
+        }
+        Ok(())
+    }
 }
+
+/// kill(2) with any signal number (nix's `Signal` has no real-time ones).
+/// A process that is already gone is not an error: its exit is on its way
+/// through the reaper.
+fn send_signal(id: &str, pid: u32, signal: i32) -> Result<(), Status> {
+    // Pid 0 (an exited container's) would be our own process group.
+    if pid == 0 {
+        return Ok(());
+    }
+    let pid = i32::try_from(pid)
+        .map_err(|_| Status::internal(format!("container {id} has pid {pid}, out of range")))?;
+    // SAFETY: kill(2) with plain integers.
+    if unsafe { libc::kill(pid, signal) } == 0 {
+        return Ok(());
+    }
+    match std::io::Error::last_os_error() {
+        e if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+        e => Err(Status::internal(format!(
+            "cannot send signal {signal} to container {id} (pid {pid}): {e}"
+        ))),
+    }
+}
+
+/// How long a container may take to go once killed before StopContainer
+/// and RemoveContainer give up on it: past SIGKILL only a process stuck in
+/// the kernel (D state, a hung FUSE or NFS call) can hold out, and waiting
+/// longer would not end that either.
+const KILL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The pause process holding the pod's pid and ipc namespaces.
 struct Pause {
@@ -120,6 +201,7 @@ pub struct Containers {
     /// Ids being created, so two creates of one id cannot both proceed.
     creating: Mutex<HashSet<String>>,
     pause: tokio::sync::Mutex<Option<Pause>>,
+    events: Arc<EventLog>,
 }
 
 /// Nanoseconds since the Unix epoch.
@@ -142,6 +224,7 @@ impl Containers {
             map: Mutex::new(HashMap::new()),
             creating: Mutex::new(HashSet::new()),
             pause: tokio::sync::Mutex::new(None),
+            events: Arc::new(EventLog::default()),
         }
     }
 
@@ -159,6 +242,18 @@ impl Containers {
     /// The status of one container.
     pub fn status(&self, id: &str) -> Result<ContainerStatus, Status> {
         Ok(self.get(id)?.status())
+    }
+
+    /// Lifecycle events after `after_seq`, then live ones (see
+    /// `events.rs`).
+    pub fn events(&self, after_seq: u64) -> Result<EventStream, Status> {
+        self.events.subscribe(after_seq)
+    }
+
+    /// Ends every Events stream, so that a graceful server shutdown does
+    /// not wait for readers that never finish on their own.
+    pub fn close_events(&self) {
+        self.events.close();
     }
 
     /// Every container, oldest first.
@@ -183,35 +278,79 @@ impl Containers {
                 "container {id} is not running"
             )));
         }
-        match kill(Pid::from_raw(st.pid as i32), sig) {
-            Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
-            Err(e) => {
-                return Err(Status::internal(format!(
-                    "cannot send {sig} to container {id}: {e}"
+        if sig == Signal::SIGKILL {
+            return c.kill_all(st.pid);
+        }
+        send_signal(id, st.pid, signal)
+    }
+
+    /// StopContainer: `signal` (0: SIGTERM) to the init, up to `grace` for
+    /// it to exit, then SIGKILL to everything in its cgroup. Resolves with
+    /// the exited status; a container that is not running is answered with
+    /// its status as it is.
+    pub async fn stop(
+        &self,
+        id: &str,
+        signal: i32,
+        grace: Duration,
+    ) -> Result<ContainerStatus, Status> {
+        let signal = match signal {
+            0 => libc::SIGTERM,
+            1..=64 => signal,
+            _ => {
+                return Err(Status::invalid_argument(format!(
+                    "signal: {signal} is not a signal number (1-64, or 0 for SIGTERM)"
                 )));
             }
+        };
+        let c = self.get(id)?;
+        let st = c.status();
+        if st.state != ContainerState::ContainerRunning as i32 {
+            return Ok(st);
         }
-        if sig == Signal::SIGKILL
-            && let Err(e) = c.cgroup.kill()
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            warn!(id, "cgroup.kill failed: {e}");
+        if !grace.is_zero() {
+            send_signal(id, st.pid, signal)?;
+            if let Some(exited) = c.exited_within(grace).await {
+                // The init is gone; whatever it left in the cgroup (in a
+                // shared pid namespace its children outlive it) goes too,
+                // so that nothing of the container outlives its stop.
+                if let Err(e) = c.cgroup.kill()
+                    && e.kind() != std::io::ErrorKind::NotFound
+                {
+                    warn!(id, "cgroup.kill after the init exited failed: {e}");
+                }
+                return Ok(exited);
+            }
+            info!(
+                id,
+                signal,
+                ?grace,
+                "container outlived its grace; killing it"
+            );
         }
-        Ok(())
+        c.kill_all(st.pid)?;
+        c.exited_within(KILL_TIMEOUT).await.ok_or_else(|| {
+            Status::internal(format!(
+                "container {id} did not exit within {KILL_TIMEOUT:?} of SIGKILL"
+            ))
+        })
     }
 
     /// The status once the container has exited, or after `timeout`
     /// (zero: no limit) whatever it is then.
     pub async fn wait(&self, id: &str, timeout: Duration) -> Result<ContainerStatus, Status> {
         let c = self.get(id)?;
-        let mut rx = c.status.subscribe();
-        let exited = rx.wait_for(|s| s.state == ContainerState::ContainerExited as i32);
         if timeout.is_zero() {
-            let _ = exited.await;
-        } else {
-            let _ = tokio::time::timeout(timeout, exited).await;
+            let mut rx = c.status.subscribe();
+            let _ = rx
+                .wait_for(|s| s.state == ContainerState::ContainerExited as i32)
+                .await;
+            return Ok(c.status());
         }
-        Ok(c.status())
+        match c.exited_within(timeout).await {
+            Some(st) => Ok(st),
+            None => Ok(c.status()),
+        }
     }
 
     /// Forgets an exited or never started container and removes its
@@ -227,14 +366,8 @@ impl Containers {
             )));
         }
         if st.state == ContainerState::ContainerCreated as i32 {
-            let _ = kill(Pid::from_raw(st.pid as i32), Signal::SIGKILL);
-            let _ = c.cgroup.kill();
-            let mut rx = c.status.subscribe();
-            let exited = rx.wait_for(|s| s.state == ContainerState::ContainerExited as i32);
-            if tokio::time::timeout(Duration::from_secs(10), exited)
-                .await
-                .is_err()
-            {
+            let _ = c.kill_all(st.pid);
+            if c.exited_within(KILL_TIMEOUT).await.is_none() {
                 return Err(Status::internal(format!(
                     "container {id} did not die after SIGKILL"
                 )));
@@ -249,7 +382,16 @@ impl Containers {
             .map_err(|e| {
                 Status::internal(format!("cannot remove the cgroup of container {id}: {e}"))
             })?;
-        self.lock_map().remove(id);
+        {
+            // Under the map lock, so that a new container of the same id
+            // cannot be announced before this one's DELETED.
+            let mut map = self.lock_map();
+            if map.get(id).is_some_and(|m| Arc::ptr_eq(m, &c)) {
+                map.remove(id);
+                self.events
+                    .emit(ContainerEventType::ContainerEventDeleted, c.status());
+            }
+        }
         info!(id, "container removed");
         Ok(())
     }

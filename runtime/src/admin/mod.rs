@@ -8,7 +8,6 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::cri::image_pull;
 use crate::daemon::Daemon;
 use crate::image::pull::{Credentials, LayerPhase, Progress};
 
@@ -81,7 +80,7 @@ impl v1::images_server::Images for Admin {
         let (out_tx, out_rx) = tokio::sync::mpsc::channel(64);
         let daemon = self.daemon.clone();
         tokio::spawn(async move {
-            let pull = image_pull(&daemon, &req.image, creds, Some(progress_tx));
+            let pull = crate::image::pull(&daemon, &req.image, creds, Some(progress_tx));
             tokio::pin!(pull);
             let result = loop {
                 tokio::select! {

@@ -6,6 +6,11 @@
 //! the same vhost-user helpers, started directly with no shim, no daemon and
 //! no agent handshake, and times them to the agent's banner. The ratio of the
 //! two medians is the runtime's overhead.
+//!
+//! The raw boot's command lines are the shim's own: the bench writes a
+//! `vm.json` into a scratch pod dir and asks `vmpod-shim --print-commands`
+//! for the argv of each helper and of QEMU, so the daemon links no shim
+//! code.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -13,14 +18,16 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
+use serde::Deserialize;
 use vmpod_cri_api::RuntimeServiceClient;
 use vmpod_cri_api::v1::{
     PodSandboxConfig, PodSandboxMetadata, PodSandboxStatusRequest, RemovePodSandboxRequest,
     RunPodSandboxRequest, StopPodSandboxRequest,
 };
-use vmpod_shim::hypervisor::qemu::{self, Accel};
-use vmpod_shim::hypervisor::{BASE_CMDLINE, VirtioFs, VmConfig, Vsock};
-use vmpod_shim::pod_dir::PodDir;
+use vmpod_shim_api::layout;
+use vmpod_shim_api::spec::{
+    BackendSpec, DEFAULT_CONSOLE_LOG_BYTES, GuestSetup, Helpers, VmSpec, VsockSpec, VsockTransport,
+};
 
 use super::{PrivateDaemon, Samples, connect, print_table};
 use crate::config::Config;
@@ -153,78 +160,141 @@ impl Drop for Procs {
     }
 }
 
+/// What `vmpod-shim --print-commands` prints (see the shim's
+/// `commands.rs`); only the parts the raw boot uses.
+#[derive(Debug, Deserialize)]
+struct ShimCommands {
+    helpers: Vec<HelperCommand>,
+    vmm: Option<VmmCommand>,
+}
+
+#[derive(Debug, Deserialize)]
+struct HelperCommand {
+    name: String,
+    socket: PathBuf,
+    argv: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct VmmCommand {
+    argv: Vec<String>,
+}
+
+/// The shim binary as the daemon finds it: `helpers.shim`, a bare name
+/// looked for beside the running `vmpod` first, then on PATH.
+fn shim_binary(config: &Config) -> Result<PathBuf> {
+    let name = &config.helpers.shim;
+    if !name.0.starts_with('/')
+        && let Some(dir) = std::env::current_exe()
+            .ok()
+            .and_then(|e| e.parent().map(Path::to_path_buf))
+    {
+        let beside = dir.join(&name.0);
+        if crate::host::is_executable(&beside) {
+            return Ok(beside);
+        }
+    }
+    crate::host::which(name)
+        .ok_or_else(|| anyhow!("{:?} not found beside vmpod or in PATH", name.0))
+}
+
+/// The helpers' and QEMU's argv for `dir`, from the shim itself.
+fn shim_commands(shim: &Path, dir: &Path) -> Result<ShimCommands> {
+    let out = Command::new(shim)
+        .arg("--pod-dir")
+        .arg(dir)
+        .arg("--print-commands")
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {} --print-commands", shim.display()))?;
+    if !out.status.success() {
+        bail!(
+            "{} --print-commands: {}: {}",
+            shim.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    serde_json::from_slice(&out.stdout).context("reading the shim's --print-commands output")
+}
+
+fn spawn(argv: &[String], stdout: Stdio) -> Result<Child> {
+    let (program, args) = argv.split_first().context("an empty argv")?;
+    Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("spawning {program}"))
+}
+
 fn measure_raw(config: &Config, count: usize, work: &Path) -> Result<Samples> {
-    let accel = match backend::choose(config.vm.backend, &VirtFacts::probe())
+    let backend = match backend::choose(config.vm.backend, &VirtFacts::probe())
         .map_err(|e| anyhow!(e))?
         .backend
     {
         Backend::Qemu {
             accel: backend::Accel::Kvm,
-        } => Accel::Kvm,
+        } => BackendSpec::QemuKvm,
         Backend::Qemu {
             accel: backend::Accel::Tcg,
-        } => Accel::Tcg,
+        } => BackendSpec::QemuTcg,
         Backend::Kvm => bail!("the raw baseline is QEMU; the kvm backend has no raw peer here"),
     };
     let find = |p: &crate::config::Program| {
         crate::host::which(p).ok_or_else(|| anyhow!("{:?} not found", p.0))
     };
-    let qemu_bin = find(&config.helpers.qemu)?;
-    let virtiofsd = find(&config.helpers.virtiofsd)?;
-    let vsock = find(&config.helpers.vhost_device_vsock)?;
+    let helpers = Helpers {
+        qemu: Some(find(&config.helpers.qemu)?),
+        virtiofsd: find(&config.helpers.virtiofsd)?,
+        vhost_device_vsock: Some(find(&config.helpers.vhost_device_vsock)?),
+    };
+    let shim = shim_binary(config)?;
     let mut samples = Samples::default();
     for i in 0..count {
         let dir = work.join(format!("raw-{i}"));
         std::fs::create_dir_all(&dir)?;
-        let pod = PodDir::new(dir.clone());
-        std::fs::create_dir_all(pod.run()).context("creating the raw run dir")?;
-        std::fs::create_dir_all(pod.share()).context("creating the raw share dir")?;
-        let t0 = Instant::now();
-        let mut procs = Procs(Vec::new());
-        for cmd in [
-            vmpod_shim::helpers::vhost_device_vsock_command(
-                &vsock,
-                &pod,
-                vmpod_agent_proto::GUEST_CID,
-            ),
-            vmpod_shim::helpers::virtiofsd_command(&virtiofsd, &pod),
-        ] {
-            let mut cmd = cmd.into_std();
-            procs.0.push(
-                cmd.stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .context("spawning a helper")?,
-            );
-        }
-        for sock in [pod.vsock_backend_socket(), pod.virtiofs_socket()] {
-            wait_for(&sock)?;
-        }
-        let vm = VmConfig {
-            name: format!("raw-{i}"),
+        std::fs::create_dir_all(dir.join(layout::RUN_DIR)).context("creating the raw run dir")?;
+        std::fs::create_dir_all(dir.join(layout::SHARE_DIR))
+            .context("creating the raw share dir")?;
+        // As the daemon writes it (cri/sandbox/run.rs), over the vhost-user
+        // vsock helper as before.
+        let spec = VmSpec {
+            id: format!("raw-{i}"),
+            backend,
             kernel: config.vm.kernel.as_path().to_path_buf(),
             initramfs: config.vm.initramfs.as_path().to_path_buf(),
-            cmdline: BASE_CMDLINE.to_string(),
             vcpus: config.vm.vcpus,
             memory_mib: config.vm.memory_mib,
-            vsock: Vsock::VhostUser {
-                socket: pod.vsock_backend_socket(),
+            boot_timeout_ms: 60_000,
+            helpers: helpers.clone(),
+            vsock: VsockSpec {
+                guest_cid: vmpod_agent_proto::GUEST_CID,
+                transport: VsockTransport::Hybrid,
             },
-            fs: Some(VirtioFs {
-                socket: pod.virtiofs_socket(),
-                tag: vmpod_agent_proto::SHARE_TAG.to_string(),
-            }),
-            log: dir.join("qemu.log"),
-            vmm_user: None,
+            guest: GuestSetup::default(),
+            vmm_user: Some(config.vm.vmm_user),
+            console_log_bytes: DEFAULT_CONSOLE_LOG_BYTES,
         };
-        let mut child = Command::new(&qemu_bin)
-            .args(qemu::args(&vm, accel)?)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("spawning qemu")?;
+        std::fs::write(dir.join(layout::SPEC), serde_json::to_vec_pretty(&spec)?)
+            .context("writing the raw vm.json")?;
+        let commands = shim_commands(&shim, &dir)?;
+        let vmm = commands
+            .vmm
+            .context("the shim names no VMM process for the raw boot")?;
+        let t0 = Instant::now();
+        let mut procs = Procs(Vec::new());
+        for helper in &commands.helpers {
+            procs.0.push(
+                spawn(&helper.argv, Stdio::null())
+                    .with_context(|| format!("starting {}", helper.name))?,
+            );
+        }
+        for helper in &commands.helpers {
+            wait_for(&helper.socket)?;
+        }
+        let mut child = spawn(&vmm.argv, Stdio::piped()).context("starting qemu")?;
         let stdout = child.stdout.take().context("qemu stdout")?;
         procs.0.push(child);
         let mut lines = BufReader::new(stdout).lines();

@@ -20,7 +20,7 @@
 //!
 //! The VMM binary's own size matters for RSS (its text pages are resident):
 //! a static build drops ld.so and libc.so (about 1.3 MiB here) —
-//! `cargo rustc --release -p vmpod-shim --bin vmpod-vmm --target
+//! `cargo rustc --release -p vmpod-vmm --bin vmpod-vmm --target
 //! x86_64-unknown-linux-gnu -- -C target-feature=+crt-static`, then pass
 //! `--vmm target/x86_64-unknown-linux-gnu/release/vmpod-vmm`.
 //!

@@ -6,7 +6,7 @@
 //! agent, and turns containers whose VM is gone into exited ones with
 //! reason `Error`, so that kubelet sees them end instead of hanging.
 
-pub mod spec;
+pub mod registry;
 
 use std::time::Duration;
 
@@ -16,8 +16,9 @@ use vmpod_agent_proto::v1 as agent;
 use vmpod_shim_api::ShimClient;
 
 use crate::daemon::Daemon;
+use crate::error::{not_ready, shim_err, store_err};
 use crate::sandbox::shim;
-use crate::state::{ContainerRecord, ContainerState, SandboxRecord, SandboxState};
+use crate::state::{ContainerRecord, ContainerState, SandboxRecord, SandboxState, StoreError};
 
 /// How long a CRI call waits for a live shim's socket.
 const SHIM_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -33,22 +34,11 @@ pub const REASON_OOM: &str = "OOMKilled";
 /// A client for the sandbox's shim, which must be READY.
 pub async fn shim_client(sandbox: &SandboxRecord) -> Result<ShimClient<Channel>, Status> {
     if sandbox.state != SandboxState::Ready {
-        return Err(Status::unavailable(crate::cri::sandbox::not_ready(sandbox)));
+        return Err(Status::unavailable(not_ready(sandbox)));
     }
     shim::connect(&sandbox.pod_dir, SHIM_CONNECT_TIMEOUT)
         .await
         .map_err(|e| Status::unavailable(format!("sandbox {}: {e}", sandbox.id)))
-}
-
-/// A shim error as the CRI client should see it: the shim already speaks
-/// gRPC codes (NOT_FOUND, FAILED_PRECONDITION, ...), so only the context is
-/// added; a broken connection means the VM or shim went away.
-pub fn shim_err(what: &str, status: Status) -> Status {
-    let code = match status.code() {
-        tonic::Code::Unknown | tonic::Code::Cancelled => tonic::Code::Unavailable,
-        c => c,
-    };
-    Status::new(code, format!("{what}: {}", status.message()))
 }
 
 /// Copies what the agent reports into the record. Returns whether anything
@@ -97,13 +87,42 @@ pub fn is_live(r: &ContainerRecord) -> bool {
 pub fn containers_of(
     daemon: &Daemon,
     sandbox_id: &str,
-) -> Result<Vec<ContainerRecord>, crate::state::StoreError> {
+) -> Result<Vec<ContainerRecord>, StoreError> {
     Ok(daemon
         .store
         .list_containers()?
         .into_iter()
         .filter(|c| c.sandbox_id == sandbox_id)
         .collect())
+}
+
+/// The records of one sandbox's containers that may still run.
+pub fn live_containers_of(
+    daemon: &Daemon,
+    sandbox_id: &str,
+) -> Result<Vec<ContainerRecord>, StoreError> {
+    Ok(containers_of(daemon, sandbox_id)?
+        .into_iter()
+        .filter(is_live)
+        .collect())
+}
+
+/// One pod's usage: its `containers` and the pod totals, from one agent
+/// `Stats` call. A pod whose VM does not answer has no stats (rather than
+/// zeros, which would read as "idle").
+pub async fn sample_stats(
+    sandbox: &SandboxRecord,
+    containers: &[ContainerRecord],
+) -> Result<agent::StatsResponse, Status> {
+    let mut client = shim_client(sandbox).await?;
+    let resp = client
+        .stats(agent::StatsRequest {
+            ids: containers.iter().map(|c| c.id.clone()).collect(),
+        })
+        .await
+        .map_err(|e| shim_err("reading stats in the pod VM", e))?
+        .into_inner();
+    Ok(resp)
 }
 
 /// SIGKILLs a container through its shim and waits for it to be reaped.
@@ -139,11 +158,7 @@ pub fn mark_lost(rec: &mut ContainerRecord, why: &str) -> bool {
 /// the caller: the records stay as last seen, and the sandbox monitor turns
 /// a dead VM NOTREADY, after which its containers are marked lost here.
 pub async fn refresh(daemon: &Daemon, sandbox_id: &str) -> Result<(), Status> {
-    let live: Vec<ContainerRecord> = containers_of(daemon, sandbox_id)
-        .map_err(crate::cri::sandbox::store_err)?
-        .into_iter()
-        .filter(is_live)
-        .collect();
+    let live = live_containers_of(daemon, sandbox_id).map_err(store_err)?;
     refresh_records(daemon, sandbox_id, live).await
 }
 
@@ -156,10 +171,7 @@ async fn refresh_records(
     if live.is_empty() {
         return Ok(());
     }
-    let sandbox = daemon
-        .store
-        .get_sandbox(sandbox_id)
-        .map_err(crate::cri::sandbox::store_err)?;
+    let sandbox = daemon.store.get_sandbox(sandbox_id).map_err(store_err)?;
     let statuses = match &sandbox {
         Some(sb) if sb.state == SandboxState::Ready => {
             let mut client = match shim_client(sb).await {
@@ -183,7 +195,7 @@ async fn refresh_records(
                 }
             }
         }
-        Some(sb) => Err(crate::cri::sandbox::not_ready(sb)),
+        Some(sb) => Err(not_ready(sb)),
         None => Err("the pod sandbox is gone".to_string()),
     };
     for rec in live {
@@ -216,7 +228,7 @@ pub async fn refresh_all(daemon: &Daemon) -> Result<(), Status> {
     for c in daemon
         .store
         .list_containers()
-        .map_err(crate::cri::sandbox::store_err)?
+        .map_err(store_err)?
         .into_iter()
         .filter(is_live)
     {
@@ -282,17 +294,10 @@ pub fn sandbox_stopped(daemon: &Daemon, sandbox_id: &str, why: &str) {
 
 /// Deletes the records of a removed sandbox's containers (their roots went
 /// with the pod dir).
-pub fn remove_all_of(daemon: &Daemon, sandbox_id: &str) -> Result<(), crate::state::StoreError> {
-    let ids: Vec<String> = containers_of(daemon, sandbox_id)?
-        .into_iter()
-        .map(|c| c.id)
-        .collect();
-    for id in &ids {
-        daemon.store.delete_container(id)?;
-        daemon.sandboxes.forget(id);
+pub fn remove_all_of(daemon: &Daemon, sandbox_id: &str) -> Result<(), StoreError> {
+    for c in containers_of(daemon, sandbox_id)? {
+        daemon.store.delete_container(&c.id)?;
+        daemon.containers.forget(&c.id);
     }
-    let mut keys = ids;
-    keys.push(sandbox_id.to_string());
-    crate::cri::container_stats_forget(&keys);
     Ok(())
 }

@@ -191,7 +191,7 @@ impl RuntimeService for Cri {
         &self,
         r: Request<PodSandboxStatsRequest>,
     ) -> Rpc<PodSandboxStatsResponse> {
-        container::stats::pod_sandbox_stats(&self.daemon, r.into_inner())
+        sandbox::stats::pod_sandbox_stats(&self.daemon, r.into_inner())
             .await
             .map(Response::new)
     }
@@ -200,7 +200,7 @@ impl RuntimeService for Cri {
         &self,
         r: Request<ListPodSandboxStatsRequest>,
     ) -> Rpc<ListPodSandboxStatsResponse> {
-        container::stats::list_pod_sandbox_stats(&self.daemon, r.into_inner())
+        sandbox::stats::list_pod_sandbox_stats(&self.daemon, r.into_inner())
             .await
             .map(Response::new)
     }
@@ -209,14 +209,14 @@ impl RuntimeService for Cri {
         &self,
         _: Request<ListMetricDescriptorsRequest>,
     ) -> Rpc<ListMetricDescriptorsResponse> {
-        Ok(Response::new(container::stats::list_metric_descriptors()))
+        Ok(Response::new(sandbox::metrics::list_metric_descriptors()))
     }
 
     async fn list_pod_sandbox_metrics(
         &self,
         _: Request<ListPodSandboxMetricsRequest>,
     ) -> Rpc<ListPodSandboxMetricsResponse> {
-        container::stats::list_pod_sandbox_metrics(&self.daemon)
+        sandbox::metrics::list_pod_sandbox_metrics(&self.daemon)
             .await
             .map(Response::new)
     }

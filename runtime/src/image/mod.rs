@@ -1,14 +1,49 @@
 //! Images: the content store, pulls, and lookups by the names kubelet uses.
-//! The CRI calls in `cri/image/` are thin layers over this module.
+//! The CRI calls in `cri/image/` (and `vmpod pull` through `admin/`) are
+//! thin layers over this module.
 
+pub mod config;
 pub mod content;
+pub mod error;
 pub mod pull;
 pub mod reference;
 pub mod token;
 pub mod unpack;
 
+use std::sync::Arc;
+
+use tokio::sync::mpsc::UnboundedSender;
+use tonic::Status;
+
+use crate::daemon::Daemon;
 use crate::state::{ImageRecord, Store, StoreError};
 pub use content::ContentStore;
+use pull::{Credentials, Progress, Puller};
+
+/// Pulls `image` into the daemon's store. Runs to completion even if the
+/// caller goes away, so a cancelled request never leaves a half-written
+/// download behind.
+pub async fn pull(
+    daemon: &Arc<Daemon>,
+    image: &str,
+    creds: Option<Credentials>,
+    progress: Option<UnboundedSender<Progress>>,
+) -> Result<ImageRecord, Status> {
+    let d = daemon.clone();
+    let image = image.to_string();
+    tokio::spawn(async move {
+        let puller = Puller {
+            config: &d.config.registry,
+            content: &d.content,
+            store: &d.store,
+            progress,
+        };
+        puller.pull(&image, creds.as_ref()).await
+    })
+    .await
+    .map_err(|e| Status::internal(format!("pull task failed: {e}")))?
+    .map_err(crate::error::pull_status)
+}
 
 /// Finds an image by what a user or kubelet typed: the id (`sha256:…`),
 /// a unique id prefix (12+ hex digits), a tag or a digest reference, with

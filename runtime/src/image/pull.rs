@@ -25,6 +25,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::content::{ContentStore, chain_ids};
+use super::error::PullError;
 use super::reference::{self, validate_digest};
 use super::unpack::{self, Compression, ImageBytes, Limits};
 use crate::config::RegistryConfig;
@@ -35,7 +36,7 @@ const PARALLEL_LAYERS: usize = 6;
 /// Configs are small JSON documents; a bigger one is hostile.
 const MAX_CONFIG_BYTES: u64 = 8 << 20;
 
-/// Credentials from the CRI request, already decoded.
+/// Registry credentials, already decoded from the request.
 #[derive(Clone, Default)]
 pub struct Credentials {
     pub username: String,
@@ -46,34 +47,6 @@ pub struct Credentials {
 }
 
 impl Credentials {
-    /// From CRI `AuthConfig`: username/password, the base64 `auth` field,
-    /// or an identity/registry token.
-    pub fn from_cri(a: &vmpod_cri_api::v1::AuthConfig) -> Result<Credentials, String> {
-        let mut c = Credentials {
-            username: a.username.clone(),
-            password: a.password.clone(),
-            bearer: a.registry_token.clone(),
-            identity_token: if a.registry_token.is_empty() {
-                a.identity_token.clone()
-            } else {
-                String::new()
-            },
-        };
-        if !a.auth.is_empty() && c.username.is_empty() {
-            use base64::Engine;
-            let raw = base64::engine::general_purpose::STANDARD
-                .decode(a.auth.trim())
-                .map_err(|_| "auth.auth is not valid base64".to_string())?;
-            let text = String::from_utf8(raw).map_err(|_| "auth.auth is not UTF-8".to_string())?;
-            let (u, p) = text
-                .split_once(':')
-                .ok_or_else(|| "auth.auth must decode to user:password".to_string())?;
-            c.username = u.to_string();
-            c.password = p.to_string();
-        }
-        Ok(c)
-    }
-
     fn registry_auth(&self) -> RegistryAuth {
         if !self.bearer.is_empty() {
             RegistryAuth::Bearer(self.bearer.clone())
@@ -83,41 +56,6 @@ impl Credentials {
             RegistryAuth::Anonymous
         }
     }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum PullError {
-    #[error("{0}")]
-    InvalidReference(String),
-    #[error("image {0} not found")]
-    NotFound(String),
-    #[error("authentication failed for registry {registry}: {detail}")]
-    Auth { registry: String, detail: String },
-    #[error("blob {digest} from {registry} failed verification: {detail}")]
-    Digest {
-        registry: String,
-        digest: String,
-        detail: String,
-    },
-    #[error("registry {registry} timed out after {secs} s")]
-    Timeout { registry: String, secs: u64 },
-    #[error("registry {registry}: {detail}")]
-    Registry { registry: String, detail: String },
-    #[error("image {reference}: {detail}")]
-    BadImage { reference: String, detail: String },
-    /// A layer is bigger, in bytes, inodes or name length or depth, than
-    /// the daemon config allows: a decompression bomb, or an image that
-    /// needs the limit raised.
-    #[error(
-        "image {reference}: layer {digest} {detail}; raise the limit in the daemon config if the image is legitimate"
-    )]
-    Limit {
-        reference: String,
-        digest: String,
-        detail: String,
-    },
-    #[error("storing the image: {0}")]
-    Store(String),
 }
 
 /// Progress of one pull, for `vmpod pull`'s bars.

@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use super::pull::PullError;
+use super::error::PullError;
 
 /// A token response bigger than this is not a token response.
 const MAX_RESPONSE: usize = 1 << 20;

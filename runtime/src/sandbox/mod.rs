@@ -1,22 +1,22 @@
 //! Pod sandboxes: each one a microVM owned by a `vmpod-shim`.
 //!
-//! The CRI calls in `cri/sandbox/` translate requests into operations here.
-//! The redb record is the truth that survives restarts; this module adds the
-//! in-memory parts: a lock per sandbox so that Stop and Remove of the same
-//! pod never interleave, and a monitor per ready pod that turns it NOTREADY
-//! the moment its VM or shim dies.
+//! The CRI calls in `cri/sandbox/` translate requests into operations here
+//! (`boot.rs` for RunPodSandbox). The redb record is the truth that survives
+//! restarts; `registry.rs` holds the in-memory parts: a lock per sandbox so
+//! that Stop and Remove of the same pod never interleave, and a monitor per
+//! ready pod that turns it NOTREADY the moment its VM or shim dies.
 
+pub mod boot;
 pub mod cgroup;
 pub mod cid;
 pub mod host_stats;
 pub mod monitor;
 pub mod recover;
+pub mod registry;
 pub mod resources;
 pub mod shim;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::daemon::Daemon;
@@ -27,83 +27,6 @@ pub const PODS_DIR: &str = "pods";
 
 /// Grace the guest gets on stop before its VMM is killed.
 pub const STOP_GRACE: Duration = Duration::from_secs(2);
-
-#[derive(Default)]
-pub struct Registry {
-    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    monitors: Mutex<HashMap<String, tokio::task::AbortHandle>>,
-    cids: Mutex<cid::CidAllocator>,
-}
-
-impl Registry {
-    /// The lock serializing lifecycle operations on one sandbox.
-    pub fn lock_for(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
-        locks.entry(id.to_string()).or_default().clone()
-    }
-
-    /// Drops what is held for `id` once its record is gone: its lock, its
-    /// monitor and, for a sandbox, its vsock CID. Every path that deletes a
-    /// sandbox record comes through here, so no CID outlives its record.
-    pub fn forget(&self, id: &str) {
-        self.locks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id);
-        self.stop_monitor(id);
-        self.release_cid(id);
-    }
-
-    /// A guest CID for new sandbox `id`. `kernel_check` asks the host kernel
-    /// whether another VM has the candidate; pods on hybrid vsock skip it
-    /// (their VM has a CID namespace of its own, and the host may have no
-    /// `/dev/vhost-vsock` to ask).
-    pub fn allocate_cid(&self, id: &str, kernel_check: bool) -> Result<u32, cid::CidError> {
-        let mut cids = self.cids.lock().unwrap_or_else(|p| p.into_inner());
-        if kernel_check {
-            cids.allocate(id, crate::host::vsock::kernel_cid_in_use)
-        } else {
-            cids.allocate(id, |_| Ok(false))
-        }
-    }
-
-    /// Holds `cid` for `id` again, from its record (restart recovery).
-    pub fn reserve_cid(&self, id: &str, cid: u32) -> Result<(), cid::CidError> {
-        self.cids
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .reserve(id, cid)
-    }
-
-    pub fn release_cid(&self, id: &str) {
-        self.cids
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .release(id);
-    }
-
-    pub fn set_monitor(&self, id: &str, handle: tokio::task::AbortHandle) {
-        let old = self
-            .monitors
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id.to_string(), handle);
-        if let Some(old) = old {
-            old.abort();
-        }
-    }
-
-    pub fn stop_monitor(&self, id: &str) {
-        if let Some(h) = self
-            .monitors
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id)
-        {
-            h.abort();
-        }
-    }
-}
 
 /// Pod dirs are named by the first 16 hex digits (64 bits) of the sandbox
 /// id: the VMM's vhost-user and vsock sockets live inside, and unix socket

@@ -15,7 +15,8 @@
 
 use std::sync::Arc;
 
-use super::{Registry, mark_not_ready, monitor, shim};
+use super::registry::Registry;
+use super::{mark_not_ready, monitor, shim};
 use crate::daemon::Daemon;
 use crate::state::{ContainerState, SandboxRecord, SandboxState};
 

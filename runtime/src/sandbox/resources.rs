@@ -5,8 +5,6 @@
 //! reserved is what the guest can use. Without limits, config defaults
 //! apply.
 
-use vmpod_cri_api::v1::LinuxContainerResources;
-
 use crate::config::{MAX_MEMORY_MIB, MAX_VCPUS, MIN_MEMORY_MIB, VmConfig};
 
 const MIB: i64 = 1 << 20;
@@ -35,18 +33,24 @@ impl VmSize {
     }
 }
 
-pub fn vm_size(
-    vm: &VmConfig,
-    resources: Option<&LinuxContainerResources>,
-    overhead: Option<&LinuxContainerResources>,
-) -> VmSize {
-    let cpus = |r: Option<&LinuxContainerResources>| -> f64 {
-        r.filter(|r| r.cpu_quota > 0 && r.cpu_period > 0)
-            .map_or(0.0, |r| r.cpu_quota as f64 / r.cpu_period as f64)
+/// CPU and memory limits as kubelet passes them (CFS quota over period,
+/// bytes); zero or less means no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    pub cpu_quota: i64,
+    pub cpu_period: i64,
+    pub memory_limit_bytes: i64,
+}
+
+pub fn vm_size(vm: &VmConfig, resources: &Limits, overhead: &Limits) -> VmSize {
+    let cpus = |r: &Limits| -> f64 {
+        if r.cpu_quota > 0 && r.cpu_period > 0 {
+            r.cpu_quota as f64 / r.cpu_period as f64
+        } else {
+            0.0
+        }
     };
-    let mem = |r: Option<&LinuxContainerResources>| -> i64 {
-        r.map_or(0, |r| r.memory_limit_in_bytes.max(0))
-    };
+    let mem = |r: &Limits| -> i64 { r.memory_limit_bytes.max(0) };
     let limit_cpus = cpus(resources);
     let vcpus = if limit_cpus > 0.0 {
         ((limit_cpus + cpus(overhead)).ceil() as u32).clamp(1, MAX_VCPUS)
@@ -78,27 +82,32 @@ mod tests {
 
     use super::*;
 
-    fn res(quota: i64, period: i64, mem: i64) -> LinuxContainerResources {
-        LinuxContainerResources {
+    fn res(quota: i64, period: i64, mem: i64) -> Limits {
+        Limits {
             cpu_quota: quota,
             cpu_period: period,
-            memory_limit_in_bytes: mem,
-            ..Default::default()
+            memory_limit_bytes: mem,
         }
     }
+
+    const NONE: Limits = Limits {
+        cpu_quota: 0,
+        cpu_period: 0,
+        memory_limit_bytes: 0,
+    };
 
     #[test]
     fn defaults_without_limits() {
         let vm = VmConfig::default();
         assert_eq!(
-            vm_size(&vm, None, None),
+            vm_size(&vm, &NONE, &NONE),
             VmSize {
                 vcpus: 1,
                 memory_mib: 256
             }
         );
         assert_eq!(
-            vm_size(&vm, Some(&res(0, 0, 0)), None),
+            vm_size(&vm, &res(0, 0, 0), &NONE),
             VmSize {
                 vcpus: 1,
                 memory_mib: 256
@@ -111,8 +120,8 @@ mod tests {
         let vm = VmConfig::default();
         let s = vm_size(
             &vm,
-            Some(&res(150_000, 100_000, 300 * MIB)),
-            Some(&res(25_000, 100_000, 50 * MIB + 1)),
+            &res(150_000, 100_000, 300 * MIB),
+            &res(25_000, 100_000, 50 * MIB + 1),
         );
         assert_eq!(
             s,
@@ -125,7 +134,7 @@ mod tests {
 
     #[test]
     fn tiny_limits_clamped_to_a_bootable_minimum() {
-        let s = vm_size(&VmConfig::default(), Some(&res(0, 0, MIB)), None);
+        let s = vm_size(&VmConfig::default(), &res(0, 0, MIB), &NONE);
         assert_eq!(s.memory_mib, MIN_MEMORY_MIB);
     }
 }

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use redb::{ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use super::{Store, StoreError, decode, encode};
+use super::store::{Store, StoreError, decode, encode};
 
 pub(super) const CONTAINERS: TableDefinition<&str, &[u8]> = TableDefinition::new("containers");
 pub(super) const CONTAINER_NAMES: TableDefinition<&str, &str> =

@@ -9,7 +9,7 @@
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use super::{Store, StoreError, decode, encode};
+use super::store::{Store, StoreError, decode, encode};
 
 pub(super) const IMAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("images");
 pub(super) const IMAGE_NAMES: TableDefinition<&str, &str> = TableDefinition::new("image_names");

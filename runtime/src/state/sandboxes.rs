@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use redb::{ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use super::{Store, StoreError, decode, encode};
+use super::store::{Store, StoreError, decode, encode};
 
 pub(super) const SANDBOXES: TableDefinition<&str, &[u8]> = TableDefinition::new("sandboxes");
 pub(super) const SANDBOX_NAMES: TableDefinition<&str, &str> = TableDefinition::new("sandbox_names");

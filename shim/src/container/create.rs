@@ -19,9 +19,11 @@ use vmpod_agent_proto::SHARE_MOUNTPOINT;
 use vmpod_agent_proto::v1::{ContainerSpec, Mount, Propagation};
 use vmpod_shim_api::v1::{CreateContainerRequest, HostMount};
 
+use super::id::{CONTAINERS_DIR, check_id};
+use super::rootfs;
+use super::teardown::remove_container;
 use super::volumes::{self, BindOptions, Target};
 use super::writable::{self, Writable};
-use super::{CONTAINERS_DIR, check_id, remove_container, rootfs};
 use crate::share::PodShare;
 
 /// A request that passed validation.

@@ -6,7 +6,9 @@
 //! the shim keeps per container is what only the host has: the log file
 //! (for ReopenContainerLog), the task copying output into it and the
 //! writable layer (measured for stats). The guest state (created, running,
-//! exited) lives in the agent and is asked for, never cached.
+//! exited) is the agent's; the shim's copy of it is the event log
+//! (`crate::events`), fed by the agent's stream and by the answers to the
+//! calls below.
 //!
 //! Which containers exist on the host is known from these records and from
 //! the host-only trees (`skeleton/`, `writable/`), never by listing the
@@ -17,12 +19,17 @@
 //! not leave mounts without a record or a record without its guest half.
 
 pub mod create;
+pub mod id;
 mod output;
 pub mod rootfs;
+pub mod teardown;
 #[cfg(test)]
 mod tests;
 pub mod volumes;
 pub mod writable;
+
+pub use id::{CONTAINERS_DIR, MAX_ID, check_id};
+pub use teardown::remove_container;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -31,23 +38,19 @@ use std::time::Duration;
 
 use tonic::{Code, Status};
 use vmpod_agent_proto::v1::{
-    ContainerRef, ContainerState, ContainerStatus, ExecSyncRequest, ExecSyncResponse,
-    ListContainersRequest, ListContainersResponse, RemoveContainerResponse, SignalContainerRequest,
-    StatsRequest, StatsResponse, UpdateContainerRequest, UpdateContainerResponse,
-    WaitContainerRequest,
+    ContainerEventType, ContainerRef, ContainerState, ContainerStatus, ExecSyncRequest,
+    ExecSyncResponse, ListContainersRequest, ListContainersResponse, RemoveContainerResponse,
+    StatsRequest, StatsResponse, StopContainerRequest as AgentStopRequest, UpdateContainerRequest,
+    UpdateContainerResponse,
 };
 use vmpod_shim_api::v1::{
     CreateContainerRequest, ReopenContainerLogResponse, StopContainerRequest,
 };
 
+use crate::events::{EventLog, event_for};
 use crate::logs::LogFile;
 use crate::relay::{AgentSource, call};
 use crate::share::PodShare;
-
-/// Where containers live inside the share.
-pub const CONTAINERS_DIR: &str = "containers";
-/// The agent's limit on container ids (they name host and guest dirs).
-pub const MAX_ID: usize = 64;
 
 /// Create, start and remove make namespaces, cgroups and mounts in the
 /// guest, which under TCG takes far longer than a query.
@@ -64,22 +67,6 @@ const RELAY_GRACE: Duration = Duration::from_secs(2);
 /// At VM teardown the connection is already gone; this only flushes.
 const TEARDOWN_RELAY_GRACE: Duration = Duration::from_millis(500);
 
-/// Checks a container id: it names directories on the host and in the
-/// guest, so it must be a plain name.
-pub fn check_id(id: &str) -> Result<(), String> {
-    if id.is_empty()
-        || id.len() > MAX_ID
-        || !id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    {
-        return Err(format!(
-            "container id {id:?} must be 1-{MAX_ID} letters, digits, '-' or '_'"
-        ));
-    }
-    Ok(())
-}
-
 fn check_id_status(id: &str) -> Result<(), Status> {
     check_id(id).map_err(Status::invalid_argument)
 }
@@ -88,6 +75,7 @@ fn check_id_status(id: &str) -> Result<(), Status> {
 pub struct Containers {
     pod: PodShare,
     entries: Mutex<HashMap<String, Entry>>,
+    events: Arc<EventLog>,
 }
 
 enum Entry {
@@ -107,7 +95,18 @@ impl Containers {
         Arc::new(Containers {
             pod,
             entries: Mutex::new(HashMap::new()),
+            events: EventLog::new(),
         })
+    }
+
+    /// The pod's container events and the latest status of each container.
+    pub fn events(&self) -> &Arc<EventLog> {
+        &self.events
+    }
+
+    /// Folds a status an agent call answered with into the event log.
+    fn seen(&self, status: &ContainerStatus) {
+        self.events.record(event_for(status), status.clone());
     }
 
     fn entries(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
@@ -157,6 +156,8 @@ impl Containers {
         match result {
             Ok((status, container)) => {
                 entries.insert(id, Entry::Ready(container));
+                drop(entries);
+                self.seen(&status);
                 Ok(status)
             }
             Err(e) => {
@@ -240,56 +241,48 @@ impl Containers {
     ) -> Result<ContainerStatus, Status> {
         check_id_status(&req.id)?;
         let mut client = agents.client()?;
-        call(
+        let status = call(
             agents,
             "StartContainer",
             Some(LIFECYCLE_TIMEOUT),
             client.start_container(req),
         )
-        .await
+        .await?;
+        self.seen(&status);
+        Ok(status)
     }
 
     /// Signals, waits out the grace, then kills; resolves with the exit.
-    /// A container that is not running (exited, or never started) is
-    /// answered with its status: Stop is idempotent.
+    /// One agent call does it all in the guest. A container that is not
+    /// running (exited, or never started) is answered with its status:
+    /// Stop is idempotent.
     pub async fn stop<A: AgentSource>(
         &self,
         agents: &A,
         req: StopContainerRequest,
     ) -> Result<ContainerStatus, Status> {
         check_id_status(&req.id)?;
-        let signal = match (req.timeout_ms, req.signal) {
-            (0, _) => libc::SIGKILL,
-            (_, 0) => libc::SIGTERM,
-            (_, s) if (1..=64).contains(&s) => s,
-            (_, s) => {
-                return Err(Status::invalid_argument(format!(
-                    "signal {s} is not a signal number"
-                )));
-            }
-        };
-        let status = status_of(agents, &req.id).await?;
-        if status.state() != ContainerState::ContainerRunning {
-            return Ok(status);
+        if req.signal != 0 && !(1..=64).contains(&req.signal) {
+            return Err(Status::invalid_argument(format!(
+                "signal {} is not a signal number",
+                req.signal
+            )));
         }
-        if signal != libc::SIGKILL
-            && let Some(exited) = signal_and_wait(
-                agents,
-                &req.id,
-                signal,
-                Duration::from_millis(req.timeout_ms),
-            )
-            .await?
-        {
-            return Ok(exited);
-        }
-        match signal_and_wait(agents, &req.id, libc::SIGKILL, KILL_WAIT).await? {
-            Some(exited) => Ok(exited),
-            None => Err(Status::deadline_exceeded(format!(
-                "container {} still runs {KILL_WAIT:?} after SIGKILL",
-                req.id
-            ))),
-        }
+        let grace = Duration::from_millis(req.timeout_ms);
+        let mut client = agents.client()?;
+        let status = call(
+            agents,
+            "StopContainer",
+            Some(grace.saturating_add(KILL_WAIT).saturating_add(CALL_MARGIN)),
+            client.stop_container(AgentStopRequest {
+                id: req.id,
+                signal: req.signal,
+                timeout_ms: req.timeout_ms,
+            }),
+        )
+        .await?;
+        self.seen(&status);
+        Ok(status)
     }
 
     /// Removes the container in the guest, then its host side. Refused (by
@@ -355,6 +348,10 @@ impl Containers {
         })
         .await;
         self.entries().remove(&id);
+        if let Some(last) = self.events.status(&id) {
+            self.events
+                .record(ContainerEventType::ContainerEventDeleted, last);
+        }
         cleaned.map(|()| RemoveContainerResponse {})
     }
 
@@ -371,6 +368,31 @@ impl Containers {
             client.list_containers(req),
         )
         .await
+    }
+
+    /// The latest status of container `id`: the event log's copy, which
+    /// never waits on the guest; the agent is asked only about an id the
+    /// log has not seen (a container created before this shim's log began
+    /// following the agent).
+    pub async fn status<A: AgentSource>(
+        &self,
+        agents: &A,
+        id: &str,
+    ) -> Result<ContainerStatus, Status> {
+        check_id_status(id)?;
+        if let Some(status) = self.events.status(id) {
+            return Ok(status);
+        }
+        let mut client = agents.client()?;
+        let status = call(
+            agents,
+            "ContainerStatus",
+            Some(QUERY_TIMEOUT),
+            client.container_status(ContainerRef { id: id.to_owned() }),
+        )
+        .await?;
+        self.seen(&status);
+        Ok(status)
     }
 
     /// Bounded by the exec's own timeout (plus a margin), not by the
@@ -459,7 +481,7 @@ impl Containers {
             }
             None => return Err(Status::not_found(format!("container {} not found", req.id))),
         };
-        let status = status_of(agents, &req.id).await?;
+        let status = self.status(agents, &req.id).await?;
         if status.state() != ContainerState::ContainerRunning {
             return Err(Status::failed_precondition(format!(
                 "container {} is not running",
@@ -546,93 +568,6 @@ fn exec_limit(timeout_ms: u64) -> Option<Duration> {
         0 => None,
         ms => Some(Duration::from_millis(ms).saturating_add(CALL_MARGIN)),
     }
-}
-
-/// The agent's status of one container; NOT_FOUND when it has none.
-async fn status_of<A: AgentSource>(agents: &A, id: &str) -> Result<ContainerStatus, Status> {
-    let mut client = agents.client()?;
-    let all = call(
-        agents,
-        "ListContainers",
-        Some(QUERY_TIMEOUT),
-        client.list_containers(ListContainersRequest {}),
-    )
-    .await?;
-    all.containers
-        .into_iter()
-        .find(|c| c.id == id)
-        .ok_or_else(|| Status::not_found(format!("container {id} not found")))
-}
-
-/// Sends `signal` and waits up to `wait` for the exit; `None` if the
-/// container still runs then.
-async fn signal_and_wait<A: AgentSource>(
-    agents: &A,
-    id: &str,
-    signal: i32,
-    wait: Duration,
-) -> Result<Option<ContainerStatus>, Status> {
-    let mut client = agents.client()?;
-    let signalled = call(
-        agents,
-        "SignalContainer",
-        Some(QUERY_TIMEOUT),
-        client.signal_container(SignalContainerRequest {
-            id: id.to_owned(),
-            signal,
-        }),
-    )
-    .await;
-    match signalled {
-        Ok(_) => {}
-        // It exited since we looked; the wait below returns at once.
-        Err(s) if s.code() == Code::FailedPrecondition => {}
-        Err(s) => return Err(s),
-    }
-    // The grace is timed by the host's clock: the guest's clock drifts
-    // under TCG, and a guest answering early must not shorten the grace
-    // the user asked for. The agent's wait is re-armed until the host
-    // deadline passes.
-    let deadline = tokio::time::Instant::now() + wait;
-    loop {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        // WaitContainer takes 0 as "for ever"; a zero wait is one millisecond.
-        let wait_ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX).max(1);
-        let status = call(
-            agents,
-            "WaitContainer",
-            Some(left.saturating_add(CALL_MARGIN)),
-            client.wait_container(WaitContainerRequest {
-                id: id.to_owned(),
-                timeout_ms: wait_ms,
-            }),
-        )
-        .await?;
-        if status.state() == ContainerState::ContainerExited {
-            return Ok(Some(status));
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return Ok(None);
-        }
-    }
-}
-
-/// Unmounts everything of container `id` in the share (its volumes, then
-/// its root), deletes its mount points from the skeleton, then unmounts and
-/// deletes its writable layer. Never deletes while anything is still
-/// mounted there: that would delete through a bind into the host's files.
-/// Idempotent.
-pub fn remove_container(pod: &PodShare, id: &str) -> anyhow::Result<()> {
-    check_id(id).map_err(anyhow::Error::msg)?;
-    let rel = rootfs::relative_dir(id);
-    volumes::unmount_all(&pod.share.join(&rel))?;
-    let dir = pod.skeleton.join(&rel);
-    match std::fs::remove_dir_all(&dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(anyhow::Error::new(e).context(format!("removing {}", dir.display()))),
-    }
-    writable::remove(&pod.writable, id)
 }
 
 /// Runs `f` on the blocking pool.

@@ -16,8 +16,9 @@ use anyhow::{Context, Result, bail};
 
 use vmpod_agent_proto::v1::Propagation;
 
+use super::id::{CONTAINERS_DIR, check_id};
+use super::volumes;
 use super::writable::Writable;
-use super::{CONTAINERS_DIR, volumes};
 use crate::share::PodShare;
 use nix::mount::{MsFlags, mount};
 
@@ -48,7 +49,7 @@ pub fn mount_rootfs(
     lowers: &[PathBuf],
     upper: Option<&Writable>,
 ) -> Result<Rootfs> {
-    super::check_id(id).map_err(anyhow::Error::msg)?;
+    check_id(id).map_err(anyhow::Error::msg)?;
     if lowers.is_empty() {
         bail!("an image needs at least one layer");
     }

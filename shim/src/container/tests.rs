@@ -22,6 +22,7 @@ use crate::relay::AgentSource;
 use crate::share::PodShare;
 
 type Chunks = mpsc::UnboundedSender<Result<OutputChunk, Status>>;
+type EventSender = mpsc::Sender<Result<ContainerEvent, Status>>;
 
 struct FakeContainer {
     status: ContainerStatus,
@@ -35,6 +36,8 @@ struct FakeContainer {
 #[derive(Default, Clone)]
 struct FakeAgent {
     containers: Arc<Mutex<HashMap<String, FakeContainer>>>,
+    /// Every event sent, and the open Events streams.
+    events: Arc<Mutex<(Vec<ContainerEvent>, Vec<EventSender>)>>,
 }
 
 impl FakeAgent {
@@ -44,6 +47,32 @@ impl FakeAgent {
             .get_mut(id)
             .ok_or_else(|| Status::not_found(format!("no container {id}")))?;
         Ok(f(c))
+    }
+
+    fn emit(&self, kind: ContainerEventType, status: &ContainerStatus) {
+        let mut log = self.events.lock().unwrap();
+        let event = ContainerEvent {
+            seq: log.0.len() as u64 + 1,
+            r#type: kind as i32,
+            status: Some(status.clone()),
+            resync: false,
+        };
+        log.0.push(event.clone());
+        log.1.retain(|tx| tx.try_send(Ok(event.clone())).is_ok());
+    }
+
+    /// The container's process exits with `code`, as if on its own.
+    fn exit(&self, id: &str, code: i32) -> Result<ContainerStatus, Status> {
+        let status = self.with(id, |c| {
+            c.status.state = ContainerState::ContainerExited as i32;
+            c.status.exit_code = code;
+            c.status.pid = 0;
+            // Output ends with the process.
+            c.output = None;
+            c.status.clone()
+        })?;
+        self.emit(ContainerEventType::ContainerEventStopped, &status);
+        Ok(status)
     }
 }
 
@@ -56,29 +85,63 @@ fn chunk(stream: OutputStream, data: &str) -> Result<OutputChunk, Status> {
 
 #[tonic::async_trait]
 impl Agent for FakeAgent {
-    // TEMPORARY (issue 17 in progress): replaced by the real calls.
     async fn container_status(
         &self,
-        _: Request<ContainerRef>,
+        req: Request<ContainerRef>,
     ) -> Result<Response<ContainerStatus>, Status> {
-        Err(Status::unimplemented("ContainerStatus"))
+        let id = req.into_inner().id;
+        Ok(Response::new(self.with(&id, |c| c.status.clone())?))
     }
 
     async fn stop_container(
         &self,
-        _: Request<vmpod_agent_proto::v1::StopContainerRequest>,
+        req: Request<vmpod_agent_proto::v1::StopContainerRequest>,
     ) -> Result<Response<ContainerStatus>, Status> {
-        Err(Status::unimplemented("StopContainer"))
+        let req = req.into_inner();
+        let (running, ignores_term) = self.with(&req.id, |c| {
+            let args = c.spec.process.clone().unwrap_or_default().args;
+            (
+                c.status.state == ContainerState::ContainerRunning as i32,
+                args.first().map(String::as_str) == Some("ignore-term"),
+            )
+        })?;
+        if !running {
+            return Ok(Response::new(self.with(&req.id, |c| c.status.clone())?));
+        }
+        let signal = match req.signal {
+            0 => libc::SIGTERM,
+            s => s,
+        };
+        if req.timeout_ms > 0 && signal == libc::SIGTERM && ignores_term {
+            tokio::time::sleep(Duration::from_millis(req.timeout_ms)).await;
+            return Ok(Response::new(self.exit(&req.id, 128 + libc::SIGKILL)?));
+        }
+        let signal = if req.timeout_ms == 0 {
+            libc::SIGKILL
+        } else {
+            signal
+        };
+        Ok(Response::new(self.exit(&req.id, 128 + signal)?))
     }
 
     type EventsStream = tokio_stream::wrappers::ReceiverStream<Result<ContainerEvent, Status>>;
 
     async fn events(
         &self,
-        _: Request<EventsRequest>,
+        req: Request<EventsRequest>,
     ) -> Result<Response<Self::EventsStream>, Status> {
-        Err(Status::unimplemented("Events"))
+        let after = req.into_inner().after_seq;
+        let (tx, rx) = mpsc::channel(1024);
+        let mut log = self.events.lock().unwrap();
+        for e in log.0.iter().filter(|e| e.seq > after) {
+            let _ = tx.try_send(Ok(e.clone()));
+        }
+        log.1.push(tx);
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
     }
+
     async fn health(&self, _: Request<HealthRequest>) -> Result<Response<HealthResponse>, Status> {
         Err(Status::unimplemented("fake"))
     }
@@ -119,6 +182,7 @@ impl Agent for FakeAgent {
                 reader: Some(UnboundedReceiverStream::new(rx)),
             },
         );
+        self.emit(ContainerEventType::ContainerEventCreated, &status);
         Ok(Response::new(status))
     }
 
@@ -127,7 +191,7 @@ impl Agent for FakeAgent {
         req: Request<ContainerRef>,
     ) -> Result<Response<ContainerStatus>, Status> {
         let id = req.into_inner().id;
-        self.with(&id, |c| {
+        let status = self.with(&id, |c| {
             let args = c.spec.process.clone().unwrap_or_default().args;
             if args.first().map(String::as_str) == Some("missing") {
                 c.status.state = ContainerState::ContainerExited as i32;
@@ -149,46 +213,25 @@ impl Agent for FakeAgent {
                     let _ = out.send(chunk);
                 }
             }
-            Ok(Response::new(c.status.clone()))
-        })?
+            Ok(c.status.clone())
+        })??;
+        self.emit(ContainerEventType::ContainerEventStarted, &status);
+        Ok(Response::new(status))
     }
 
+    // The shim stops with one StopContainer call; the old chain is gone.
     async fn signal_container(
         &self,
-        req: Request<SignalContainerRequest>,
+        _: Request<SignalContainerRequest>,
     ) -> Result<Response<SignalContainerResponse>, Status> {
-        let req = req.into_inner();
-        self.with(&req.id, |c| {
-            if c.status.state != ContainerState::ContainerRunning as i32 {
-                return Err(Status::failed_precondition("not running"));
-            }
-            let args = c.spec.process.clone().unwrap_or_default().args;
-            if req.signal == libc::SIGTERM
-                && args.first().map(String::as_str) == Some("ignore-term")
-            {
-                return Ok(Response::new(SignalContainerResponse {}));
-            }
-            c.status.state = ContainerState::ContainerExited as i32;
-            c.status.exit_code = 128 + req.signal;
-            c.status.pid = 0;
-            // Output ends with the process.
-            c.output = None;
-            Ok(Response::new(SignalContainerResponse {}))
-        })?
+        Err(Status::unimplemented("fake: use StopContainer"))
     }
 
     async fn wait_container(
         &self,
-        req: Request<WaitContainerRequest>,
+        _: Request<WaitContainerRequest>,
     ) -> Result<Response<ContainerStatus>, Status> {
-        let req = req.into_inner();
-        let status = self.with(&req.id, |c| c.status.clone())?;
-        if status.state != ContainerState::ContainerExited as i32 {
-            // A guest clock running twice as fast as the host's, as under
-            // TCG: the shim must still give the whole grace.
-            tokio::time::sleep(Duration::from_millis(req.timeout_ms.div_ceil(2))).await;
-        }
-        Ok(Response::new(self.with(&req.id, |c| c.status.clone())?))
+        Err(Status::unimplemented("fake: use StopContainer"))
     }
 
     async fn remove_container(
@@ -203,7 +246,9 @@ impl Agent for FakeAgent {
                 Status::failed_precondition(format!("container {id} is running")),
             ),
             Some(_) => {
-                all.remove(&id);
+                let last = all.remove(&id).map(|c| c.status).unwrap_or_default();
+                drop(all);
+                self.emit(ContainerEventType::ContainerEventDeleted, &last);
                 Ok(Response::new(RemoveContainerResponse {}))
             }
         }
@@ -636,4 +681,65 @@ async fn a_broken_connection_is_unavailable() {
     assert_eq!(e.code(), Code::Unavailable);
     assert!(!f.dir("c9").exists(), "undone");
     assert!(f.no_mounts());
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn events_follow_the_agent_stream_and_the_calls_once_each() {
+    let f = Fixture::new();
+    let (_vm, vm_state) = tokio::sync::watch::channel(vmpod_shim_api::v1::VmState {
+        phase: vmpod_shim_api::v1::Phase::Ready as i32,
+        ..Default::default()
+    });
+    tokio::spawn(crate::events::pump(
+        f.source.clone(),
+        f.containers.events().clone(),
+        vm_state,
+    ));
+    let mut events = f.containers.events().subscribe(0).unwrap();
+    let mut next = async || {
+        tokio::time::timeout(Duration::from_secs(5), events.recv())
+            .await
+            .expect("an event within 5 s")
+            .expect("stream open")
+            .expect("event")
+    };
+    f.create("e1", "sh").await.unwrap();
+    f.containers
+        .start(&f.source, ContainerRef { id: "e1".into() })
+        .await
+        .unwrap();
+    // It exits on its own: only the agent's stream can tell.
+    f.agent.exit("e1", 3).unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let e = next().await;
+        seen.push((e.seq, e.r#type(), e.status.unwrap_or_default().exit_code));
+    }
+    assert_eq!(
+        seen,
+        [
+            (1, ContainerEventType::ContainerEventCreated, 0),
+            (2, ContainerEventType::ContainerEventStarted, 0),
+            (3, ContainerEventType::ContainerEventStopped, 3),
+        ]
+    );
+    // Status answers from the log, without asking the agent.
+    f.source.up.store(false, Ordering::SeqCst);
+    let st = f.containers.status(&f.source, "e1").await.unwrap();
+    assert_eq!(
+        (st.state(), st.exit_code),
+        (ContainerState::ContainerExited, 3)
+    );
+    f.source.up.store(true, Ordering::SeqCst);
+    f.remove("e1").await.unwrap();
+    let e = next().await;
+    assert_eq!(
+        (e.seq, e.r#type()),
+        (4, ContainerEventType::ContainerEventDeleted)
+    );
+    // The agent's own copies of these changes were not logged again.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(events.try_recv().is_err(), "no duplicate events");
+    let e = f.containers.status(&f.source, "e1").await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
 }

@@ -71,7 +71,7 @@ fn paths(root: &Path, id: &str) -> (PathBuf, PathBuf) {
 /// Makes and mounts container `id`'s writable layer of `bytes` under
 /// `root` (host-only). On error nothing is left.
 pub fn create(root: &Path, id: &str, bytes: u64) -> Result<Writable> {
-    super::check_id(id).map_err(anyhow::Error::msg)?;
+    super::id::check_id(id).map_err(anyhow::Error::msg)?;
     if !(MIN_BYTES..=MAX_BYTES).contains(&bytes) {
         bail!("a writable layer of {bytes} bytes is out of range {MIN_BYTES}..={MAX_BYTES}");
     }

@@ -1,9 +1,9 @@
-//! The built-in VMM (`crate::vmm`) as a `Hypervisor` backend: the VM runs on
+//! The built-in VMM (`vmpod_vmm`) as a `Hypervisor` backend: the VM runs on
 //! vCPU threads inside the shim itself, so there is no VMM process to spawn,
 //! supervise or lose. Its console is COM1's output through a pipe; its end
 //! is reported on the exit channel like a child's, under the shim's own pid,
 //! with exit code 0 for a guest reset and the codes of
-//! [`ExitReason::exit_code`](crate::vmm::ExitReason::exit_code) otherwise.
+//! [`ExitReason::exit_code`](vmpod_vmm::ExitReason::exit_code) otherwise.
 //!
 //! Its devices are what the pod contract needs: the in-process hybrid vsock
 //! on the pod's `vm.vsock` socket (the agent channel, no helper process)
@@ -21,16 +21,18 @@ use tokio::sync::watch;
 
 use super::{BoxFuture, Console, Hypervisor, RunningVm, VirtioFs, VmConfig, Vsock};
 use crate::process::{Exit, ExitSender};
-use crate::vmm::devices::virtio::VirtioDevice;
-use crate::vmm::devices::virtio::fs::{FsConfig, FsDevice};
-use crate::vmm::devices::virtio::vsock::{VsockConfig, VsockDevice};
-use crate::vmm::{self, BootProtocol, VmmConfig, VmmHandle};
+use vmpod_shim_api::spec::VmmUser;
+use vmpod_vmm::devices::virtio::VirtioDevice;
+use vmpod_vmm::devices::virtio::fs::{FsConfig, FsDevice};
+use vmpod_vmm::devices::virtio::vsock::{VsockConfig, VsockDevice};
+use vmpod_vmm::privilege::Credentials;
+use vmpod_vmm::{self as vmm, BootProtocol, VmmConfig, VmmHandle};
 
 pub const PROCESS_NAME: &str = "kvm";
 
 // The daemon sizes VMs by the limit in shim-api without linking the VMM.
 const _: () = assert!(
-    vmpod_shim_api::spec::BUILTIN_VMM_MAX_VCPUS == crate::vmm::boot::layout::MAX_VCPUS as u32
+    vmpod_shim_api::spec::BUILTIN_VMM_MAX_VCPUS == vmpod_vmm::boot::layout::MAX_VCPUS as u32
 );
 
 #[derive(Debug, Default)]
@@ -61,6 +63,15 @@ fn fs_device(fs: &VirtioFs) -> Result<Box<dyn VirtioDevice>> {
         socket: fs.socket.clone(),
         tag: fs.tag.clone(),
     })?))
+}
+
+/// The shim's `vm.vmm-user` as the VMM's own type: the VMM knows nothing
+/// of vm.json.
+fn credentials(user: VmmUser) -> Credentials {
+    Credentials {
+        uid: user.uid,
+        gid: user.gid,
+    }
 }
 
 /// The backend's command line: `reboot=t` (triple fault, which QEMU's
@@ -95,8 +106,8 @@ impl Hypervisor for Kvm {
             virtio,
             // The shim stays root (it mounts the containers' roots); its
             // VMM threads lose every capability and, when asked, root
-            // (see vmm::privilege).
-            user: config.vmm_user,
+            // (see vmpod_vmm::privilege).
+            user: config.vmm_user.map(credentials),
         })?;
         let handle = vm.handle();
         let console = tokio::net::unix::pipe::Receiver::from_owned_fd(console_rx)

@@ -17,9 +17,9 @@ use std::time::Duration;
 
 use anyhow::Result;
 use tokio::io::AsyncRead;
+use vmpod_shim_api::spec::VmmUser;
 
 use crate::process::ExitSender;
-use crate::vmm::privilege::Credentials;
 
 /// Kernel command line every backend uses. `reboot=t` + `panic=-1` turn a
 /// guest reboot or panic into a VM exit, which the shim supervises.
@@ -59,7 +59,7 @@ pub struct VmConfig {
     pub log: PathBuf,
     /// The built-in VMM's threads switch to this uid/gid before the guest
     /// runs; QEMU does (`-runas`) once its files and sockets are open.
-    pub vmm_user: Option<Credentials>,
+    pub vmm_user: Option<VmmUser>,
 }
 
 pub type Console = Pin<Box<dyn AsyncRead + Send + Sync + Unpin>>;

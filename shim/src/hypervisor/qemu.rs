@@ -214,7 +214,7 @@ impl RunningVm for QemuVm {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vmm::privilege::Credentials;
+    use vmpod_shim_api::spec::VmmUser;
 
     fn config() -> VmConfig {
         VmConfig {
@@ -232,7 +232,7 @@ mod tests {
                 tag: "vmpod".into(),
             }),
             log: "/pods/p/run/qemu.log".into(),
-            vmm_user: Some(Credentials {
+            vmm_user: Some(VmmUser {
                 uid: 65534,
                 gid: 65534,
             }),

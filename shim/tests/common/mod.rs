@@ -14,8 +14,6 @@ use tonic::transport::{Channel, Endpoint, Uri};
 use vmpod_shim_api::ShimClient;
 use vmpod_shim_api::v1::{Phase, ShutdownRequest, VmState, WatchRequest};
 
-pub mod guests;
-
 /// TCG boots take a core or two each; the host has two. One VM at a time.
 /// A tokio mutex, since the guard is held across awaits; it works across
 /// the per-test runtimes.

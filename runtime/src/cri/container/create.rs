@@ -11,9 +11,13 @@ use tonic::Status;
 use vmpod_cri_api::v1::{CreateContainerRequest, CreateContainerResponse};
 use vmpod_shim_api::v1 as shim;
 
-use crate::container::{self, spec};
-use crate::cri::sandbox::{self as cri_sandbox, store_err};
+use super::agent_spec;
+use crate::container;
+use crate::cri::labels::check_labels;
+use crate::cri::sandbox as cri_sandbox;
 use crate::daemon::Daemon;
+use crate::error::{invalid, not_ready, shim_err, store_err};
+use crate::image::config::ImageConfig;
 use crate::state::{
     ContainerMetadata, ContainerRecord, ContainerState, MountRecord, ReserveContainerError,
     SandboxState,
@@ -21,10 +25,6 @@ use crate::state::{
 
 /// Longest container name: a DNS label is shorter, this leaves room.
 const MAX_NAME: usize = 253;
-
-fn invalid(field: &str, problem: impl std::fmt::Display) -> Status {
-    Status::invalid_argument(format!("{field}: {problem}"))
-}
 
 pub async fn create_container(
     daemon: &Arc<Daemon>,
@@ -44,7 +44,7 @@ pub async fn create_container(
             ),
         ));
     }
-    crate::cri::check_labels(&config.labels, &config.annotations)?;
+    check_labels(&config.labels, &config.annotations)?;
     let image_name = config
         .image
         .as_ref()
@@ -70,9 +70,7 @@ pub async fn create_container(
         .map_err(store_err)?
         .ok_or_else(|| Status::failed_precondition("the sandbox was removed"))?;
     if sandbox.state != SandboxState::Ready {
-        return Err(Status::failed_precondition(cri_sandbox::not_ready(
-            &sandbox,
-        )));
+        return Err(Status::failed_precondition(not_ready(&sandbox)));
     }
 
     let (image, matched_name) = crate::image::resolve(&daemon.store, &image_name)
@@ -81,12 +79,13 @@ pub async fn create_container(
             Status::not_found(format!("image {image_name:?} not found; pull it first"))
         })?;
     let image_config = read_image_config(daemon, &image.id)?;
-    let id = crate::cri::sandbox::run::new_id()?;
-    let built = spec::build(
+    let id = crate::state::new_id()
+        .map_err(|e| Status::internal(format!("cannot read /dev/urandom: {e}")))?;
+    let built = agent_spec::build(
         &id,
         &config,
         &image_config,
-        &spec::SandboxContext {
+        &agent_spec::SandboxContext {
             log_directory: &sandbox.log_directory,
             sysctls: &sandbox.sysctls,
         },
@@ -181,7 +180,7 @@ pub async fn create_container(
             .create_container(request)
             .await
             .map(tonic::Response::into_inner)
-            .map_err(|e| container::shim_err("creating the container in the pod VM", e))
+            .map_err(|e| shim_err("creating the container in the pod VM", e))
     }
     .await;
     match created {
@@ -207,7 +206,7 @@ pub async fn create_container(
     }
 }
 
-fn read_image_config(daemon: &Daemon, image_id: &str) -> Result<spec::ImageConfig, Status> {
+fn read_image_config(daemon: &Daemon, image_id: &str) -> Result<ImageConfig, Status> {
     let path = daemon
         .content
         .blob_path(image_id)
@@ -218,8 +217,7 @@ fn read_image_config(daemon: &Daemon, image_id: &str) -> Result<spec::ImageConfi
             path.display()
         ))
     })?;
-    spec::ImageConfig::from_blob(&blob)
-        .map_err(|e| Status::internal(format!("image {image_id}: {e}")))
+    ImageConfig::from_blob(&blob).map_err(|e| Status::internal(format!("image {image_id}: {e}")))
 }
 
 /// The resources as ContainerStatus reports them back (kept as JSON in the

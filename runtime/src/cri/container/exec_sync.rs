@@ -14,6 +14,7 @@ use vmpod_cri_api::v1 as cri;
 use super::{get_fresh, sandbox_of};
 use crate::container;
 use crate::daemon::Daemon;
+use crate::error::shim_err;
 use crate::state::ContainerState;
 
 /// kubelet reads at most this much of each stream (like containerd).
@@ -73,7 +74,7 @@ pub async fn exec_sync(
                 ))
             })?
     }
-    .map_err(|e| container::shim_err("exec in the container", e))?
+    .map_err(|e| shim_err("exec in the container", e))?
     .into_inner();
     if resp.timed_out {
         return Err(Status::deadline_exceeded(format!(

@@ -7,8 +7,8 @@ use tonic::Status;
 use vmpod_cri_api::v1 as cri;
 
 use super::{cri_image, cri_metadata, cri_state};
-use crate::cri::sandbox::store_err;
 use crate::daemon::Daemon;
+use crate::error::store_err;
 use crate::state::ContainerRecord;
 
 pub async fn list_containers(

@@ -1,5 +1,6 @@
 //! Container CRI calls, one file each.
 
+pub mod agent_spec;
 pub mod create;
 pub mod exec_sync;
 pub mod list;
@@ -14,13 +15,14 @@ pub mod update;
 use tonic::Status;
 use vmpod_cri_api::v1 as cri;
 
-use crate::cri::sandbox::store_err;
+use crate::cri::lookup::find_by_id_or_prefix;
 use crate::daemon::Daemon;
+use crate::error::store_err;
 use crate::state::{ContainerRecord, ContainerState, SandboxRecord};
 
 /// Finds a container by id or unique id prefix, as crictl users type them.
 pub(crate) fn find(daemon: &Daemon, id: &str) -> Result<Option<ContainerRecord>, Status> {
-    super::find_by_id_or_prefix(
+    find_by_id_or_prefix(
         "container_id",
         id,
         |id| daemon.store.get_container(id),
@@ -88,8 +90,7 @@ pub(crate) fn attributes(rec: &ContainerRecord) -> cri::ContainerAttributes {
     }
 }
 
-/// The per-container lock (shared with the sandbox lock table: the ids
-/// never collide, both are 256 random bits).
+/// The per-container lock.
 pub(crate) fn lock_for(daemon: &Daemon, id: &str) -> std::sync::Arc<tokio::sync::Mutex<()>> {
-    daemon.sandboxes.lock_for(id)
+    daemon.containers.lock_for(id)
 }

@@ -11,8 +11,8 @@ use vmpod_cri_api::v1::{RemoveContainerRequest, RemoveContainerResponse};
 
 use super::{find, get_fresh, lock_for};
 use crate::container;
-use crate::cri::sandbox::store_err;
 use crate::daemon::Daemon;
+use crate::error::{shim_err, store_err};
 use crate::state::{ContainerState, SandboxState};
 
 pub async fn remove_container(
@@ -35,7 +35,7 @@ pub async fn remove_container(
             tracing::info!(container = %rec.id, "removing a running container: killing it first");
             container::kill(&mut client, &rec.id)
                 .await
-                .map_err(|e| container::shim_err("killing the container before removal", e))?;
+                .map_err(|e| shim_err("killing the container before removal", e))?;
         }
         match client
             .remove_container(ContainerRef { id: rec.id.clone() })
@@ -43,14 +43,13 @@ pub async fn remove_container(
         {
             Ok(_) => {}
             Err(e) if e.code() == tonic::Code::NotFound => {}
-            Err(e) => return Err(container::shim_err("removing the container", e)),
+            Err(e) => return Err(shim_err("removing the container", e)),
         }
     }
     // A VM that is gone took the container with it, and its shim released
     // the host mounts on the way out.
     daemon.store.delete_container(&rec.id).map_err(store_err)?;
-    daemon.sandboxes.forget(&rec.id);
-    super::stats::forget(std::slice::from_ref(&rec.id));
+    daemon.containers.forget(&rec.id);
     tracing::info!(container = %rec.id, "container removed");
     Ok(RemoveContainerResponse {})
 }

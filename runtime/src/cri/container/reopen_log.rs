@@ -10,6 +10,7 @@ use vmpod_cri_api::v1 as cri;
 use super::{get_fresh, sandbox_of};
 use crate::container;
 use crate::daemon::Daemon;
+use crate::error::shim_err;
 use crate::state::ContainerState;
 
 pub async fn reopen_container_log(
@@ -34,6 +35,6 @@ pub async fn reopen_container_log(
     client
         .reopen_container_log(ContainerRef { id: rec.id.clone() })
         .await
-        .map_err(|e| container::shim_err("reopening the container log", e))?;
+        .map_err(|e| shim_err("reopening the container log", e))?;
     Ok(cri::ReopenContainerLogResponse {})
 }

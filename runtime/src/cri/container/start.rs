@@ -8,8 +8,8 @@ use vmpod_cri_api::v1::{StartContainerRequest, StartContainerResponse};
 
 use super::{get_fresh, lock_for, sandbox_of};
 use crate::container;
-use crate::cri::sandbox::store_err;
 use crate::daemon::Daemon;
+use crate::error::{shim_err, store_err};
 use crate::state::ContainerState;
 
 pub async fn start_container(
@@ -62,7 +62,7 @@ pub async fn start_container(
             if let Err(r) = container::refresh(daemon, &rec.sandbox_id).await {
                 tracing::warn!(container = %rec.id, error = %r.message(), "refresh after failed start");
             }
-            Err(container::shim_err("starting the container", e))
+            Err(shim_err("starting the container", e))
         }
     }
 }

@@ -10,8 +10,8 @@ use vmpod_shim_api::v1 as shim;
 
 use super::{find, get_fresh, lock_for, sandbox_of};
 use crate::container;
-use crate::cri::sandbox::store_err;
 use crate::daemon::Daemon;
+use crate::error::{shim_err, store_err};
 use crate::state::{ContainerState, SandboxState};
 
 /// Time for the shim to kill and reap once the grace is over.
@@ -61,7 +61,7 @@ pub async fn stop_container(
     });
     let status = match tokio::time::timeout(timeout + KILL_MARGIN, call).await {
         Ok(Ok(resp)) => resp.into_inner(),
-        Ok(Err(e)) => return Err(container::shim_err("stopping the container", e)),
+        Ok(Err(e)) => return Err(shim_err("stopping the container", e)),
         Err(_) => {
             return Err(Status::deadline_exceeded(format!(
                 "container {} did not stop within {:?} of SIGKILL",

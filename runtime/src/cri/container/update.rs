@@ -6,11 +6,12 @@ use tonic::Status;
 use vmpod_agent_proto::v1 as agent;
 use vmpod_cri_api::v1 as cri;
 
+use super::agent_spec;
 use super::{get_fresh, lock_for, sandbox_of};
-use crate::container::{self, spec};
+use crate::container;
 use crate::cri::container::create::resources_json;
-use crate::cri::sandbox::store_err;
 use crate::daemon::Daemon;
+use crate::error::{shim_err, store_err};
 use crate::state::ContainerState;
 
 pub async fn update_container_resources(
@@ -21,7 +22,7 @@ pub async fn update_container_resources(
         // Only Windows resources (or none): nothing applies to a Linux VM.
         return Ok(cri::UpdateContainerResourcesResponse {});
     };
-    let resources = spec::resources(&linux)?;
+    let resources = agent_spec::resources(&linux)?;
     let rec = super::get(daemon, &req.container_id)?;
     let lock = lock_for(daemon, &rec.id);
     let _guard = lock.lock().await;
@@ -40,7 +41,7 @@ pub async fn update_container_resources(
             resources: Some(resources),
         })
         .await
-        .map_err(|e| container::shim_err("updating the container's resources", e))?;
+        .map_err(|e| shim_err("updating the container's resources", e))?;
     let json = resources_json(&linux);
     daemon
         .store

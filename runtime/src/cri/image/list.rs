@@ -6,8 +6,8 @@ use tonic::Status;
 use vmpod_cri_api::v1::{ListImagesRequest, ListImagesResponse};
 
 use super::cri_image;
-use crate::cri::sandbox::store_err;
 use crate::daemon::Daemon;
+use crate::error::store_err;
 
 pub async fn list_images(
     daemon: &Arc<Daemon>,

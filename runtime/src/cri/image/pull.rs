@@ -3,11 +3,10 @@
 use std::sync::Arc;
 
 use tonic::Status;
-use vmpod_cri_api::v1::{PullImageRequest, PullImageResponse};
+use vmpod_cri_api::v1::{AuthConfig, PullImageRequest, PullImageResponse};
 
 use crate::daemon::Daemon;
-use crate::image::pull::{Credentials, Progress, PullError, Puller};
-use crate::state::ImageRecord;
+use crate::image::pull::Credentials;
 
 pub async fn pull_image(
     daemon: &Arc<Daemon>,
@@ -21,47 +20,37 @@ pub async fn pull_image(
     let creds = req
         .auth
         .as_ref()
-        .map(Credentials::from_cri)
+        .map(credentials)
         .transpose()
         .map_err(|e| Status::invalid_argument(format!("auth: {e}")))?;
-    let rec = pull(daemon, &spec.image, creds, None).await?;
+    let rec = crate::image::pull(daemon, &spec.image, creds, None).await?;
     Ok(PullImageResponse { image_ref: rec.id })
 }
 
-/// Runs a pull to completion even if the caller goes away, so a cancelled
-/// kubelet request never leaves a half-written download behind.
-pub(crate) async fn pull(
-    daemon: &Arc<Daemon>,
-    image: &str,
-    creds: Option<Credentials>,
-    progress: Option<tokio::sync::mpsc::UnboundedSender<Progress>>,
-) -> Result<ImageRecord, Status> {
-    let d = daemon.clone();
-    let image = image.to_string();
-    tokio::spawn(async move {
-        let puller = Puller {
-            config: &d.config.registry,
-            content: &d.content,
-            store: &d.store,
-            progress,
-        };
-        puller.pull(&image, creds.as_ref()).await
-    })
-    .await
-    .map_err(|e| Status::internal(format!("pull task failed: {e}")))?
-    .map_err(status_of)
-}
-
-pub(crate) fn status_of(e: PullError) -> Status {
-    let msg = e.to_string();
-    match e {
-        PullError::InvalidReference(_) => Status::invalid_argument(msg),
-        PullError::NotFound(_) => Status::not_found(msg),
-        PullError::Auth { .. } => Status::unauthenticated(msg),
-        PullError::Digest { .. } => Status::data_loss(msg),
-        PullError::Timeout { .. } => Status::deadline_exceeded(msg),
-        PullError::Registry { .. } => Status::unavailable(msg),
-        PullError::BadImage { .. } => Status::failed_precondition(msg),
-        PullError::Store(_) | PullError::Limit { .. } => Status::resource_exhausted(msg),
+/// From CRI `AuthConfig`: username/password, the base64 `auth` field,
+/// or an identity/registry token.
+fn credentials(a: &AuthConfig) -> Result<Credentials, String> {
+    let mut c = Credentials {
+        username: a.username.clone(),
+        password: a.password.clone(),
+        bearer: a.registry_token.clone(),
+        identity_token: if a.registry_token.is_empty() {
+            a.identity_token.clone()
+        } else {
+            String::new()
+        },
+    };
+    if !a.auth.is_empty() && c.username.is_empty() {
+        use base64::Engine;
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(a.auth.trim())
+            .map_err(|_| "auth.auth is not valid base64".to_string())?;
+        let text = String::from_utf8(raw).map_err(|_| "auth.auth is not UTF-8".to_string())?;
+        let (u, p) = text
+            .split_once(':')
+            .ok_or_else(|| "auth.auth must decode to user:password".to_string())?;
+        c.username = u.to_string();
+        c.password = p.to_string();
     }
+    Ok(c)
 }

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use tonic::Status;
 use vmpod_cri_api::v1::{RemoveImageRequest, RemoveImageResponse};
 
-use crate::cri::sandbox::store_err;
 use crate::daemon::Daemon;
+use crate::error::store_err;
 
 pub async fn remove_image(
     daemon: &Arc<Daemon>,

@@ -8,8 +8,8 @@ use tonic::Status;
 use vmpod_cri_api::v1::{ImageStatusRequest, ImageStatusResponse};
 
 use super::cri_image;
-use crate::cri::sandbox::store_err;
 use crate::daemon::Daemon;
+use crate::error::store_err;
 
 pub async fn image_status(
     daemon: &Arc<Daemon>,

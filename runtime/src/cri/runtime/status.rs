@@ -32,7 +32,7 @@ pub async fn status(daemon: &Daemon, req: StatusRequest) -> Result<StatusRespons
     Ok(StatusResponse {
         status: Some(RuntimeStatus { conditions }),
         info,
-        runtime_handlers: crate::cri::RUNTIME_HANDLERS
+        runtime_handlers: crate::sandbox::boot::RUNTIME_HANDLERS
             .iter()
             .map(|name| RuntimeHandler {
                 name: (*name).to_string(),

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use tonic::Status;
 use vmpod_cri_api::v1::{ListPodSandboxRequest, ListPodSandboxResponse, PodSandbox};
 
-use super::{cri_metadata, cri_state, store_err};
+use super::{cri_metadata, cri_state};
 use crate::daemon::Daemon;
+use crate::error::store_err;
 
 pub async fn list_pod_sandbox(
     daemon: &Arc<Daemon>,

@@ -1,38 +1,29 @@
-//! Pod sandbox CRI calls, one file each.
+//! Pod sandbox CRI calls, one file each (the metrics calls, which report
+//! per pod, with them).
 
 pub mod list;
+pub mod metrics;
 pub mod remove;
 pub mod run;
+pub mod stats;
 pub mod status;
 pub mod stop;
 
 use tonic::Status;
 
+use crate::cri::lookup::find_by_id_or_prefix;
 use crate::daemon::Daemon;
 use crate::state::SandboxRecord;
 
 /// Finds a sandbox by id or unique id prefix, as crictl users type them.
 pub(crate) fn find(daemon: &Daemon, id: &str) -> Result<Option<SandboxRecord>, Status> {
-    super::find_by_id_or_prefix(
+    find_by_id_or_prefix(
         "pod_sandbox_id",
         id,
         |id| daemon.store.get_sandbox(id),
         || daemon.store.list_sandboxes(),
         |r| &r.id,
     )
-}
-
-/// Why a sandbox is not ready, for error messages.
-pub(crate) fn not_ready(rec: &SandboxRecord) -> String {
-    if rec.reason.is_empty() {
-        format!("sandbox {} is not ready", rec.id)
-    } else {
-        format!("sandbox {} is not ready ({})", rec.id, rec.reason)
-    }
-}
-
-pub(crate) fn store_err(e: impl std::fmt::Display) -> Status {
-    Status::internal(format!("state store: {e}"))
 }
 
 /// The CRI state of a record: a sandbox still being created is not ready.

@@ -5,8 +5,9 @@ use std::sync::Arc;
 use tonic::Status;
 use vmpod_cri_api::v1::{RemovePodSandboxRequest, RemovePodSandboxResponse};
 
-use super::{find, stop::stop, store_err};
+use super::{find, stop::stop};
 use crate::daemon::Daemon;
+use crate::error::store_err;
 use crate::sandbox;
 
 pub async fn remove_pod_sandbox(

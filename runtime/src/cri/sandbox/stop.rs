@@ -8,8 +8,9 @@ use std::sync::Arc;
 use tonic::Status;
 use vmpod_cri_api::v1::{StopPodSandboxRequest, StopPodSandboxResponse};
 
-use super::{find, store_err};
+use super::find;
 use crate::daemon::Daemon;
+use crate::error::store_err;
 use crate::sandbox;
 use crate::state::SandboxState;
 

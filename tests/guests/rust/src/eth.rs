@@ -1,5 +1,5 @@
 //! Ethernet frames for the network test guests, and the protocol they speak
-//! with `shim/tests/vmm_net.rs` over the VMM's virtio-net device:
+//! with `vmm/tests/vmm_net.rs` over the VMM's virtio-net device:
 //!
 //! - the guest sends [`GUEST_FRAMES`] broadcast frames of type
 //!   [`TYPE_GUEST`] with payloads `vmpod-net 0`, `vmpod-net 1`, ... and a

@@ -3,7 +3,7 @@
 //! The VMM loads the guest ELF at 1 MiB and enters `_start` ([`entry`]) in
 //! 64-bit long mode: the first 4 GiB identity-mapped with 2 MiB pages, the
 //! VMM's GDT, an empty IDT, interrupts off, `%rsi` pointing at the Linux
-//! zero page (see `shim/src/vmm/boot/layout.rs`). Guests never enable
+//! zero page (see `vmm/src/boot/layout.rs`). Guests never enable
 //! interrupts: drivers poll.
 //!
 //! - [`entry!`] names the guest's `main`; `_start` sets up a stack and SSE,

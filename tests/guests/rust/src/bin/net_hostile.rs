@@ -5,7 +5,7 @@
 //! must answer the first three and keep serving (a valid frame goes out
 //! between them), and give up with DEVICE_NEEDS_RESET on the last; after a
 //! device reset it must serve again. Each step prints what it saw; the
-//! host test (shim/tests/vmm_net.rs) checks both the lines and the frames
+//! host test (vmm/tests/vmm_net.rs) checks both the lines and the frames
 //! that reached the TAP.
 
 #![no_std]

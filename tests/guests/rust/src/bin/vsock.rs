@@ -1,7 +1,7 @@
 //! The vsock guest: echoes 1 MiB through a host-initiated connection, then
 //! pushes 1 MiB through a connection of its own and checks the echo.
 //!
-//! Protocol with the host test (`shim/tests/vmm_vsock.rs`):
+//! Protocol with the host test (`vmm/tests/vmm.rs`):
 //! 1. It listens on port 5000 and prints `vsock: listening cid=N`. The host
 //!    connects through the hybrid socket (`CONNECT 5000`), sends 1 MiB;
 //!    the guest sends every byte back and prints

@@ -1,6 +1,6 @@
 //! A virtio-vsock driver that breaks the rules, on [`vmpod_guest::rawq`]
 //! (virtio-drivers would post none of this). Steps, each printed as
-//! `vsock-hostile: ...` for the host test (`shim/tests/vmm.rs`,
+//! `vsock-hostile: ...` for the host test (`vmm/tests/vmm.rs`,
 //! `vsock_survives_a_hostile_driver`):
 //!
 //! 1. Garbage in the register file: read-only and unknown registers, 1-,
