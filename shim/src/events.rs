@@ -256,6 +256,7 @@ async fn follow<A: AgentSource>(
         *after_seq = event.seq;
         let kind = event.r#type();
         if let Some(status) = event.status {
+            tracing::debug!(seq = event.seq, container = %status.id, kind = kind.as_str_name(), "agent event");
             log.record(kind, status);
         }
     }

@@ -565,8 +565,10 @@ async fn limits_stop_exec_and_stats() {
     let s = pod.status(&id).await;
     assert_eq!(s.state(), ContainerState::ContainerExited);
     assert_eq!(s.exit_code, 137, "{s:?}");
+    // The agent times the grace with the guest's clock, which under TCG
+    // runs up to a few percent off the host's.
     assert!(
-        took >= Duration::from_secs(2) && took < Duration::from_secs(10),
+        took >= Duration::from_millis(1800) && took < Duration::from_secs(10),
         "stop took {took:?}"
     );
 

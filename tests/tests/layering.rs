@@ -681,7 +681,7 @@ fn layers_run_one_way() {
         .to_path_buf();
     let problems = check(
         &root,
-        &["runtime/src", "shim/src", "guest-agent/src"],
+        &["runtime/src", "shim/src", "guest-agent/src", "vmm/src"],
         "runtime/src",
     );
     assert!(

@@ -18,6 +18,7 @@ use super::boot::layout::{
     VIRTIO_IRQ_START, VIRTIO_MMIO_SIZE, VIRTIO_MMIO_START,
 };
 use super::boot::{self, BootSpec};
+use super::config::VmmConfig;
 use super::devices::bus::Buses;
 use super::devices::legacy::boot_timer::BootTimer;
 use super::devices::legacy::cmos::{CMOS_BASE, CMOS_LEN, Cmos};
@@ -28,9 +29,10 @@ use super::devices::virtio::mmio::{MmioTransport, cmdline_entry, reg};
 use super::memory::GuestRam;
 use super::privilege;
 use super::seccomp::{Filters, Seccomp};
+use super::vmm::Vmm;
+use super::vstate::exit::ExitReason;
 use super::vstate::vcpu::{self, Control, Vcpu};
 use super::vstate::vm::Vm;
-use super::{Vmm, VmmConfig};
 
 /// vCPU threads run guest code and device emulation only; KVM_RUN itself
 /// runs on the kernel stack.
@@ -220,7 +222,7 @@ pub fn build_with(config: VmmConfig, seccomp: Seccomp) -> Result<Vmm> {
     }
     if let Some(e) = failure {
         // Stop and join the threads already running before failing.
-        control.request_exit(super::ExitReason::Stopped);
+        control.request_exit(ExitReason::Stopped);
         gate.open();
         let mut partial = Vmm {
             control,

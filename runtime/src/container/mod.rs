@@ -2,10 +2,17 @@
 //!
 //! The CRI calls in `cri/container/` translate requests into shim calls
 //! through this module. The redb record holds what the client asked for and
-//! the last state seen; [`refresh`] brings records up to date from the
-//! agent, and turns containers whose VM is gone into exited ones with
+//! the last state seen. Records follow the pod's event stream
+//! ([`follow`]), so reads answer from them without asking the VM; only a
+//! pod whose stream is not followed is asked, by [`refresh`], bounded by a
+//! short deadline. Containers whose VM is gone become exited ones with
 //! reason `Error`, so that kubelet sees them end instead of hanging.
+//!
+//! Every change of a record's state goes through [`record`], which
+//! publishes it as a container event ([`events`]).
 
+pub mod events;
+pub mod follow;
 pub mod registry;
 
 use std::time::Duration;
@@ -22,6 +29,10 @@ use crate::state::{ContainerRecord, ContainerState, SandboxRecord, SandboxState,
 
 /// How long a CRI call waits for a live shim's socket.
 const SHIM_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a read waits on one pod whose event stream is not followed: a
+/// wedged guest must not stretch kubelet's relist, so past this the pod's
+/// containers are reported as last recorded.
+const REFRESH_DEADLINE: Duration = Duration::from_millis(500);
 
 /// Exit code reported for a container whose VM died under it: like a
 /// process killed without a chance to report (containerd uses 255 too).
@@ -45,6 +56,12 @@ pub async fn shim_client(sandbox: &SandboxRecord) -> Result<ShimClient<Channel>,
 /// changed. A terminal state is never left.
 pub fn apply_status(rec: &mut ContainerRecord, st: &agent::ContainerStatus) -> bool {
     if rec.state == ContainerState::Exited {
+        return false;
+    }
+    // A late answer (an event replayed, a slow Start reply) must not move
+    // a container back from running to created.
+    if rec.state == ContainerState::Running && st.state() == agent::ContainerState::ContainerCreated
+    {
         return false;
     }
     let before = rec.clone();
@@ -76,6 +93,41 @@ pub fn apply_status(rec: &mut ContainerRecord, st: &agent::ContainerStatus) -> b
         Err(_) => {}
     }
     *rec != before
+}
+
+/// Applies `f` to container `id`'s record, and publishes the change of
+/// state it made, if any, as a container event. Returns the record after
+/// `f` when it changed.
+pub fn record(
+    daemon: &Daemon,
+    id: &str,
+    f: impl FnOnce(&mut ContainerRecord) -> bool,
+) -> Result<Option<ContainerRecord>, StoreError> {
+    let mut before = None;
+    let changed = daemon.store.update_container(id, |r| {
+        before = Some(r.state);
+        f(r)
+    })?;
+    if let Some(rec) = &changed
+        && before != Some(rec.state)
+        && let Some(change) = events::change_of(rec)
+    {
+        daemon.containers.events.publish(change);
+    }
+    Ok(changed)
+}
+
+/// Deletes container `id`'s record and publishes its deletion.
+pub fn delete(daemon: &Daemon, rec: &ContainerRecord) -> Result<(), StoreError> {
+    daemon.store.delete_container(&rec.id)?;
+    daemon.containers.forget(&rec.id);
+    daemon.containers.events.publish(events::Change {
+        container_id: rec.id.clone(),
+        sandbox_id: rec.sandbox_id.clone(),
+        kind: events::ChangeKind::Deleted,
+        at_ns: crate::clock::unix_nanos(),
+    });
+    Ok(())
 }
 
 /// Whether the container may still be running in its VM.
@@ -159,7 +211,29 @@ pub fn mark_lost(rec: &mut ContainerRecord, why: &str) -> bool {
 /// a dead VM NOTREADY, after which its containers are marked lost here.
 pub async fn refresh(daemon: &Daemon, sandbox_id: &str) -> Result<(), Status> {
     let live = live_containers_of(daemon, sandbox_id).map_err(store_err)?;
-    refresh_records(daemon, sandbox_id, live).await
+    refresh_bounded(daemon, sandbox_id, live).await
+}
+
+/// [`refresh_records`] unless the pod's events already keep its records
+/// current, bounded by [`REFRESH_DEADLINE`].
+async fn refresh_bounded(
+    daemon: &Daemon,
+    sandbox_id: &str,
+    live: Vec<ContainerRecord>,
+) -> Result<(), Status> {
+    if live.is_empty() || daemon.containers.is_followed(sandbox_id) {
+        return Ok(());
+    }
+    match tokio::time::timeout(REFRESH_DEADLINE, refresh_records(daemon, sandbox_id, live)).await {
+        Ok(r) => r,
+        Err(_) => {
+            tracing::warn!(
+                sandbox = sandbox_id,
+                "the pod did not answer within {REFRESH_DEADLINE:?}; reporting its containers as last recorded"
+            );
+            Ok(())
+        }
+    }
 }
 
 /// [`refresh`] for records already read: one `ListContainers` to the shim.
@@ -202,7 +276,7 @@ async fn refresh_records(
         let found = statuses
             .as_ref()
             .map(|list| list.iter().find(|s| s.id == rec.id).cloned());
-        let result = daemon.store.update_container(&rec.id, |r| match &found {
+        let result = record(daemon, &rec.id, |r| match &found {
             Ok(Some(st)) => apply_status(r, st),
             Ok(None) => mark_lost(r, "the container is gone from the pod VM"),
             Err(why) => mark_lost(r, why),
@@ -236,7 +310,7 @@ pub async fn refresh_all(daemon: &Daemon) -> Result<(), Status> {
     }
     let refreshes = by_sandbox
         .into_iter()
-        .map(|(id, live)| async move { refresh_records(daemon, &id, live).await });
+        .map(|(id, live)| async move { refresh_bounded(daemon, &id, live).await });
     for r in futures_util::future::join_all(refreshes).await {
         r?;
     }
@@ -267,7 +341,7 @@ pub async fn kill_all(daemon: &Daemon, sandbox: &SandboxRecord) {
     for id in running {
         match tokio::time::timeout(Duration::from_secs(10), kill(&mut client, &id)).await {
             Ok(Ok(st)) => {
-                if let Err(e) = daemon.store.update_container(&id, |r| apply_status(r, &st)) {
+                if let Err(e) = record(daemon, &id, |r| apply_status(r, &st)) {
                     tracing::error!(container = %id, error = %e, "cannot record container state");
                 }
             }
@@ -286,9 +360,21 @@ pub fn sandbox_stopped(daemon: &Daemon, sandbox_id: &str, why: &str) {
         return;
     };
     for c in all {
-        if let Err(e) = daemon.store.update_container(&c.id, |r| mark_lost(r, why)) {
+        if let Err(e) = record(daemon, &c.id, |r| mark_lost(r, why)) {
             tracing::error!(container = %c.id, error = %e, "cannot record container state");
         }
+    }
+}
+
+/// Marks the live containers of a sandbox whose VM just went away as
+/// exited, with the reason the sandbox is not ready, and publishes that.
+pub fn vm_gone(daemon: &Daemon, sandbox_id: &str) {
+    match daemon.store.get_sandbox(sandbox_id) {
+        Ok(Some(sb)) if sb.state != SandboxState::Ready => {
+            sandbox_stopped(daemon, sandbox_id, &not_ready(&sb));
+        }
+        Ok(_) => {}
+        Err(e) => tracing::error!(sandbox = sandbox_id, error = %e, "cannot read sandbox state"),
     }
 }
 
@@ -296,8 +382,7 @@ pub fn sandbox_stopped(daemon: &Daemon, sandbox_id: &str, why: &str) {
 /// with the pod dir).
 pub fn remove_all_of(daemon: &Daemon, sandbox_id: &str) -> Result<(), StoreError> {
     for c in containers_of(daemon, sandbox_id)? {
-        daemon.store.delete_container(&c.id)?;
-        daemon.containers.forget(&c.id);
+        delete(daemon, &c)?;
     }
     Ok(())
 }

@@ -3,7 +3,6 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 use vmpod_cri_api::v1::*;
 use vmpod_cri_api::{ImageService, RuntimeService};
@@ -221,14 +220,15 @@ impl RuntimeService for Cri {
             .map(Response::new)
     }
 
-    type GetContainerEventsStream =
-        Pin<Box<dyn Stream<Item = Result<ContainerEventResponse, Status>> + Send + 'static>>;
+    type GetContainerEventsStream = container::events::EventStream;
 
     async fn get_container_events(
         &self,
         _: Request<GetEventsRequest>,
     ) -> Rpc<Self::GetContainerEventsStream> {
-        Err(unimplemented("GetContainerEvents"))
+        Ok(Response::new(container::events::get_container_events(
+            &self.daemon,
+        )))
     }
 
     not_yet! {

@@ -105,6 +105,7 @@ pub async fn run(daemon: &Arc<Daemon>, req: PodRequest) -> Result<String, Status
         sysctls: req.sysctls,
         vsock_cid: Some(vsock_cid),
         vm: VmRecord::default(),
+        event_seq: 0,
         reason: String::new(),
     };
     if let Err(e) = daemon.store.reserve_sandbox(&rec) {

@@ -1,5 +1,6 @@
-//! Watches a ready pod's shim and turns the sandbox NOTREADY when its VM
-//! stops or fails, or the shim itself goes away. The shim pushes state
+//! Watches a ready pod's shim and turns the sandbox NOTREADY (and its
+//! live containers exited) when its VM stops or fails, or the shim itself
+//! goes away; meanwhile it follows the pod's container events. The shim pushes state
 //! changes over a stream, so this costs no polling and reacts in
 //! milliseconds.
 
@@ -18,8 +19,15 @@ pub fn start(daemon: &Arc<Daemon>, rec: &SandboxRecord) {
     let pod_dir = rec.pod_dir.clone();
     let d = daemon.clone();
     let task = tokio::spawn(async move {
-        let reason = watch(&pod_dir).await;
+        // The container records follow the pod's events for as long as
+        // the VM runs; its end drops the follower.
+        let follower = crate::container::follow::follow(d.clone(), id.clone(), &pod_dir);
+        let reason = tokio::select! {
+            reason = watch(&pod_dir) => reason,
+            () = follower => watch(&pod_dir).await,
+        };
         mark_not_ready(&d.store, &id, &reason);
+        crate::container::vm_gone(&d, &id);
     });
     daemon.sandboxes.set_monitor(&rec.id, task.abort_handle());
 }

@@ -150,6 +150,7 @@ mod tests {
             sysctls: BTreeMap::new(),
             vsock_cid: cid,
             vm: VmRecord::default(),
+            event_seq: 0,
             reason: String::new(),
         }
     }

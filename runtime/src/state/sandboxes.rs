@@ -83,6 +83,10 @@ pub struct SandboxRecord {
     #[serde(default)]
     pub vsock_cid: Option<u32>,
     pub vm: VmRecord,
+    /// The sequence number of the last shim container event applied to
+    /// the records, so a restarted daemon resumes the stream after it.
+    #[serde(default)]
+    pub event_seq: u64,
     /// Why the sandbox is not ready, when it is not.
     pub reason: String,
 }
@@ -215,6 +219,7 @@ mod tests {
             sysctls: BTreeMap::new(),
             vsock_cid: Some(3),
             vm: VmRecord::default(),
+            event_seq: 0,
             reason: String::new(),
         }
     }

@@ -6,8 +6,8 @@
 
 use anyhow::{Result, bail};
 
+use super::guest_write::write_bytes;
 use super::layout::{EBDA_START, IOAPIC_START, IRQ_MAX, LAPIC_START};
-use super::write_bytes;
 use crate::memory::GuestMemoryMmap;
 
 const SPEC_REV: u8 = 4;

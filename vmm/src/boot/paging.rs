@@ -6,8 +6,8 @@
 use anyhow::Result;
 use kvm_bindings::kvm_segment;
 
+use super::guest_write::write_bytes;
 use super::layout::{GDT_START, IDT_START, PD_START, PDPT_START, PML4_START};
-use super::write_bytes;
 use crate::memory::GuestMemoryMmap;
 
 /// Selectors: Linux's boot protocol expects `__BOOT_CS` 0x10 and `__BOOT_DS`

@@ -7,8 +7,9 @@ use linux_loader::loader::elf::start_info::{
 };
 use vm_memory::{ByteValued, Bytes, GuestAddress};
 
+use super::e820::e820_map;
+use super::initramfs::Initrd;
 use super::layout::{CMDLINE_START, PVH_INFO_START, PVH_MEMMAP_START, PVH_MODLIST_START};
-use super::{Initrd, e820_map};
 use crate::memory::GuestMemoryMmap;
 
 /// `XEN_HVM_START_MAGIC_VALUE`.

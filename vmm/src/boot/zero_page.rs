@@ -5,8 +5,9 @@ use anyhow::{Result, bail};
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header};
 use vm_memory::{Bytes, GuestAddress};
 
+use super::e820::e820_map;
+use super::initramfs::Initrd;
 use super::layout::{CMDLINE_START, ZERO_PAGE_START};
-use super::{Initrd, e820_map};
 use crate::memory::GuestMemoryMmap;
 
 const KERNEL_BOOT_FLAG_MAGIC: u16 = 0xaa55;

@@ -18,8 +18,8 @@ use anyhow::{Context, Result, bail};
 use kvm_bindings::{CpuId, Msrs, kvm_fpu, kvm_msr_entry, kvm_regs};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
+use super::exit::ExitReason;
 use super::vm::Vm;
-use crate::ExitReason;
 use crate::boot::EntryPoint;
 use crate::boot::layout::{
     BOOT_STACK_POINTER, GDT_START, IDT_START, PML4_START, PVH_INFO_START, ZERO_PAGE_START,

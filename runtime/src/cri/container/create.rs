@@ -185,14 +185,12 @@ pub async fn create_container(
     .await;
     match created {
         Ok(status) => {
-            daemon
-                .store
-                .update_container(&id, |r| {
-                    container::apply_status(r, &status);
-                    r.state = ContainerState::Created;
-                    true
-                })
-                .map_err(store_err)?;
+            container::record(daemon, &id, |r| {
+                container::apply_status(r, &status);
+                r.state = ContainerState::Created;
+                true
+            })
+            .map_err(store_err)?;
             tracing::info!(container = %id, sandbox = %sandbox.id, name = %md.name, image = %image_name, "container created");
             Ok(CreateContainerResponse { container_id: id })
         }

@@ -2,6 +2,7 @@
 
 pub mod agent_spec;
 pub mod create;
+pub mod events;
 pub mod exec_sync;
 pub mod list;
 pub mod remove;

@@ -48,8 +48,7 @@ pub async fn remove_container(
     }
     // A VM that is gone took the container with it, and its shim released
     // the host mounts on the way out.
-    daemon.store.delete_container(&rec.id).map_err(store_err)?;
-    daemon.containers.forget(&rec.id);
+    container::delete(daemon, &rec).map_err(store_err)?;
     tracing::info!(container = %rec.id, "container removed");
     Ok(RemoveContainerResponse {})
 }

@@ -49,9 +49,7 @@ pub async fn start_container(
     match result {
         Ok(resp) => {
             let status = resp.into_inner();
-            daemon
-                .store
-                .update_container(&rec.id, |r| container::apply_status(r, &status))
+            container::record(daemon, &rec.id, |r| container::apply_status(r, &status))
                 .map_err(store_err)?;
             tracing::info!(container = %rec.id, pid = status.pid, "container started");
             Ok(StartContainerResponse {})

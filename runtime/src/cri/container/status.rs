@@ -1,4 +1,4 @@
-//! `ContainerStatus`: the record, brought up to date with the VM first.
+//! `ContainerStatus`: the record, which the pod's events keep current.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -9,7 +9,8 @@ use vmpod_cri_api::v1 as cri;
 use super::{cri_image, cri_metadata, cri_state, get_fresh};
 use crate::cri::container::create::resources_from_json;
 use crate::daemon::Daemon;
-use crate::state::ContainerRecord;
+use crate::error::store_err;
+use crate::state::{ContainerRecord, ContainerState};
 
 pub async fn container_status(
     daemon: &Arc<Daemon>,
@@ -40,7 +41,21 @@ pub async fn container_status(
     })
 }
 
-fn cri_status(rec: &ContainerRecord) -> cri::ContainerStatus {
+/// The CRI statuses of a sandbox's containers, from their records, for
+/// PodSandboxStatus and GetContainerEvents.
+pub(crate) fn statuses_of(
+    daemon: &Daemon,
+    sandbox_id: &str,
+) -> Result<Vec<cri::ContainerStatus>, Status> {
+    Ok(crate::container::containers_of(daemon, sandbox_id)
+        .map_err(store_err)?
+        .iter()
+        .filter(|r| r.state != ContainerState::Creating)
+        .map(cri_status)
+        .collect())
+}
+
+pub(crate) fn cri_status(rec: &ContainerRecord) -> cri::ContainerStatus {
     cri::ContainerStatus {
         id: rec.id.clone(),
         metadata: Some(cri_metadata(rec)),

@@ -44,12 +44,10 @@ pub async fn stop_container(
     let sandbox = sandbox_of(daemon, &rec)?;
     if sandbox.state != SandboxState::Ready {
         // Its VM is gone, and so is the process.
-        daemon
-            .store
-            .update_container(&rec.id, |r| {
-                container::mark_lost(r, "the pod sandbox was stopped")
-            })
-            .map_err(store_err)?;
+        container::record(daemon, &rec.id, |r| {
+            container::mark_lost(r, "the pod sandbox was stopped")
+        })
+        .map_err(store_err)?;
         return Ok(StopContainerResponse {});
     }
     let timeout = Duration::from_secs(req.timeout.unsigned_abs());
@@ -69,9 +67,7 @@ pub async fn stop_container(
             )));
         }
     };
-    daemon
-        .store
-        .update_container(&rec.id, |r| container::apply_status(r, &status))
+    container::record(daemon, &rec.id, |r| container::apply_status(r, &status))
         .map_err(store_err)?;
     tracing::info!(container = %rec.id, exit_code = status.exit_code, "container stopped");
     Ok(StopContainerResponse {})

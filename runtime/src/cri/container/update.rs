@@ -43,13 +43,11 @@ pub async fn update_container_resources(
         .await
         .map_err(|e| shim_err("updating the container's resources", e))?;
     let json = resources_json(&linux);
-    daemon
-        .store
-        .update_container(&rec.id, |r| {
-            r.resources = Some(json);
-            true
-        })
-        .map_err(store_err)?;
+    container::record(daemon, &rec.id, |r| {
+        r.resources = Some(json);
+        true
+    })
+    .map_err(store_err)?;
     tracing::info!(container = %rec.id, "container resources updated");
     Ok(cri::UpdateContainerResourcesResponse {})
 }

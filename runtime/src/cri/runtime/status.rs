@@ -126,6 +126,15 @@ fn verbose_info(daemon: &Daemon, report: &Report) -> Result<HashMap<String, Stri
         "state".into(),
         json(serde_json::json!({ "dir": daemon.config.state_dir, "schemaVersion": schema }))?,
     );
+    // kubelet's EventedPLEG gate needs GetContainerEvents; it is served
+    // from each pod's event stream, so enabling the gate is safe.
+    info.insert(
+        "features".into(),
+        json(serde_json::json!({
+            "containerEvents": true,
+            "eventedPLEG": "supported: GetContainerEvents streams every container state change",
+        }))?,
+    );
     info.insert(
         "checks".into(),
         json(serde_json::to_value(&report.checks).unwrap_or_default())?,

@@ -25,33 +25,38 @@ pub async fn pod_sandbox_status(
     } else {
         HashMap::new()
     };
-    let [network, pid, ipc] = rec.namespace_modes;
     Ok(PodSandboxStatusResponse {
-        status: Some(PodSandboxStatus {
-            id: rec.id.clone(),
-            metadata: Some(cri_metadata(&rec)),
-            state: cri_state(&rec).into(),
-            created_at: rec.created_at,
-            // Pod IPs arrive with CNI networking.
-            network: Some(PodSandboxNetworkStatus::default()),
-            linux: Some(LinuxPodSandboxStatus {
-                namespaces: Some(Namespace {
-                    options: Some(NamespaceOption {
-                        network,
-                        pid,
-                        ipc,
-                        ..Default::default()
-                    }),
-                }),
-            }),
-            labels: rec.labels.clone().into_iter().collect(),
-            annotations: rec.annotations.clone().into_iter().collect(),
-            runtime_handler: rec.runtime_handler.clone(),
-        }),
+        status: Some(cri_sandbox_status(&rec)),
         info,
-        containers_statuses: Vec::new(),
+        containers_statuses: crate::cri::container::status::statuses_of(daemon, &rec.id)?,
         timestamp: crate::clock::unix_nanos(),
     })
+}
+
+/// The CRI view of a sandbox record, shared with GetContainerEvents.
+pub(crate) fn cri_sandbox_status(rec: &SandboxRecord) -> PodSandboxStatus {
+    let [network, pid, ipc] = rec.namespace_modes;
+    PodSandboxStatus {
+        id: rec.id.clone(),
+        metadata: Some(cri_metadata(rec)),
+        state: cri_state(rec).into(),
+        created_at: rec.created_at,
+        // Pod IPs arrive with CNI networking.
+        network: Some(PodSandboxNetworkStatus::default()),
+        linux: Some(LinuxPodSandboxStatus {
+            namespaces: Some(Namespace {
+                options: Some(NamespaceOption {
+                    network,
+                    pid,
+                    ipc,
+                    ..Default::default()
+                }),
+            }),
+        }),
+        labels: rec.labels.clone().into_iter().collect(),
+        annotations: rec.annotations.clone().into_iter().collect(),
+        runtime_handler: rec.runtime_handler.clone(),
+    }
 }
 
 /// Boot phases as milliseconds after the shim started, the way people read

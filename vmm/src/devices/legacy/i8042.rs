@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use vm_superio::{I8042Device, Trigger};
 
-use crate::ExitReason;
 use crate::devices::bus::BusDevice;
+use crate::vstate::exit::ExitReason;
 use crate::vstate::vcpu::Control;
 
 /// Ports 0x60 (data) to 0x64 (command/status).

@@ -23,6 +23,8 @@ use anyhow::{Result, bail};
 use virtio_queue::QueueT;
 
 use self::tap::Tap;
+/// The frame limit the worker enforces, part of the device's contract.
+pub use self::worker::MAX_FRAME;
 use self::worker::Worker;
 use super::{Activation, VIRTIO_F_VERSION_1, VirtioDevice, WorkerThread, read_config_space};
 
@@ -30,13 +32,8 @@ use super::{Activation, VIRTIO_F_VERSION_1, VirtioDevice, WorkerThread, read_con
 pub const DEVICE_ID: u32 = 1;
 /// The device has a MAC address in its config space.
 pub const VIRTIO_NET_F_MAC: u64 = 1 << 5;
-/// The largest frame either way (without the vnet header): a 64 KiB IP
-/// packet plus an Ethernet and a VLAN header, as Firecracker allows.
-pub const MAX_FRAME: usize = 65550;
 /// Receive queue, transmit queue.
 const QUEUES: [u16; 2] = [256, 256];
-/// As in the transport: guest mistakes logged at warn level per device.
-const LOG_BUDGET: u32 = 32;
 
 /// An Ethernet address, written `02:00:00:aa:bb:01`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -28,10 +28,14 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::tap::{Tap, VNET_HDR_SIZE};
-use super::{LOG_BUDGET, MAX_FRAME};
 use crate::devices::virtio::Interrupt;
 use crate::memory::GuestMemoryMmap;
 
+/// The largest frame either way (without the vnet header): a 64 KiB IP
+/// packet plus an Ethernet and a VLAN header, as Firecracker allows.
+pub const MAX_FRAME: usize = 65550;
+/// As in the transport: guest mistakes logged at warn level per device.
+const LOG_BUDGET: u32 = 32;
 /// The largest chain: header and frame.
 const MAX_CHAIN: usize = VNET_HDR_SIZE + MAX_FRAME;
 /// Destination, source, EtherType.

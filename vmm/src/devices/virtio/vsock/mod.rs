@@ -19,69 +19,28 @@
 //! when the queue itself is unusable. Everything runs on one worker thread
 //! ([`muxer`]), with no work on the vCPU threads beyond the activation.
 
+mod config;
 mod connection;
 mod muxer;
 
 use std::os::unix::net::UnixListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use virtio_queue::QueueT;
 
+pub use self::config::{HOST_CID, VsockConfig};
+use self::config::{MAX_GUEST_CID, MIN_GUEST_CID};
 use super::{Activation, VIRTIO_F_VERSION_1, VirtioDevice, WorkerThread, read_config_space};
 
 /// virtio device ID of a socket device.
 pub const DEVICE_ID: u32 = 19;
-/// The host's CID, as the guest addresses it.
-pub const HOST_CID: u64 = 2;
-/// CIDs 0-2 are reserved, and the config field is 64 bits but only 32 are
-/// used by Linux (`VMADDR_CID_ANY` is u32::MAX).
-const MIN_GUEST_CID: u64 = 3;
-const MAX_GUEST_CID: u64 = u32::MAX as u64 - 1;
 /// rx, tx, event; Linux posts 4 KiB RX buffers, so 256 of them keep a
 /// connection streaming without waiting for the guest.
 const QUEUES: [u16; 3] = [256, 256, 256];
 /// Config space writes logged at warn level per device; the rest at debug.
 const CONFIG_WRITES_LOGGED: u32 = 8;
-
-/// `vmpod-vmm --vsock cid=N,uds=PATH`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VsockConfig {
-    pub guest_cid: u64,
-    /// Host end: the unix socket the device listens on; guest-initiated
-    /// connections to port P go to `<uds>_P`.
-    pub uds: PathBuf,
-}
-
-impl std::str::FromStr for VsockConfig {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (mut cid, mut uds) = (None, None);
-        for part in s.split(',') {
-            match part.split_once('=') {
-                Some(("cid", v)) => {
-                    let n: u64 = v
-                        .parse()
-                        .map_err(|_| format!("vsock cid {v:?} is not a number"))?;
-                    if !(MIN_GUEST_CID..=MAX_GUEST_CID).contains(&n) {
-                        return Err(format!(
-                            "vsock cid {n} is reserved or too large (use {MIN_GUEST_CID}..={MAX_GUEST_CID})"
-                        ));
-                    }
-                    cid = Some(n);
-                }
-                Some(("uds", v)) if !v.is_empty() => uds = Some(PathBuf::from(v)),
-                _ => return Err(format!("unknown vsock option {part:?} (cid=N,uds=PATH)")),
-            }
-        }
-        Ok(VsockConfig {
-            guest_cid: cid.ok_or("vsock needs cid=N")?,
-            uds: uds.ok_or("vsock needs uds=PATH")?,
-        })
-    }
-}
 
 /// The transport's view of the device. The listening socket is created with
 /// the device, so a host client may connect before the guest's driver is
@@ -209,23 +168,6 @@ impl VirtioDevice for VsockDevice {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn config_parsing_names_the_bad_part() {
-        let c: VsockConfig = "cid=3,uds=/run/v.sock".parse().unwrap();
-        assert_eq!(c.guest_cid, 3);
-        assert_eq!(c.uds, PathBuf::from("/run/v.sock"));
-        let err = |s: &str| s.parse::<VsockConfig>().unwrap_err();
-        assert!(
-            err("cid=2,uds=/x").contains("reserved"),
-            "{}",
-            err("cid=2,uds=/x")
-        );
-        assert!(err("cid=x,uds=/x").contains("\"x\""));
-        assert!(err("uds=/x").contains("cid=N"));
-        assert!(err("cid=3").contains("uds=PATH"));
-        assert!(err("cid=3,uds=/x,port=1").contains("\"port=1\""));
-    }
 
     #[test]
     fn config_space_is_the_guest_cid() {

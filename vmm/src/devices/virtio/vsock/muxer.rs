@@ -24,12 +24,12 @@ use vm_memory::{Bytes, VolatileSlice};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::config::{HOST_CID, VsockConfig};
 use super::connection::{
     BUF_ALLOC, Connection, Key, OP_CREDIT_REQUEST, OP_CREDIT_UPDATE, OP_REQUEST, OP_RESPONSE,
     OP_RST, OP_RW, OP_SHUTDOWN, SHUTDOWN_BOTH, SHUTDOWN_RCV, SHUTDOWN_SEND, SendError, State,
     TYPE_STREAM,
 };
-use super::{HOST_CID, VsockConfig};
 use crate::devices::virtio::Interrupt;
 use crate::memory::GuestMemoryMmap;
 
