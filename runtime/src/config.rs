@@ -8,7 +8,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer, Serialize};
-use vmpod_shim_api::spec::VmmUser;
+use vmpod_shim_api::vm_spec::VmmUser;
 
 /// Where `vmpod serve` looks for its config when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/vmpod/config.toml";
@@ -228,7 +228,7 @@ fn writable_layer_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error
 }
 
 fn console_log_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-    use vmpod_shim_api::spec::{MAX_CONSOLE_LOG_BYTES, MIN_CONSOLE_LOG_BYTES};
+    use vmpod_shim_api::vm_spec::{MAX_CONSOLE_LOG_BYTES, MIN_CONSOLE_LOG_BYTES};
     let v = u64::deserialize(d)?;
     if !(MIN_CONSOLE_LOG_BYTES..=MAX_CONSOLE_LOG_BYTES).contains(&v) {
         return Err(serde::de::Error::custom(format!(
@@ -265,7 +265,7 @@ impl Default for VmConfig {
                 uid: 65534,
                 gid: 65534,
             },
-            console_log_bytes: vmpod_shim_api::spec::DEFAULT_CONSOLE_LOG_BYTES,
+            console_log_bytes: vmpod_shim_api::vm_spec::DEFAULT_CONSOLE_LOG_BYTES,
             writable_layer_bytes: vmpod_shim_api::DEFAULT_WRITABLE_LAYER_BYTES,
         }
     }

@@ -7,7 +7,7 @@ pub mod v1 {
 }
 
 pub mod mounts;
-pub mod spec;
+pub mod vm_spec;
 
 pub use v1::shim_client::ShimClient;
 pub use v1::shim_server::{Shim, ShimServer};

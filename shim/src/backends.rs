@@ -15,7 +15,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use tokio::process::Command;
 use tokio::time::Instant;
-use vmpod_shim_api::spec::VmmUser;
+use vmpod_shim_api::vm_spec::VmmUser;
 
 use crate::confine::{self, Confinement};
 use crate::pod_dir::PodDir;

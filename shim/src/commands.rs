@@ -32,7 +32,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use vmpod_agent_proto::SHARE_TAG;
-use vmpod_shim_api::spec::{BackendSpec, VmSpec, VsockTransport};
+use vmpod_shim_api::vm_spec::{BackendSpec, VmSpec, VsockTransport};
 
 use crate::backends;
 use crate::hypervisor::qemu::{self, Accel};
@@ -183,7 +183,7 @@ impl Commands {
 mod tests {
     use std::path::Path;
 
-    use vmpod_shim_api::spec::{GuestSetup, Helpers, VmmUser, VsockSpec};
+    use vmpod_shim_api::vm_spec::{GuestSetup, Helpers, VmmUser, VsockSpec};
 
     use super::*;
 

@@ -22,7 +22,7 @@ use seccompiler::{
     SeccompRule, TargetArch,
 };
 use std::collections::BTreeMap;
-use vmpod_shim_api::spec::VmmUser;
+use vmpod_shim_api::vm_spec::VmmUser;
 
 /// Stands for the child's own pid in a filter compiled before the fork;
 /// [`Confinement::apply`] patches the real pid in. Above any pid_max (2^22)

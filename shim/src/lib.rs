@@ -18,4 +18,4 @@ pub mod relay;
 pub mod service;
 pub mod share;
 pub mod vm;
-pub mod vm_spec;
+pub mod vm_json;

@@ -15,7 +15,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::UnixListenerStream;
 use vmpod_shim_api::ShimServer;
-use vmpod_shim_api::spec::{BackendSpec, VmSpec};
+use vmpod_shim_api::vm_spec::{BackendSpec, VmSpec};
 
 use vmpod_shim::container::Containers;
 use vmpod_shim::hypervisor::Hypervisor;
@@ -24,7 +24,7 @@ use vmpod_shim::hypervisor::qemu::{Accel, Qemu};
 use vmpod_shim::pod_dir::PodDir;
 use vmpod_shim::service::ShimService;
 use vmpod_shim::vm::{DEFAULT_STOP_GRACE, Machine};
-use vmpod_shim::{commands, process, vm, vm_spec};
+use vmpod_shim::{commands, process, vm, vm_json};
 
 #[derive(Parser, Debug)]
 #[command(name = "vmpod-shim", version, about = "Owns one pod's microVM")]
@@ -61,7 +61,7 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let pod = PodDir::new(args.pod_dir);
-    let spec = match vm_spec::load(&pod.spec()) {
+    let spec = match vm_json::load(&pod.spec()) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("vmpod-shim: invalid VM spec: {e}");
@@ -102,7 +102,7 @@ fn main() -> ExitCode {
 /// `--print-commands`: vm.json loaded and checked as for a start; nothing
 /// joined, created or spawned.
 fn print_commands(pod: &PodDir) -> ExitCode {
-    let spec = match vm_spec::load(&pod.spec()) {
+    let spec = match vm_json::load(&pod.spec()) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("vmpod-shim: invalid VM spec: {e}");

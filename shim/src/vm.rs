@@ -18,8 +18,8 @@ use tonic::Status;
 use tonic::transport::Channel;
 use vmpod_agent_proto::v1::SetupSandboxRequest;
 use vmpod_agent_proto::{AGENT_VSOCK_PORT, AgentClient, SHARE_TAG};
-use vmpod_shim_api::spec::{BackendSpec, VmSpec, VmmUser, VsockTransport};
 use vmpod_shim_api::v1::{BootTimes, Phase, VmState};
+use vmpod_shim_api::vm_spec::{BackendSpec, VmSpec, VmmUser, VsockTransport};
 
 use crate::agent::{self, AgentAddr};
 use crate::backends;
@@ -262,7 +262,7 @@ impl Machine {
         let pod = self.pod.clone();
         let vmm_user = self.spec.vmm_user.unwrap_or(DEFAULT_VMM_USER);
         let guest_cid = self.spec.vsock.guest_cid;
-        // vm_spec.rs checked that the backend can serve the transport.
+        // vm_json.rs checked that the backend can serve the transport.
         let (vsock, agent_addr) = match (self.spec.vsock.transport, self.spec.backend) {
             (VsockTransport::Kernel, _) => (
                 Vsock::Kernel { guest_cid },

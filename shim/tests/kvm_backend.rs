@@ -142,7 +142,7 @@ async fn kvm_backend_runs_the_vcpus_as_the_vmm_user() {
         },
         fs: None,
         log: dir.path().join("kvm.log"),
-        vmm_user: Some(vmpod_shim_api::spec::VmmUser {
+        vmm_user: Some(vmpod_shim_api::vm_spec::VmmUser {
             uid: 65534,
             gid: 65534,
         }),

@@ -121,6 +121,39 @@ impl Pod {
         }
     }
 
+    /// A busybox container that grows a string until its 32 MiB memory
+    /// limit gets it OOM-killed.
+    pub fn oom_config(&self, name: &str) -> ContainerConfig {
+        let mut c = self.config(
+            name,
+            &[
+                "sh",
+                "-c",
+                "a=xxxxxxxxxxxxxxxx; while true; do a=\"$a$a\"; done",
+            ],
+        );
+        c.linux = Some(LinuxContainerConfig {
+            resources: Some(LinuxContainerResources {
+                memory_limit_in_bytes: 32 << 20,
+                ..Default::default()
+            }),
+            security_context: None,
+        });
+        c
+    }
+
+    /// The pod's status (not verbose).
+    pub async fn sandbox_status(&mut self) -> PodSandboxStatusResponse {
+        self.rt
+            .pod_sandbox_status(PodSandboxStatusRequest {
+                pod_sandbox_id: self.sandbox.clone(),
+                verbose: false,
+            })
+            .await
+            .expect("PodSandboxStatus")
+            .into_inner()
+    }
+
     pub async fn create(&mut self, config: ContainerConfig) -> Result<String, tonic::Status> {
         self.rt
             .create_container(CreateContainerRequest {

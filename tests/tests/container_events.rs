@@ -118,15 +118,7 @@ async fn lifecycle_exit_and_oom_arrive_as_events() {
         pod.daemon.log_text()
     );
     // PodSandboxStatus carries the same statuses.
-    let status = pod
-        .rt
-        .pod_sandbox_status(PodSandboxStatusRequest {
-            pod_sandbox_id: pod.sandbox.clone(),
-            verbose: false,
-        })
-        .await
-        .expect("PodSandboxStatus")
-        .into_inner();
+    let status = pod.sandbox_status().await;
     let listed = status
         .containers_statuses
         .iter()
@@ -135,21 +127,7 @@ async fn lifecycle_exit_and_oom_arrive_as_events() {
     assert_eq!(listed.exit_code, 3);
 
     // Killed by the memory cgroup: reason OOMKilled, in the event.
-    let mut c = pod.config(
-        "oom",
-        &[
-            "sh",
-            "-c",
-            "a=xxxxxxxxxxxxxxxx; while true; do a=\"$a$a\"; done",
-        ],
-    );
-    c.linux = Some(LinuxContainerConfig {
-        resources: Some(LinuxContainerResources {
-            memory_limit_in_bytes: 32 << 20,
-            ..Default::default()
-        }),
-        security_context: None,
-    });
+    let c = pod.oom_config("oom");
     let oom = pod.run(c).await;
     let e = next_event(
         &mut events,

@@ -528,21 +528,7 @@ async fn limits_stop_exec_and_stats() {
     let mut pod = Pod::start("limits", "", None).await;
 
     // 32 MiB limit, a shell that doubles a string until it is killed.
-    let mut c = pod.config(
-        "oom",
-        &[
-            "sh",
-            "-c",
-            "a=xxxxxxxxxxxxxxxx; while true; do a=\"$a$a\"; done",
-        ],
-    );
-    c.linux = Some(LinuxContainerConfig {
-        resources: Some(LinuxContainerResources {
-            memory_limit_in_bytes: 32 << 20,
-            ..Default::default()
-        }),
-        security_context: None,
-    });
+    let c = pod.oom_config("oom");
     let id = pod.run(c).await;
     let s = pod.wait_exit(&id, Duration::from_secs(60)).await;
     assert_eq!(s.reason, "OOMKilled", "{s:?}");

@@ -337,15 +337,7 @@ async fn a_root_guest_cannot_reach_the_host() {
     .expect("kill the VMM");
     let t0 = Instant::now();
     loop {
-        let status = pod
-            .rt
-            .pod_sandbox_status(PodSandboxStatusRequest {
-                pod_sandbox_id: pod.sandbox.clone(),
-                verbose: false,
-            })
-            .await
-            .expect("PodSandboxStatus")
-            .into_inner();
+        let status = pod.sandbox_status().await;
         if status.status.map(|s| s.state()) == Some(PodSandboxState::SandboxNotready) {
             break;
         }

@@ -34,7 +34,7 @@ use super::mounts::{DEFAULT_MASKED, DEFAULT_READONLY};
 use super::output::Output;
 use super::plan::{InitPlan, MountPlan, NsAction, NsPlan, ProcessPlan};
 use super::process::DEFAULT_PATH;
-use super::{Container, Containers, Pause, caps, now_ns, seccomp, spec, user};
+use super::{Container, Containers, Pause, caps, now_ns, seccomp, user, validate};
 use crate::reaper::{self, Exit};
 
 /// Removes an id from the "being created" set when creation ends.
@@ -144,8 +144,8 @@ fn mount_plans(mounts: &[Mount]) -> Result<Vec<MountPlan>, Status> {
         .iter()
         .enumerate()
         .map(|(i, m)| {
-            let o = spec::parse_mount_options(&format!("mounts[{i}].options"), &m.options)?;
-            let bind = spec::is_bind(m);
+            let o = validate::parse_mount_options(&format!("mounts[{i}].options"), &m.options)?;
+            let bind = validate::is_bind(m);
             let mut flags = o.flags;
             if bind {
                 flags |= MsFlags::MS_BIND;
@@ -314,7 +314,7 @@ impl Containers {
 
     /// CreateContainer.
     pub async fn create(&self, spec: ContainerSpec) -> Result<ContainerStatus, Status> {
-        let modes = spec::validate(&spec)?;
+        let modes = validate::validate(&spec)?;
         let id = spec.id.clone();
         let _reservation = self.reserve(&id)?;
         let Some(process) = spec.process.clone() else {

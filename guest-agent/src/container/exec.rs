@@ -22,7 +22,7 @@ use vmpod_agent_proto::v1::{ContainerState, ExecSyncRequest, ExecSyncResponse};
 use super::channel::{self, Msg};
 use super::helper::EXEC_ARG;
 use super::plan::ExecPlan;
-use super::{Containers, spec};
+use super::{Containers, validate};
 
 /// Per stream, when the request says 0.
 pub const DEFAULT_OUTPUT_LIMIT: u64 = 16 << 20;
@@ -63,7 +63,7 @@ async fn drain(fd: OwnedFd, limit: usize, buf: Arc<Mutex<Vec<u8>>>) -> io::Resul
 impl Containers {
     /// ExecSync.
     pub async fn exec_sync(&self, req: ExecSyncRequest) -> Result<ExecSyncResponse, Status> {
-        spec::check_id("id", &req.id)?;
+        validate::check_id("id", &req.id)?;
         let c = self.get(&req.id)?;
         if req.args.first().is_none_or(|a| a.is_empty()) {
             return Err(Status::invalid_argument("args: needs a command (args[0])"));

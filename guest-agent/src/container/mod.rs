@@ -35,10 +35,10 @@ mod plan;
 mod process;
 mod resolve;
 mod seccomp;
-mod spec;
 mod stats;
 mod syscalls;
 mod user;
+mod validate;
 
 use std::collections::{HashMap, HashSet};
 use std::os::fd::OwnedFd;
@@ -400,7 +400,7 @@ impl Containers {
     pub fn update(&self, id: &str, resources: Option<&Resources>) -> Result<(), Status> {
         let c = self.get(id)?;
         let r = resources.cloned().unwrap_or_default();
-        spec::check_resources("resources", &r)?;
+        validate::check_resources("resources", &r)?;
         if c.status().state == ContainerState::ContainerExited as i32 {
             return Err(Status::failed_precondition(format!(
                 "container {id} has exited"

@@ -25,7 +25,7 @@ use vmpod_cri_api::v1::{
     RunPodSandboxRequest, StopPodSandboxRequest,
 };
 use vmpod_shim_api::layout;
-use vmpod_shim_api::spec::{
+use vmpod_shim_api::vm_spec::{
     BackendSpec, DEFAULT_CONSOLE_LOG_BYTES, GuestSetup, Helpers, VmSpec, VsockSpec, VsockTransport,
 };
 

@@ -17,10 +17,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tonic::Status;
-use vmpod_shim_api::spec::{
+use vmpod_shim_api::v1::VmState;
+use vmpod_shim_api::vm_spec::{
     BUILTIN_VMM_MAX_VCPUS, BackendSpec, GuestSetup, Helpers, VmSpec, VsockSpec, VsockTransport,
 };
-use vmpod_shim_api::v1::VmState;
 
 use super::cid::CidError;
 use super::resources::{self, Limits};

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
 use std::io;
 
-use vmpod_shim_api::spec::{MAX_GUEST_CID, MIN_GUEST_CID};
+use vmpod_shim_api::vm_spec::{MAX_GUEST_CID, MIN_GUEST_CID};
 
 /// How many CIDs the kernel may report taken, by VMs that are not ours, in
 /// one allocation before it gives up: enough for any host, few enough that a

@@ -13,8 +13,8 @@ use tokio_stream::StreamExt;
 use tonic::transport::{Channel, Endpoint};
 use vmpod_shim_api::ShimClient;
 use vmpod_shim_api::layout;
-use vmpod_shim_api::spec::VmSpec;
 use vmpod_shim_api::v1::{Phase, ShutdownRequest, VmState, WatchRequest};
+use vmpod_shim_api::vm_spec::VmSpec;
 
 /// Writes the spec and starts the shim. Returns the shim's pid.
 pub fn spawn(

@@ -21,7 +21,7 @@ use tokio::sync::watch;
 
 use super::{BoxFuture, Console, Hypervisor, RunningVm, VirtioFs, VmConfig, Vsock};
 use crate::process::{Exit, ExitSender};
-use vmpod_shim_api::spec::VmmUser;
+use vmpod_shim_api::vm_spec::VmmUser;
 use vmpod_vmm::devices::virtio::VirtioDevice;
 use vmpod_vmm::devices::virtio::fs::{FsConfig, FsDevice};
 use vmpod_vmm::devices::virtio::vsock::{VsockConfig, VsockDevice};
@@ -32,7 +32,7 @@ pub const PROCESS_NAME: &str = "kvm";
 
 // The daemon sizes VMs by the limit in shim-api without linking the VMM.
 const _: () = assert!(
-    vmpod_shim_api::spec::BUILTIN_VMM_MAX_VCPUS == vmpod_vmm::boot::layout::MAX_VCPUS as u32
+    vmpod_shim_api::vm_spec::BUILTIN_VMM_MAX_VCPUS == vmpod_vmm::boot::layout::MAX_VCPUS as u32
 );
 
 #[derive(Debug, Default)]

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use tokio::io::AsyncRead;
-use vmpod_shim_api::spec::VmmUser;
+use vmpod_shim_api::vm_spec::VmmUser;
 
 use crate::process::ExitSender;
 

@@ -214,7 +214,7 @@ impl RunningVm for QemuVm {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vmpod_shim_api::spec::VmmUser;
+    use vmpod_shim_api::vm_spec::VmmUser;
 
     fn config() -> VmConfig {
         VmConfig {

@@ -10,7 +10,7 @@ use tonic::Status;
 use vmpod_cri_api::v1::{
     LinuxContainerResources, PodSandboxConfig, RunPodSandboxRequest, RunPodSandboxResponse,
 };
-use vmpod_shim_api::spec::GuestSetup;
+use vmpod_shim_api::vm_spec::GuestSetup;
 
 use crate::cri::labels::check_labels;
 use crate::daemon::Daemon;

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use thiserror::Error;
-use vmpod_shim_api::spec::{
+use vmpod_shim_api::vm_spec::{
     BackendSpec, MAX_CONSOLE_LOG_BYTES, MAX_GUEST_CID, MIN_CONSOLE_LOG_BYTES, MIN_GUEST_CID,
     VmSpec, VsockTransport,
 };
@@ -160,7 +160,7 @@ fn file(path: &Path, field: &'static str) -> Result<(), (&'static str, String)> 
 mod tests {
     use super::*;
     use std::path::PathBuf;
-    use vmpod_shim_api::spec::{GuestSetup, Helpers, VsockSpec};
+    use vmpod_shim_api::vm_spec::{GuestSetup, Helpers, VsockSpec};
 
     fn good() -> VmSpec {
         let sh = PathBuf::from("/bin/sh");
@@ -186,7 +186,7 @@ mod tests {
                 ..Default::default()
             },
             vmm_user: None,
-            console_log_bytes: vmpod_shim_api::spec::DEFAULT_CONSOLE_LOG_BYTES,
+            console_log_bytes: vmpod_shim_api::vm_spec::DEFAULT_CONSOLE_LOG_BYTES,
         }
     }
 
@@ -205,7 +205,7 @@ mod tests {
         let s: VmSpec = serde_json::from_value(json).expect("from json");
         assert_eq!(
             s.console_log_bytes,
-            vmpod_shim_api::spec::DEFAULT_CONSOLE_LOG_BYTES
+            vmpod_shim_api::vm_spec::DEFAULT_CONSOLE_LOG_BYTES
         );
     }
 
@@ -237,7 +237,7 @@ mod tests {
         s.backend = BackendSpec::Kvm;
         assert_eq!(validate(&s), Ok(()), "the built-in VMM needs no QEMU");
         let mut s = good();
-        s.vmm_user = Some(vmpod_shim_api::spec::VmmUser { uid: 0, gid: 5 });
+        s.vmm_user = Some(vmpod_shim_api::vm_spec::VmmUser { uid: 0, gid: 5 });
         assert_eq!(validate(&s).unwrap_err().0, "vmm-user");
         let mut s = good();
         s.guest.hostname = "a b".into();
