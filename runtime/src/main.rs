@@ -121,6 +121,12 @@ enum BenchCommand {
         /// Config file for the private daemon (registry hosts, plain-http).
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
+        /// Instead: ContainerStatus, ListContainers and StopContainer
+        /// against a previous revision's binaries in DIR (`vmpod`,
+        /// `vmpod-shim`, `initramfs.cpio.gz`, from scripts/build-baseline.sh),
+        /// taking turns with this build in the same run.
+        #[arg(long, value_name = "DIR")]
+        baseline: Option<PathBuf>,
     },
     /// The built-in VMM against QEMU microvm (and Firecracker): spawn to
     /// first serial byte, to exit, and peak RSS, booting the same tiny guest.
@@ -252,11 +258,13 @@ fn main() -> ExitCode {
             count,
             pods,
             config,
+            baseline,
         }) => block_on(bench::container::run(bench::container::Options {
             image,
             count,
             pods,
             config_file: config,
+            baseline,
         })),
         Command::Bench(BenchCommand::Vmm {
             count,

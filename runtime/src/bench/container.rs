@@ -7,14 +7,22 @@
 //! issues them, timed until the line `echo` wrote is in the CRI log: the
 //! whole path through daemon, shim, agent, container setup and the log
 //! relay.
+//!
+//! With `--baseline DIR` it compares the state and stop calls instead:
+//! a private daemon of this build and one of a previous revision (its
+//! `vmpod`, `vmpod-shim` and guest initramfs, from
+//! `scripts/build-baseline.sh`), same config and kernel, each with a pod;
+//! they take turns, one container each per round, and every call is timed
+//! client-side from request to answer.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use vmpod_cri_api::v1::{
-    ContainerConfig, ContainerMetadata, CreateContainerRequest, ExecSyncRequest, ImageSpec,
-    LinuxContainerConfig, PodSandboxConfig, PodSandboxMetadata, PullImageRequest,
+    ContainerConfig, ContainerMetadata, ContainerState, ContainerStatusRequest,
+    CreateContainerRequest, ExecSyncRequest, ImageSpec, LinuxContainerConfig,
+    ListContainersRequest, PodSandboxConfig, PodSandboxMetadata, PullImageRequest,
     RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
     StopContainerRequest, StopPodSandboxRequest,
 };
@@ -28,6 +36,7 @@ pub struct Options {
     pub count: usize,
     pub pods: usize,
     pub config_file: Option<PathBuf>,
+    pub baseline: Option<PathBuf>,
 }
 
 /// How long the first output line may take before the run is a failure.
@@ -36,6 +45,9 @@ const FIRST_LINE_LIMIT: Duration = Duration::from_secs(60);
 pub async fn run(opts: Options) -> Result<()> {
     if opts.count == 0 || opts.pods == 0 {
         bail!("--count and --pods must be at least 1");
+    }
+    if let Some(dir) = &opts.baseline {
+        return compare_calls(&opts, dir).await;
     }
     let work = tempfile::Builder::new()
         .prefix("vmpod-bench-container-")
@@ -154,6 +166,219 @@ pub async fn run(opts: Options) -> Result<()> {
         boot.median(),
         first_line.median() + boot.median()
     );
+    Ok(())
+}
+
+/// One side of the comparison: a private daemon with one pod.
+struct Side {
+    name: &'static str,
+    _daemon: PrivateDaemon,
+    _work: tempfile::TempDir,
+    rt: RuntimeServiceClient<tonic::transport::Channel>,
+    sandbox: String,
+    status: Samples,
+    list: Samples,
+    stop: Samples,
+}
+
+impl Side {
+    async fn start(
+        name: &'static str,
+        exe: &Path,
+        config: Option<&Path>,
+        image: &str,
+    ) -> Result<Side> {
+        let work = tempfile::Builder::new()
+            .prefix("vmpod-bench-calls-")
+            .tempdir()
+            .context("creating a scratch dir")?;
+        let (daemon, socket) = PrivateDaemon::start_exe(exe, work.path(), config)?;
+        let channel = connect(&socket).await?;
+        let mut rt = RuntimeServiceClient::new(channel.clone());
+        ImageServiceClient::new(channel)
+            .pull_image(PullImageRequest {
+                image: Some(ImageSpec {
+                    image: image.into(),
+                    ..Default::default()
+                }),
+                auth: None,
+                sandbox_config: None,
+            })
+            .await
+            .map_err(|e| anyhow!("{name}: pulling {image}: {}", e.message()))?;
+        let logs = work.path().join("logs");
+        std::fs::create_dir_all(&logs)?;
+        let sandbox = rt
+            .run_pod_sandbox(RunPodSandboxRequest {
+                config: Some(PodSandboxConfig {
+                    metadata: Some(PodSandboxMetadata {
+                        name: format!("bench-{name}"),
+                        uid: format!("bench-uid-{name}"),
+                        namespace: "bench".into(),
+                        attempt: 0,
+                    }),
+                    log_directory: logs.to_string_lossy().into(),
+                    ..Default::default()
+                }),
+                runtime_handler: String::new(),
+            })
+            .await
+            .map_err(|e| anyhow!("{name}: RunPodSandbox: {}", e.message()))?
+            .into_inner()
+            .pod_sandbox_id;
+        Ok(Side {
+            name,
+            _daemon: daemon,
+            _work: work,
+            rt,
+            sandbox,
+            status: Samples::default(),
+            list: Samples::default(),
+            stop: Samples::default(),
+        })
+    }
+
+    /// One round: a container whose init exits on SIGTERM, then one timed
+    /// ContainerStatus, ListContainers and StopContainer (10 s grace).
+    async fn round(&mut self, image: &str, i: usize) -> Result<()> {
+        let name = format!("c{i}");
+        let mut config = container_config(
+            image,
+            &name,
+            &["sh", "-c", "trap 'exit 0' TERM; sleep 600 & wait"],
+        );
+        config.log_path = format!("{name}.log");
+        let id = create_and_start(&mut self.rt, &self.sandbox, config).await?;
+        let t0 = Instant::now();
+        let state = self
+            .rt
+            .container_status(ContainerStatusRequest {
+                container_id: id.clone(),
+                verbose: false,
+            })
+            .await
+            .map_err(|e| anyhow!("{}: ContainerStatus: {}", self.name, e.message()))?
+            .into_inner()
+            .status
+            .map(|s| s.state());
+        self.status.push(ms(t0.elapsed()));
+        if state != Some(ContainerState::ContainerRunning) {
+            bail!("{}: container {id} is {state:?}, not running", self.name);
+        }
+        let t0 = Instant::now();
+        self.rt
+            .list_containers(ListContainersRequest { filter: None })
+            .await
+            .map_err(|e| anyhow!("{}: ListContainers: {}", self.name, e.message()))?;
+        self.list.push(ms(t0.elapsed()));
+        let t0 = Instant::now();
+        self.rt
+            .stop_container(StopContainerRequest {
+                container_id: id.clone(),
+                timeout: 10,
+            })
+            .await
+            .map_err(|e| anyhow!("{}: StopContainer: {}", self.name, e.message()))?;
+        self.stop.push(ms(t0.elapsed()));
+        remove(&mut self.rt, &id).await
+    }
+}
+
+async fn compare_calls(opts: &Options, dir: &Path) -> Result<()> {
+    for file in ["vmpod", "vmpod-shim", "initramfs.cpio.gz"] {
+        if !dir.join(file).is_file() {
+            bail!(
+                "--baseline {}: no {file} (build it with scripts/build-baseline.sh REV DIR)",
+                dir.display()
+            );
+        }
+    }
+    let exe = std::env::current_exe().context("locating the vmpod binary")?;
+    // The baseline gets the same config, with its own guest initramfs.
+    let scratch = tempfile::Builder::new()
+        .prefix("vmpod-bench-baseline-")
+        .tempdir()
+        .context("creating a scratch dir")?;
+    let mut table: toml::Table = match &opts.config_file {
+        Some(f) => std::fs::read_to_string(f)
+            .with_context(|| format!("reading {}", f.display()))?
+            .parse()
+            .with_context(|| format!("parsing {}", f.display()))?,
+        None => toml::Table::new(),
+    };
+    let vm = table
+        .entry("vm")
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    let Some(vm) = vm.as_table_mut() else {
+        bail!("the config's `vm` is not a table");
+    };
+    vm.insert(
+        "initramfs".into(),
+        toml::Value::String(dir.join("initramfs.cpio.gz").to_string_lossy().into()),
+    );
+    let baseline_config = scratch.path().join("baseline.toml");
+    std::fs::write(&baseline_config, table.to_string())
+        .with_context(|| format!("writing {}", baseline_config.display()))?;
+
+    eprintln!(
+        "container calls: this build against {} ({} rounds each, taking turns)",
+        dir.display(),
+        opts.count
+    );
+    let mut sides = [
+        Side::start("this", &exe, opts.config_file.as_deref(), &opts.image).await?,
+        Side::start(
+            "baseline",
+            &dir.join("vmpod"),
+            Some(&baseline_config),
+            &opts.image,
+        )
+        .await?,
+    ];
+    for i in 0..opts.count {
+        // Alternate which side goes first, so neither always runs warm.
+        let order = if i % 2 == 0 { [0, 1] } else { [1, 0] };
+        for k in order {
+            sides[k].round(&opts.image, i).await?;
+        }
+    }
+    let [this, base] = &sides;
+    println!();
+    print_table(&[
+        ("ContainerStatus: this build", &this.status),
+        ("ContainerStatus: baseline", &base.status),
+        ("ListContainers (1 pod): this build", &this.list),
+        ("ListContainers (1 pod): baseline", &base.list),
+        ("StopContainer (exits on TERM): this build", &this.stop),
+        ("StopContainer (exits on TERM): baseline", &base.stop),
+    ]);
+    println!();
+    for (call, new, old) in [
+        ("ContainerStatus", &this.status, &base.status),
+        ("ListContainers", &this.list, &base.list),
+        ("StopContainer", &this.stop, &base.stop),
+    ] {
+        println!(
+            "{call}: median {:.2} ms vs {:.2} ms, ratio {:.3}",
+            new.median(),
+            old.median(),
+            new.median() / old.median()
+        );
+    }
+    for side in &mut sides {
+        let _ = side
+            .rt
+            .stop_pod_sandbox(StopPodSandboxRequest {
+                pod_sandbox_id: side.sandbox.clone(),
+            })
+            .await;
+        let _ = side
+            .rt
+            .remove_pod_sandbox(RemovePodSandboxRequest {
+                pod_sandbox_id: side.sandbox.clone(),
+            })
+            .await;
+    }
     Ok(())
 }
 

@@ -21,8 +21,17 @@ pub struct PrivateDaemon(Child);
 impl PrivateDaemon {
     /// Starts `vmpod serve` on a socket and state dir inside `work`.
     pub fn start(work: &Path, config: Option<&Path>) -> Result<(PrivateDaemon, PathBuf)> {
-        let socket = work.join("vmpod.sock");
         let exe = std::env::current_exe().context("locating the vmpod binary")?;
+        Self::start_exe(&exe, work, config)
+    }
+
+    /// [`PrivateDaemon::start`] with another `vmpod` binary (a baseline).
+    pub fn start_exe(
+        exe: &Path,
+        work: &Path,
+        config: Option<&Path>,
+    ) -> Result<(PrivateDaemon, PathBuf)> {
+        let socket = work.join("vmpod.sock");
         let mut cmd = Command::new(exe);
         cmd.arg("serve")
             .arg("--socket")
