@@ -21,20 +21,8 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// The shim binary: a bare name is looked for beside the running `vmpod`
-    /// first, so an unpacked release or `target/debug` works without PATH.
+    /// The shim binary, as [`crate::host::shim_binary`] finds it.
     pub fn shim_binary(&self) -> Option<PathBuf> {
-        let name = &self.config.helpers.shim;
-        if !name.0.starts_with('/')
-            && let Some(dir) = std::env::current_exe()
-                .ok()
-                .and_then(|e| e.parent().map(PathBuf::from))
-        {
-            let beside = dir.join(&name.0);
-            if crate::host::is_executable(&beside) {
-                return Some(beside);
-            }
-        }
-        crate::host::which(name)
+        crate::host::shim_binary(&self.config)
     }
 }

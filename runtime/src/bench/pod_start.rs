@@ -180,22 +180,14 @@ struct VmmCommand {
     argv: Vec<String>,
 }
 
-/// The shim binary as the daemon finds it: `helpers.shim`, a bare name
-/// looked for beside the running `vmpod` first, then on PATH.
+/// The shim binary as the daemon finds it.
 fn shim_binary(config: &Config) -> Result<PathBuf> {
-    let name = &config.helpers.shim;
-    if !name.0.starts_with('/')
-        && let Some(dir) = std::env::current_exe()
-            .ok()
-            .and_then(|e| e.parent().map(Path::to_path_buf))
-    {
-        let beside = dir.join(&name.0);
-        if crate::host::is_executable(&beside) {
-            return Ok(beside);
-        }
-    }
-    crate::host::which(name)
-        .ok_or_else(|| anyhow!("{:?} not found beside vmpod or in PATH", name.0))
+    crate::host::shim_binary(config).ok_or_else(|| {
+        anyhow!(
+            "{:?} not found beside vmpod or in PATH",
+            config.helpers.shim.0
+        )
+    })
 }
 
 /// The helpers' and QEMU's argv for `dir`, from the shim itself.

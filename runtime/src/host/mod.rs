@@ -84,6 +84,24 @@ fn cgroup_layout_from_mounts(mounts: &str) -> CgroupLayout {
     }
 }
 
+/// The shim binary: `helpers.shim`, where a bare name is looked for beside
+/// the running `vmpod` first (so an unpacked release or `target/debug`
+/// works without PATH), then on PATH.
+pub fn shim_binary(config: &crate::config::Config) -> Option<PathBuf> {
+    let name = &config.helpers.shim;
+    if !name.0.starts_with('/')
+        && let Some(dir) = std::env::current_exe()
+            .ok()
+            .and_then(|e| e.parent().map(PathBuf::from))
+    {
+        let beside = dir.join(&name.0);
+        if is_executable(&beside) {
+            return Some(beside);
+        }
+    }
+    which(name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
