@@ -52,6 +52,9 @@ struct Inner {
     ring: VecDeque<ContainerEvent>,
     latest: HashMap<String, ContainerStatus>,
     readers: Vec<Reader>,
+    /// The agent has no event stream, so this log would miss every exit:
+    /// readers are refused and fall back to asking.
+    unsupported: bool,
 }
 
 #[derive(Default)]
@@ -147,6 +150,14 @@ impl EventLog {
         }
     }
 
+    /// Ends every reader and refuses new ones: the agent cannot tell this
+    /// log about exits, so no reader may take it as complete.
+    pub fn unsupported(&self) {
+        let mut inner = self.lock();
+        inner.unsupported = true;
+        inner.readers.clear();
+    }
+
     /// A stream of every event after `after_seq`, then live ones. The first
     /// message has `resync` set when some of those events are gone (or
     /// `after_seq` is from a log this shim never had).
@@ -155,6 +166,11 @@ impl EventLog {
         after_seq: u64,
     ) -> Result<mpsc::Receiver<Result<ContainerEvent, Status>>, Status> {
         let mut inner = self.lock();
+        if inner.unsupported {
+            return Err(Status::unimplemented(
+                "the guest agent has no event stream; ask for container status instead",
+            ));
+        }
         inner.readers.retain(|r| !r.is_closed());
         if inner.readers.len() >= MAX_READERS {
             return Err(Status::resource_exhausted(format!(
@@ -209,6 +225,7 @@ pub async fn pump<A: AgentSource>(agents: A, log: Arc<EventLog>, mut vm: watch::
             Ok(()) => {}
             Err(e) if e.code() == tonic::Code::Unimplemented => {
                 tracing::warn!("the guest agent has no event stream: {}", e.message());
+                log.unsupported();
                 return;
             }
             Err(e) => tracing::debug!(error = %e, "agent event stream broke"),
@@ -398,6 +415,19 @@ mod tests {
                 ("gone".into(), ContainerEventType::ContainerEventDeleted),
             ]
         );
+    }
+
+    #[test]
+    fn without_an_agent_stream_readers_are_refused_and_ended() {
+        let log = EventLog::default();
+        let mut held = log.subscribe(0).expect("subscribe");
+        log.unsupported();
+        assert!(matches!(
+            held.try_recv(),
+            Err(mpsc::error::TryRecvError::Disconnected)
+        ));
+        let e = log.subscribe(0).expect_err("refused");
+        assert_eq!(e.code(), tonic::Code::Unimplemented);
     }
 
     #[test]
