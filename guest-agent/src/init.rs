@@ -127,6 +127,7 @@ pub fn setup() -> Result<()> {
             }
         }
     }
+    crate::net::link_up("lo").context("cannot bring up the loopback interface")?;
     Ok(())
 }
 

@@ -10,6 +10,7 @@ pub mod container;
 pub mod init;
 pub mod logging;
 pub mod mounts;
+pub mod net;
 pub mod reaper;
 pub mod sandbox;
 pub mod server;

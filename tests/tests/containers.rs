@@ -487,6 +487,15 @@ async fn pod_namespaces_are_shared() {
         let nb = pod.sh(&b, &cmd).await;
         assert_eq!(na, nb, "{ns} namespace differs");
     }
+    // The shared network has a working loopback: b reaches a server in a
+    // over localhost.
+    pod.sh(
+        &a,
+        "mkdir -p /tmp/www && echo hello-from-a > /tmp/www/index.html && httpd -p 127.0.0.1:7070 -h /tmp/www",
+    )
+    .await;
+    let got = pod.sh(&b, "wget -q -O - http://127.0.0.1:7070/").await;
+    assert_eq!(got.trim(), "hello-from-a", "localhost between containers");
     // PID POD: each sees the other's process.
     let ps = pod.sh(&a, "ps").await;
     assert!(ps.contains("sleep 602") && ps.contains("sleep 601"), "{ps}");
