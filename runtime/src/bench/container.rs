@@ -174,6 +174,7 @@ struct Side {
     name: &'static str,
     _daemon: PrivateDaemon,
     _work: tempfile::TempDir,
+    logs: PathBuf,
     rt: RuntimeServiceClient<tonic::transport::Channel>,
     sandbox: String,
     status: Samples,
@@ -230,6 +231,7 @@ impl Side {
             name,
             _daemon: daemon,
             _work: work,
+            logs,
             rt,
             sandbox,
             status: Samples::default(),
@@ -238,17 +240,20 @@ impl Side {
         })
     }
 
-    /// One round: a container whose init exits on SIGTERM, then one timed
-    /// ContainerStatus, ListContainers and StopContainer (10 s grace).
+    /// One round: a container whose shell exits on SIGTERM, once its trap
+    /// is set (it says so in its log), then one timed ContainerStatus,
+    /// ListContainers and StopContainer (10 s grace), and an untimed check
+    /// that the stop went through the trap (exit 0).
     async fn round(&mut self, image: &str, i: usize) -> Result<()> {
         let name = format!("c{i}");
-        let mut config = container_config(
-            image,
-            &name,
-            &["sh", "-c", "trap 'exit 0' TERM; sleep 600 & wait"],
-        );
+        let marker = format!("vmpod-bench-ready-{i}");
+        let script = format!("trap 'exit 0' TERM; echo {marker}; sleep 600 & wait");
+        let mut config = container_config(image, &name, &["sh", "-c", &script]);
         config.log_path = format!("{name}.log");
         let id = create_and_start(&mut self.rt, &self.sandbox, config).await?;
+        wait_for_line(&self.logs.join(format!("{name}.log")), &marker)
+            .await
+            .with_context(|| format!("{}: container {id} never became ready", self.name))?;
         let t0 = Instant::now();
         let state = self
             .rt
@@ -280,6 +285,23 @@ impl Side {
             .await
             .map_err(|e| anyhow!("{}: StopContainer: {}", self.name, e.message()))?;
         self.stop.push(ms(t0.elapsed()));
+        let exit = self
+            .rt
+            .container_status(ContainerStatusRequest {
+                container_id: id.clone(),
+                verbose: false,
+            })
+            .await
+            .map_err(|e| anyhow!("{}: ContainerStatus after stop: {}", self.name, e.message()))?
+            .into_inner()
+            .status
+            .map(|s| (s.state(), s.exit_code));
+        if exit != Some((ContainerState::ContainerExited, 0)) {
+            bail!(
+                "{}: container {id} after StopContainer is {exit:?}, not exited 0 by its TERM trap",
+                self.name
+            );
+        }
         remove(&mut self.rt, &id).await
     }
 }
