@@ -14,7 +14,7 @@ use super::backend::{self, Accel, Backend, Decision, VirtFacts};
 use super::vsock::VsockBackend;
 use super::{CgroupLayout, guest_image, which};
 use crate::config::{Config, Program};
-use crate::network::cni;
+use crate::network::{cni, plugin};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -209,27 +209,7 @@ pub fn run(config: &Config, depth: Depth) -> Report {
     });
 
     let network = cni::default_network(&config.cni);
-    checks.push(match &network {
-        Ok(n) => check(
-            "CNI",
-            Verdict::Pass,
-            format!(
-                "network {:?} from {} ({})",
-                n.name,
-                n.file.display(),
-                n.plugins
-                    .iter()
-                    .map(|(t, _)| t.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        ),
-        Err(e) => check(
-            "CNI",
-            Verdict::Warn,
-            format!("{e}: pods start without a network"),
-        ),
-    });
+    checks.push(cni_check(config, &network, depth));
 
     checks.push(match super::cgroup_layout() {
         CgroupLayout::Unified => check("cgroups", Verdict::Pass, "cgroup v2 (unified)"),
@@ -261,6 +241,117 @@ pub fn run(config: &Config, depth: Depth) -> Report {
         backend: decision,
         network,
         kernel_version,
+    }
+}
+
+/// Time one plugin gets to answer VERSION. Plugins answer from memory, so
+/// anything slower than this is hung or broken.
+const CNI_VERSION_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The CNI row. A plugin that exists but cannot run, or does not speak the
+/// conflist's version, would fail every sandbox's ADD; asking each one for
+/// VERSION finds that before a pod does. Only the full depth runs them:
+/// `Status` is polled every few seconds on a blocking thread, and a hung
+/// plugin would hold each poll for the timeout. It stays a warning, like a
+/// missing config, while pods still start without a network.
+fn cni_check(config: &Config, network: &Result<cni::Network, String>, depth: Depth) -> Check {
+    let n = match network {
+        Ok(n) => n,
+        Err(e) => {
+            return check(
+                "CNI",
+                Verdict::Warn,
+                format!("{e}: pods start without a network"),
+            );
+        }
+    };
+    let summary = format!(
+        "network {:?} from {} ({})",
+        n.name,
+        n.file.display(),
+        n.plugins
+            .iter()
+            .map(|(t, _)| t.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    if depth == Depth::Quick {
+        return check("CNI", Verdict::Pass, summary);
+    }
+    let Some(want) = n.cni_version.as_deref() else {
+        return check(
+            "CNI",
+            Verdict::Warn,
+            format!("{summary}: {} has no \"cniVersion\"", n.file.display()),
+        );
+    };
+    let bin_dirs: Vec<_> = config
+        .cni
+        .bin_dirs
+        .iter()
+        .map(|d| d.as_path().to_path_buf())
+        .collect();
+    let problems: Vec<String> = plugin_versions(n, want, &bin_dirs)
+        .into_iter()
+        .zip(&n.plugins)
+        .filter_map(|(answer, (t, path))| match answer {
+            Ok(v) if v.supported_versions.iter().any(|s| s == want) => None,
+            Ok(v) => Some(format!(
+                "plugin {t:?} ({}) does not support CNI {want} (supports {})",
+                path.display(),
+                v.supported_versions.join(", ")
+            )),
+            Err(e) => Some(e),
+        })
+        .collect();
+    if problems.is_empty() {
+        check(
+            "CNI",
+            Verdict::Pass,
+            format!("{summary}, all speak CNI {want}"),
+        )
+    } else {
+        check(
+            "CNI",
+            Verdict::Warn,
+            format!("{summary}: {}", problems.join("; ")),
+        )
+    }
+}
+
+/// VERSION of every plugin of `n`, in plugin order, run concurrently so a
+/// hung plugin costs one timeout rather than one each. The plugin client is
+/// async; `run` is called from plain threads (the CLI, `spawn_blocking`), so
+/// a private thread with its own runtime keeps that working in both.
+fn plugin_versions(
+    n: &cni::Network,
+    want: &str,
+    bin_dirs: &[std::path::PathBuf],
+) -> Vec<Result<plugin::VersionInfo, String>> {
+    let paths: Vec<_> = n.plugins.iter().map(|(_, p)| p.clone()).collect();
+    let (want, bin_dirs) = (want.to_string(), bin_dirs.to_vec());
+    let count = paths.len();
+    let joined = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start a runtime to run CNI plugins: {e}"))?;
+        Ok::<_, String>(
+            rt.block_on(futures_util::future::join_all(paths.iter().map(|p| {
+                let (want, bin_dirs) = (&want, &bin_dirs);
+                async move {
+                    plugin::version(p, want, bin_dirs, CNI_VERSION_TIMEOUT)
+                        .await
+                        .map_err(|e| e.to_string())
+                }
+            }))),
+        )
+    })
+    .join();
+    match joined {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => vec![Err(e); count],
+        Err(_) => vec![Err("running CNI plugins panicked".to_string()); count],
     }
 }
 

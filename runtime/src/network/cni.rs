@@ -14,6 +14,10 @@ use crate::config::CniConfig;
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Network {
     pub name: String,
+    /// The conflist's `cniVersion`: every plugin must list it in VERSION,
+    /// and it is the version injected into each plugin's config. `None`
+    /// for old configs that omit it (the spec requires it since 0.4.0).
+    pub cni_version: Option<String>,
     pub file: PathBuf,
     /// Plugin types in call order, each with where it was found.
     pub plugins: Vec<(String, PathBuf)>,
@@ -38,7 +42,7 @@ pub fn default_network(cfg: &CniConfig) -> Result<Network, String> {
     let mut problems = Vec::new();
     for file in files {
         match parse_network(&file) {
-            Ok((name, types)) => {
+            Ok((name, cni_version, types)) => {
                 let mut plugins = Vec::new();
                 for t in types {
                     let found = find_plugin(
@@ -60,6 +64,7 @@ pub fn default_network(cfg: &CniConfig) -> Result<Network, String> {
                 }
                 return Ok(Network {
                     name,
+                    cni_version,
                     file,
                     plugins,
                 });
@@ -77,8 +82,8 @@ pub fn default_network(cfg: &CniConfig) -> Result<Network, String> {
     }
 }
 
-/// Returns the network name and its plugin types.
-fn parse_network(file: &Path) -> Result<(String, Vec<String>), String> {
+/// Returns the network name, its `cniVersion` and its plugin types.
+fn parse_network(file: &Path) -> Result<(String, Option<String>, Vec<String>), String> {
     let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
     let v: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| format!("{}: {e}", file.display()))?;
@@ -87,6 +92,16 @@ fn parse_network(file: &Path) -> Result<(String, Vec<String>), String> {
         .and_then(|n| n.as_str())
         .ok_or_else(|| format!("{}: missing \"name\"", file.display()))?
         .to_string();
+    let cni_version = match v.get("cniVersion") {
+        None => None,
+        Some(serde_json::Value::String(s)) => Some(s.clone()),
+        Some(_) => {
+            return Err(format!(
+                "{}: \"cniVersion\" is not a string",
+                file.display()
+            ));
+        }
+    };
     let plugin_type = |p: &serde_json::Value| {
         p.get("type")
             .and_then(|t| t.as_str())
@@ -114,7 +129,7 @@ fn parse_network(file: &Path) -> Result<(String, Vec<String>), String> {
             return Err(format!("{}: invalid plugin type {t:?}", file.display()));
         }
     }
-    Ok((name, types))
+    Ok((name, cni_version, types))
 }
 
 pub fn find_plugin(name: &str, dirs: &[&Path]) -> Option<PathBuf> {
@@ -161,6 +176,7 @@ mod tests {
         .unwrap();
         let n = default_network(&cfg(&conf, &bin)).unwrap();
         assert_eq!(n.name, "pods");
+        assert_eq!(n.cni_version.as_deref(), Some("1.0.0"));
         assert_eq!(n.plugins.len(), 2);
     }
 

@@ -3,3 +3,4 @@
 //! issue.
 
 pub mod cni;
+pub mod plugin;
