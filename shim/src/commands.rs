@@ -25,20 +25,19 @@
 //! relative paths), stdio redirection and cgroups. QEMU drops to the VMM
 //! user itself (`-runas`), so that is in its argv.
 //!
-//! The choices mirror `Machine::boot` in `vm.rs`, which starts these.
+//! The vsock choice and the VM's configuration are `vm.rs`'s own
+//! (`vsock_plan`, `vm_config`), which `Machine::boot` starts from.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use vmpod_agent_proto::SHARE_TAG;
-use vmpod_shim_api::vm_spec::{BackendSpec, VmSpec, VsockTransport};
+use vmpod_shim_api::vm_spec::{BackendSpec, VmSpec};
 
 use crate::backends;
 use crate::hypervisor::qemu::{self, Accel};
-use crate::hypervisor::{BASE_CMDLINE, VirtioFs, VmConfig, Vsock};
 use crate::pod_dir::PodDir;
-use crate::vm::DEFAULT_VMM_USER;
+use crate::vm;
 
 /// A vhost-user daemon the shim would start before the VMM.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,30 +66,19 @@ pub struct Commands {
 /// What a start of `spec` in `pod` would run. Pure: nothing is created,
 /// removed or started.
 pub fn planned(spec: &VmSpec, pod: &PodDir) -> Result<Commands> {
-    let vmm_user = spec.vmm_user.unwrap_or(DEFAULT_VMM_USER);
-    let guest_cid = spec.vsock.guest_cid;
+    let plan = vm::vsock_plan(spec, pod)?;
     let mut helpers = Vec::new();
-    let vsock = match (spec.vsock.transport, spec.backend) {
-        (VsockTransport::Kernel, _) => Vsock::Kernel { guest_cid },
-        (VsockTransport::Hybrid, BackendSpec::Kvm) => Vsock::InProcess {
-            guest_cid,
-            uds: pod.hybrid_vsock(),
-        },
-        (VsockTransport::Hybrid, BackendSpec::QemuKvm | BackendSpec::QemuTcg) => {
-            let bin = spec
-                .helpers
-                .vhost_device_vsock
-                .as_deref()
-                .context("hybrid vsock for QEMU needs helpers.vhost-device-vsock")?;
-            let socket = pod.vsock_backend_socket();
-            helpers.push(Helper {
-                name: backends::VHOST_DEVICE_VSOCK,
-                argv: argv(&backends::vhost_device_vsock_command(bin, pod, guest_cid)),
-                socket: socket.clone(),
-            });
-            Vsock::VhostUser { socket }
-        }
-    };
+    if let Some(bin) = &plan.helper {
+        helpers.push(Helper {
+            name: backends::VHOST_DEVICE_VSOCK,
+            argv: argv(&backends::vhost_device_vsock_command(
+                bin,
+                pod,
+                spec.vsock.guest_cid,
+            )),
+            socket: pod.vsock_backend_socket(),
+        });
+    }
     helpers.push(Helper {
         name: backends::VIRTIOFSD,
         argv: argv(&backends::virtiofsd_command(&spec.helpers.virtiofsd, pod)),
@@ -112,21 +100,7 @@ pub fn planned(spec: &VmSpec, pod: &PodDir) -> Result<Commands> {
         .qemu
         .clone()
         .context("helpers.qemu: the qemu backends need it")?;
-    let config = VmConfig {
-        name: spec.id.clone(),
-        kernel: spec.kernel.clone(),
-        initramfs: spec.initramfs.clone(),
-        cmdline: BASE_CMDLINE.to_owned(),
-        vcpus: spec.vcpus,
-        memory_mib: spec.memory_mib,
-        vsock,
-        fs: Some(VirtioFs {
-            socket: pod.virtiofs_socket(),
-            tag: SHARE_TAG.to_owned(),
-        }),
-        log: pod.process_log(spec.backend.name()),
-        vmm_user: Some(vmm_user),
-    };
+    let config = vm::vm_config(spec, pod, plan.vsock, spec.backend.name());
     let mut vmm = vec![binary.into_os_string()];
     vmm.extend(qemu::args(&config, accel)?);
     Ok(Commands {
@@ -183,9 +157,12 @@ impl Commands {
 mod tests {
     use std::path::Path;
 
-    use vmpod_shim_api::vm_spec::{GuestSetup, Helpers, VmmUser, VsockSpec};
+    use vmpod_agent_proto::SHARE_TAG;
+    use vmpod_shim_api::vm_spec::{GuestSetup, Helpers, VmmUser, VsockSpec, VsockTransport};
 
     use super::*;
+    use crate::hypervisor::{BASE_CMDLINE, VirtioFs, VmConfig, Vsock};
+    use crate::vm::DEFAULT_VMM_USER;
 
     fn spec(backend: BackendSpec, transport: VsockTransport) -> VmSpec {
         VmSpec {

@@ -261,58 +261,38 @@ impl Machine {
     async fn boot(&mut self, deadline: Instant) -> Result<AgentClient<Channel>> {
         let pod = self.pod.clone();
         let vmm_user = self.spec.vmm_user.unwrap_or(DEFAULT_VMM_USER);
-        let guest_cid = self.spec.vsock.guest_cid;
-        // vm_json.rs checked that the backend can serve the transport.
-        let (vsock, agent_addr) = match (self.spec.vsock.transport, self.spec.backend) {
-            (VsockTransport::Kernel, _) => (
-                Vsock::Kernel { guest_cid },
-                AgentAddr::Kernel { cid: guest_cid },
-            ),
-            // The built-in VMM serves the hybrid-vsock socket itself.
-            (VsockTransport::Hybrid, BackendSpec::Kvm) => {
-                backends::remove_stale(&pod.hybrid_vsock())?;
-                (
-                    Vsock::InProcess {
-                        guest_cid,
-                        uds: pod.hybrid_vsock(),
-                    },
-                    AgentAddr::Hybrid(pod.hybrid_vsock()),
-                )
-            }
-            (VsockTransport::Hybrid, BackendSpec::QemuKvm | BackendSpec::QemuTcg) => {
-                let bin = self
-                    .spec
-                    .helpers
-                    .vhost_device_vsock
-                    .clone()
-                    .context("hybrid vsock for QEMU needs helpers.vhost-device-vsock")?;
-                backends::remove_stale(&pod.hybrid_vsock())?;
-                let socket = pod.vsock_backend_socket();
-                backends::open_run_dir_to(&pod, vmm_user)?;
-                let (cmd, confinement) =
-                    backends::vhost_device_vsock_confined(&bin, &pod, guest_cid, vmm_user)?;
-                let p = backends::spawn(
-                    backends::VHOST_DEVICE_VSOCK,
-                    cmd,
-                    confinement,
-                    &socket,
-                    &pod,
-                    self.exits.clone(),
-                )?;
-                self.helpers.push(p);
-                (
-                    Vsock::VhostUser { socket },
-                    AgentAddr::Hybrid(pod.hybrid_vsock()),
-                )
-            }
-        };
-        let fs_socket = pod.virtiofs_socket();
+        let VsockPlan {
+            vsock,
+            agent: agent_addr,
+            helper,
+        } = vsock_plan(&self.spec, &pod)?;
+        if !matches!(vsock, Vsock::Kernel { .. }) {
+            backends::remove_stale(&pod.hybrid_vsock())?;
+        }
+        if let Some(bin) = helper {
+            backends::open_run_dir_to(&pod, vmm_user)?;
+            let (cmd, confinement) = backends::vhost_device_vsock_confined(
+                &bin,
+                &pod,
+                self.spec.vsock.guest_cid,
+                vmm_user,
+            )?;
+            let p = backends::spawn(
+                backends::VHOST_DEVICE_VSOCK,
+                cmd,
+                confinement,
+                &pod.vsock_backend_socket(),
+                &pod,
+                self.exits.clone(),
+            )?;
+            self.helpers.push(p);
+        }
         let cmd = backends::virtiofsd_command(&self.spec.helpers.virtiofsd, &pod);
         let p = backends::spawn(
             backends::VIRTIOFSD,
             cmd,
             backends::virtiofsd_confinement()?,
-            &fs_socket,
+            &pod.virtiofs_socket(),
             &pod,
             self.exits.clone(),
         )?;
@@ -322,21 +302,7 @@ impl Machine {
             backends::wait_for_socket(helper, &socket, &pod).await?;
         }
 
-        let config = VmConfig {
-            name: self.spec.id.clone(),
-            kernel: self.spec.kernel.clone(),
-            initramfs: self.spec.initramfs.clone(),
-            cmdline: BASE_CMDLINE.to_owned(),
-            vcpus: self.spec.vcpus,
-            memory_mib: self.spec.memory_mib,
-            vsock,
-            fs: Some(VirtioFs {
-                socket: fs_socket,
-                tag: SHARE_TAG.to_owned(),
-            }),
-            log: pod.process_log(self.hypervisor.name()),
-            vmm_user: Some(vmm_user),
-        };
+        let config = vm_config(&self.spec, &pod, vsock, self.hypervisor.name());
         let mut vm = self
             .hypervisor
             .start(&config, self.exits.clone())
@@ -573,6 +539,70 @@ fn boot_times(s: &mut VmState) -> &mut BootTimes {
 }
 
 /// The socket each started helper announces readiness with, in start order.
+/// How the guest's vsock is served, as `vm.json` asks.
+pub struct VsockPlan {
+    /// The device the VMM gets.
+    pub vsock: Vsock,
+    /// Where the shim reaches the agent.
+    pub agent: AgentAddr,
+    /// The vhost-device-vsock binary to start first, if the VMM needs one.
+    pub helper: Option<std::path::PathBuf>,
+}
+
+/// The vsock choice of a start of `spec` in `pod`; `Machine::boot` and
+/// `--print-commands` (`crate::commands`) both follow it. `vm_json.rs`
+/// checked that the backend can serve the transport.
+pub fn vsock_plan(spec: &VmSpec, pod: &PodDir) -> Result<VsockPlan> {
+    let guest_cid = spec.vsock.guest_cid;
+    Ok(match (spec.vsock.transport, spec.backend) {
+        (VsockTransport::Kernel, _) => VsockPlan {
+            vsock: Vsock::Kernel { guest_cid },
+            agent: AgentAddr::Kernel { cid: guest_cid },
+            helper: None,
+        },
+        // The built-in VMM serves the hybrid-vsock socket itself.
+        (VsockTransport::Hybrid, BackendSpec::Kvm) => VsockPlan {
+            vsock: Vsock::InProcess {
+                guest_cid,
+                uds: pod.hybrid_vsock(),
+            },
+            agent: AgentAddr::Hybrid(pod.hybrid_vsock()),
+            helper: None,
+        },
+        (VsockTransport::Hybrid, BackendSpec::QemuKvm | BackendSpec::QemuTcg) => VsockPlan {
+            vsock: Vsock::VhostUser {
+                socket: pod.vsock_backend_socket(),
+            },
+            agent: AgentAddr::Hybrid(pod.hybrid_vsock()),
+            helper: Some(
+                spec.helpers
+                    .vhost_device_vsock
+                    .clone()
+                    .context("hybrid vsock for QEMU needs helpers.vhost-device-vsock")?,
+            ),
+        },
+    })
+}
+
+/// The VM a start of `spec` in `pod` boots, its VMM's log named `log_name`.
+pub fn vm_config(spec: &VmSpec, pod: &PodDir, vsock: Vsock, log_name: &str) -> VmConfig {
+    VmConfig {
+        name: spec.id.clone(),
+        kernel: spec.kernel.clone(),
+        initramfs: spec.initramfs.clone(),
+        cmdline: BASE_CMDLINE.to_owned(),
+        vcpus: spec.vcpus,
+        memory_mib: spec.memory_mib,
+        vsock,
+        fs: Some(VirtioFs {
+            socket: pod.virtiofs_socket(),
+            tag: SHARE_TAG.to_owned(),
+        }),
+        log: pod.process_log(log_name),
+        vmm_user: Some(spec.vmm_user.unwrap_or(DEFAULT_VMM_USER)),
+    }
+}
+
 fn helper_sockets(pod: &PodDir, vsock: &Vsock) -> Vec<std::path::PathBuf> {
     let mut v = Vec::new();
     if matches!(vsock, Vsock::VhostUser { .. }) {
