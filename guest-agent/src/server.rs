@@ -12,9 +12,8 @@ use vmpod_agent_proto::v1::{
     BootTimestamps, ContainerRef, ContainerStatus, CreateContainerRequest, EventsRequest,
     ExecSyncRequest, ExecSyncResponse, GuestInfoRequest, GuestInfoResponse, HealthRequest,
     HealthResponse, ListContainersRequest, ListContainersResponse, OutputChunk,
-    RemoveContainerResponse, SetupSandboxRequest, SetupSandboxResponse, SignalContainerRequest,
-    SignalContainerResponse, StatsRequest, StatsResponse, StopContainerRequest,
-    UpdateContainerRequest, UpdateContainerResponse, WaitContainerRequest,
+    RemoveContainerResponse, SetupSandboxRequest, SetupSandboxResponse, StatsRequest,
+    StatsResponse, StopContainerRequest, UpdateContainerRequest, UpdateContainerResponse,
 };
 
 use crate::VERSION;
@@ -129,26 +128,6 @@ impl Agent for AgentService {
     ) -> Result<Response<ContainerStatus>, Status> {
         self.containers
             .start(&request.get_ref().id)
-            .await
-            .map(Response::new)
-    }
-
-    async fn signal_container(
-        &self,
-        request: Request<SignalContainerRequest>,
-    ) -> Result<Response<SignalContainerResponse>, Status> {
-        let r = request.get_ref();
-        self.containers.signal(&r.id, r.signal)?;
-        Ok(Response::new(SignalContainerResponse {}))
-    }
-
-    async fn wait_container(
-        &self,
-        request: Request<WaitContainerRequest>,
-    ) -> Result<Response<ContainerStatus>, Status> {
-        let r = request.get_ref();
-        self.containers
-            .wait(&r.id, Duration::from_millis(r.timeout_ms))
             .await
             .map(Response::new)
     }

@@ -1071,8 +1071,7 @@ fn stop_status_and_events_over_grpc() {
     };
     use vmpod_agent::server::{AgentService, BootTimes};
     use vmpod_agent_proto::v1::{
-        ContainerRef, CreateContainerRequest, EventsRequest, SignalContainerRequest,
-        StopContainerRequest,
+        ContainerRef, CreateContainerRequest, EventsRequest, StopContainerRequest,
     };
     use vmpod_agent_proto::{AgentClient, AgentServer};
 
@@ -1171,16 +1170,17 @@ fn stop_status_and_events_over_grpc() {
         // over vsock; loopback TCP is the same code path here.
         let killed = std::time::Instant::now();
         client
-            .signal_container(SignalContainerRequest {
+            .stop_container(StopContainerRequest {
                 id: "g2".into(),
                 signal: libc::SIGKILL,
+                timeout_ms: 0,
             })
             .await
             .unwrap();
         let e = next().await;
         let latency = killed.elapsed();
         assert_eq!((e.seq, kind_of(e.r#type)), (6, Stopped));
-        eprintln!("SignalContainer(SIGKILL) to STOPPED over gRPC: {latency:?}");
+        eprintln!("StopContainer(SIGKILL, no grace) to STOPPED over gRPC: {latency:?}");
         assert!(latency < Duration::from_millis(100), "{latency:?}");
 
         // The agent's shutdown ends the open stream, so the server can

@@ -11,7 +11,7 @@
 //!
 //! Exits arrive from the one SIGCHLD reaper ([`crate::reaper`]), keyed by
 //! pid; nothing here polls. A record's status lives in a `watch` channel,
-//! so WaitContainer just waits for it to say EXITED. Every lifecycle change
+//! so StopContainer just waits for it to say EXITED. Every lifecycle change
 //! is also appended to the event log (`events.rs`) inside the same write to
 //! that channel, which is what keeps the Events stream in the order the
 //! changes happened.

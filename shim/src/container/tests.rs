@@ -219,21 +219,6 @@ impl Agent for FakeAgent {
         Ok(Response::new(status))
     }
 
-    // The shim stops with one StopContainer call; the old chain is gone.
-    async fn signal_container(
-        &self,
-        _: Request<SignalContainerRequest>,
-    ) -> Result<Response<SignalContainerResponse>, Status> {
-        Err(Status::unimplemented("fake: use StopContainer"))
-    }
-
-    async fn wait_container(
-        &self,
-        _: Request<WaitContainerRequest>,
-    ) -> Result<Response<ContainerStatus>, Status> {
-        Err(Status::unimplemented("fake: use StopContainer"))
-    }
-
     async fn remove_container(
         &self,
         req: Request<ContainerRef>,
