@@ -42,6 +42,15 @@ const READER_BACKLOG: usize = 256;
 const RECONNECT_DELAY: Duration = Duration::from_millis(200);
 /// Bounds the re-list after the agent dropped events.
 const RESYNC_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest `message` kept from the guest. It is the reason kubelet
+/// shows for an exit ("exec: not found"); a guest could send megabytes in
+/// each of [`CAPACITY`] events.
+pub const MAX_MESSAGE: usize = 4096;
+
+/// Which container ids the shim itself created: the agent is believed only
+/// about those, so a lying guest cannot grow the log's copy with ids of its
+/// own making.
+pub type Known = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
 type Reader = mpsc::Sender<Result<ContainerEvent, Status>>;
 
@@ -95,8 +104,16 @@ impl EventLog {
     }
 
     /// Folds `status` in, logging `kind` if it moves the container forward.
-    /// Returns whether it did.
-    pub fn record(&self, kind: ContainerEventType, status: ContainerStatus) -> bool {
+    /// Returns whether it did. The guest's `message` is cut to
+    /// [`MAX_MESSAGE`] bytes.
+    pub fn record(&self, kind: ContainerEventType, mut status: ContainerStatus) -> bool {
+        if status.message.len() > MAX_MESSAGE {
+            let mut end = MAX_MESSAGE;
+            while !status.message.is_char_boundary(end) {
+                end -= 1;
+            }
+            status.message.truncate(end);
+        }
         let mut inner = self.lock();
         let advances = match (kind, inner.latest.get(&status.id)) {
             (ContainerEventType::ContainerEventDeleted, known) => known.is_some(),
@@ -206,10 +223,15 @@ impl EventLog {
 }
 
 /// Follows the agent's event stream for as long as the VM lives, folding
-/// every event into `log`. Reopens the stream (resuming from the agent's
+/// every event about a `known` container into `log`. Reopens the stream (resuming from the agent's
 /// last sequence number) whenever it breaks while the VM is READY; re-lists
 /// when the agent says events were dropped. Returns when the VM is gone.
-pub async fn pump<A: AgentSource>(agents: A, log: Arc<EventLog>, mut vm: watch::Receiver<VmState>) {
+pub async fn pump<A: AgentSource>(
+    agents: A,
+    log: Arc<EventLog>,
+    known: Known,
+    mut vm: watch::Receiver<VmState>,
+) {
     let mut after_seq = 0;
     loop {
         let settled =
@@ -221,7 +243,7 @@ pub async fn pump<A: AgentSource>(agents: A, log: Arc<EventLog>, mut vm: watch::
         if phase != Phase::Ready {
             return;
         }
-        match follow(&agents, &log, &mut vm, &mut after_seq).await {
+        match follow(&agents, &log, &known, &mut vm, &mut after_seq).await {
             Ok(()) => {}
             Err(e) if e.code() == tonic::Code::Unimplemented => {
                 tracing::warn!("the guest agent has no event stream: {}", e.message());
@@ -237,6 +259,7 @@ pub async fn pump<A: AgentSource>(agents: A, log: Arc<EventLog>, mut vm: watch::
 async fn follow<A: AgentSource>(
     agents: &A,
     log: &EventLog,
+    known: &Known,
     vm: &mut watch::Receiver<VmState>,
     after_seq: &mut u64,
 ) -> Result<(), Status> {
@@ -268,11 +291,18 @@ async fn follow<A: AgentSource>(
                 client.list_containers(ListContainersRequest {}),
             )
             .await?;
-            log.reconcile(list.containers);
+            log.reconcile(
+                list.containers
+                    .into_iter()
+                    .filter(|s| known(&s.id))
+                    .collect(),
+            );
         }
         *after_seq = event.seq;
         let kind = event.r#type();
-        if let Some(status) = event.status {
+        if let Some(status) = event.status
+            && known(&status.id)
+        {
             tracing::debug!(seq = event.seq, container = %status.id, kind = kind.as_str_name(), "agent event");
             log.record(kind, status);
         }

@@ -174,6 +174,7 @@ async fn run(
     let events_task = tokio::spawn(vmpod_shim::events::pump(
         handle.clone(),
         containers.events().clone(),
+        containers.known(),
         handle.subscribe(),
     ));
 

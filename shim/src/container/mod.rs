@@ -106,7 +106,21 @@ impl Containers {
 
     /// Folds a status an agent call answered with into the event log.
     fn seen(&self, status: &ContainerStatus) {
-        self.events.record(event_for(status), status.clone());
+        if self.knows(&status.id) {
+            self.events.record(event_for(status), status.clone());
+        }
+    }
+
+    /// Whether container `id` is one this shim created (or is creating or
+    /// removing): the only ids the guest is believed about.
+    pub fn knows(&self, id: &str) -> bool {
+        self.entries().contains_key(id)
+    }
+
+    /// [`Self::knows`] as the event pump takes it.
+    pub fn known(self: &Arc<Self>) -> crate::events::Known {
+        let this = Arc::clone(self);
+        Arc::new(move |id: &str| this.knows(id))
     }
 
     fn entries(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
@@ -391,6 +405,12 @@ impl Containers {
             client.container_status(ContainerRef { id: id.to_owned() }),
         )
         .await?;
+        if status.id != id {
+            return Err(Status::internal(format!(
+                "the agent answered about container {:?} when asked about {id}",
+                status.id
+            )));
+        }
         self.seen(&status);
         Ok(status)
     }

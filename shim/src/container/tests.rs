@@ -678,6 +678,7 @@ async fn events_follow_the_agent_stream_and_the_calls_once_each() {
     tokio::spawn(crate::events::pump(
         f.source.clone(),
         f.containers.events().clone(),
+        f.containers.known(),
         vm_state,
     ));
     let mut events = f.containers.events().subscribe(0).unwrap();
@@ -727,4 +728,67 @@ async fn events_follow_the_agent_stream_and_the_calls_once_each() {
     assert!(events.try_recv().is_err(), "no duplicate events");
     let e = f.containers.status(&f.source, "e1").await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
+}
+
+/// The guest plays the attacker: events about ids the shim never created,
+/// and a reason of a MiB, must neither grow the shim's copy nor reach the
+/// daemon's stream as they are.
+#[tokio::test(flavor = "current_thread")]
+async fn a_lying_agent_cannot_grow_the_event_log() {
+    let f = Fixture::new();
+    let (_vm, vm_state) = tokio::sync::watch::channel(vmpod_shim_api::v1::VmState {
+        phase: vmpod_shim_api::v1::Phase::Ready as i32,
+        ..Default::default()
+    });
+    tokio::spawn(crate::events::pump(
+        f.source.clone(),
+        f.containers.events().clone(),
+        f.containers.known(),
+        vm_state,
+    ));
+    let mut events = f.containers.events().subscribe(0).unwrap();
+    f.create("real", "sh").await.unwrap();
+    let huge = "x".repeat(1 << 20);
+    for i in 0..100 {
+        f.agent.emit(
+            ContainerEventType::ContainerEventStopped,
+            &ContainerStatus {
+                id: format!("ghost{i}"),
+                state: ContainerState::ContainerExited as i32,
+                message: huge.clone(),
+                ..Default::default()
+            },
+        );
+    }
+    f.agent.emit(
+        ContainerEventType::ContainerEventStopped,
+        &ContainerStatus {
+            id: "real".into(),
+            state: ContainerState::ContainerExited as i32,
+            exit_code: 1,
+            message: huge.clone(),
+            ..Default::default()
+        },
+    );
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let e = tokio::time::timeout(Duration::from_secs(5), events.recv())
+            .await
+            .expect("an event within 5 s")
+            .expect("stream open")
+            .expect("event");
+        seen.push(e);
+    }
+    let ids: Vec<String> = seen
+        .iter()
+        .map(|e| e.status.clone().unwrap_or_default().id)
+        .collect();
+    assert_eq!(ids, ["real", "real"], "only the shim's own container");
+    let stopped = seen[1].status.clone().unwrap_or_default();
+    assert_eq!(stopped.exit_code, 1);
+    assert_eq!(stopped.message.len(), crate::events::MAX_MESSAGE);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(events.try_recv().is_err(), "no ghost events");
+    assert!(f.containers.events().status("ghost0").is_none());
+    f.remove("real").await.unwrap();
 }
