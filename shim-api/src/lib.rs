@@ -12,6 +12,39 @@ pub mod vm_spec;
 pub use v1::shim_client::ShimClient;
 pub use v1::shim_server::{Shim, ShimServer};
 
+/// The longest container exit message the host keeps. The guest writes
+/// it; kubelet shows it as the reason a container ended, and a guest could
+/// otherwise send megabytes with every status.
+pub const MAX_GUEST_MESSAGE: usize = 4096;
+
+/// Cuts a guest-written `message` to [`MAX_GUEST_MESSAGE`] bytes, at a
+/// character boundary.
+pub fn bound_guest_message(message: &mut String) {
+    if message.len() > MAX_GUEST_MESSAGE {
+        let mut end = MAX_GUEST_MESSAGE;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_guest_message_is_bounded_at_a_character_boundary() {
+        let mut short = "exec: not found".to_owned();
+        bound_guest_message(&mut short);
+        assert_eq!(short, "exec: not found");
+        let mut huge = "é".repeat(MAX_GUEST_MESSAGE);
+        bound_guest_message(&mut huge);
+        assert!(huge.len() <= MAX_GUEST_MESSAGE && huge.len() > MAX_GUEST_MESSAGE - 2);
+        assert!(huge.chars().all(|c| c == 'é'));
+    }
+}
+
 /// Quota of a container's writable layer when the daemon asks for none:
 /// larger than any sane container's scratch writes, small enough that one
 /// pod cannot fill a node's disk by itself. The layer is a sparse file, so

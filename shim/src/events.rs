@@ -42,11 +42,6 @@ const READER_BACKLOG: usize = 256;
 const RECONNECT_DELAY: Duration = Duration::from_millis(200);
 /// Bounds the re-list after the agent dropped events.
 const RESYNC_TIMEOUT: Duration = Duration::from_secs(10);
-/// The longest `message` kept from the guest. It is the reason kubelet
-/// shows for an exit ("exec: not found"); a guest could send megabytes in
-/// each of [`CAPACITY`] events.
-pub const MAX_MESSAGE: usize = 4096;
-
 /// Which container ids the shim itself created: the agent is believed only
 /// about those, so a lying guest cannot grow the log's copy with ids of its
 /// own making.
@@ -105,15 +100,10 @@ impl EventLog {
 
     /// Folds `status` in, logging `kind` if it moves the container forward.
     /// Returns whether it did. The guest's `message` is cut to
-    /// [`MAX_MESSAGE`] bytes.
+    /// `MAX_GUEST_MESSAGE` bytes: it could send megabytes in each of
+    /// [`CAPACITY`] events.
     pub fn record(&self, kind: ContainerEventType, mut status: ContainerStatus) -> bool {
-        if status.message.len() > MAX_MESSAGE {
-            let mut end = MAX_MESSAGE;
-            while !status.message.is_char_boundary(end) {
-                end -= 1;
-            }
-            status.message.truncate(end);
-        }
+        vmpod_shim_api::bound_guest_message(&mut status.message);
         let mut inner = self.lock();
         let advances = match (kind, inner.latest.get(&status.id)) {
             (ContainerEventType::ContainerEventDeleted, known) => known.is_some(),

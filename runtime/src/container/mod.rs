@@ -89,6 +89,7 @@ pub fn apply_status(rec: &mut ContainerRecord, st: &agent::ContainerStatus) -> b
             }
             .to_string();
             rec.message = st.message.clone();
+            vmpod_shim_api::bound_guest_message(&mut rec.message);
         }
         Err(_) => {}
     }

@@ -786,7 +786,7 @@ async fn a_lying_agent_cannot_grow_the_event_log() {
     assert_eq!(ids, ["real", "real"], "only the shim's own container");
     let stopped = seen[1].status.clone().unwrap_or_default();
     assert_eq!(stopped.exit_code, 1);
-    assert_eq!(stopped.message.len(), crate::events::MAX_MESSAGE);
+    assert_eq!(stopped.message.len(), vmpod_shim_api::MAX_GUEST_MESSAGE);
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(events.try_recv().is_err(), "no ghost events");
     assert!(f.containers.events().status("ghost0").is_none());
