@@ -32,6 +32,25 @@ pub struct VmSpec {
     /// decides how much it prints, so the pod dir holds at most twice this.
     #[serde(default = "default_console_log_bytes")]
     pub console_log_bytes: u64,
+    /// The pod's network card; `None` gives the guest loopback only
+    /// (host-network pods, and `vm.json` files from before CNI).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetSpec>,
+}
+
+/// A TAP the daemon made in the pod's network namespace and joined to the
+/// CNI interface there. The shim opens it inside that namespace and hands
+/// the fd to the VMM, so the VMM never needs CAP_NET_ADMIN or the netns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct NetSpec {
+    /// The pod's named netns, `/run/netns/vmpod-<id>`.
+    pub netns: PathBuf,
+    /// The TAP's name inside that netns.
+    pub tap: String,
+    /// The guest card's MAC: the CNI interface's, so the CNI network's
+    /// neighbour and bridge tables already know the VM.
+    pub mac: String,
 }
 
 /// 1 MiB: a whole boot with kernel messages, and the last of a guest that
@@ -160,4 +179,29 @@ pub struct GuestSetup {
     pub dns_servers: Vec<String>,
     pub dns_searches: Vec<String>,
     pub dns_options: Vec<String>,
+    /// The guest's network cards, matched by MAC, configured as CNI
+    /// configured the pod's interface.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub interfaces: Vec<GuestInterface>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct GuestInterface {
+    pub mac: String,
+    /// 0: the kernel's default.
+    pub mtu: u32,
+    /// CIDR, v4 and v6.
+    pub addresses: Vec<String>,
+    pub routes: Vec<GuestRoute>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct GuestRoute {
+    /// CIDR; `0.0.0.0/0` for a default route.
+    pub destination: String,
+    /// `None`: on-link.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
 }

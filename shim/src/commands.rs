@@ -185,6 +185,7 @@ mod tests {
             guest: GuestSetup::default(),
             vmm_user: None,
             console_log_bytes: 1 << 20,
+            network: None,
         }
     }
 

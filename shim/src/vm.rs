@@ -352,6 +352,7 @@ impl Machine {
             dns_options: guest.dns_options.clone(),
             share_tag: SHARE_TAG.to_owned(),
             host_time_ns: i64::try_from(now_ns()).unwrap_or(0),
+            interfaces: Vec::new(),
         };
         let (client, mountpoint) =
             agent::connect_ready(&agent_addr, AGENT_VSOCK_PORT, deadline, &setup).await?;

@@ -187,6 +187,7 @@ mod tests {
             },
             vmm_user: None,
             console_log_bytes: vmpod_shim_api::vm_spec::DEFAULT_CONSOLE_LOG_BYTES,
+            network: None,
         }
     }
 

@@ -157,6 +157,7 @@ async fn setup_sandbox_mounts_the_share_and_writes_etc() {
             share_tag: vmpod_agent_proto::SHARE_TAG.into(),
             // A day ahead of the host: the guest must take whatever it is given.
             host_time_ns: now_ns() + DAY_NS,
+            interfaces: Vec::new(),
         };
         // The second call must be a no-op that still succeeds.
         for attempt in 1..=2 {

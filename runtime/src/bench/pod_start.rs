@@ -268,6 +268,7 @@ fn measure_raw(config: &Config, count: usize, work: &Path) -> Result<Samples> {
             guest: GuestSetup::default(),
             vmm_user: Some(config.vm.vmm_user),
             console_log_bytes: DEFAULT_CONSOLE_LOG_BYTES,
+            network: None,
         };
         std::fs::write(dir.join(layout::SPEC), serde_json::to_vec_pretty(&spec)?)
             .context("writing the raw vm.json")?;

@@ -293,6 +293,7 @@ async fn boot(
         // vhost-device-vsock all run as this user.
         vmm_user: Some(daemon.config.vm.vmm_user),
         console_log_bytes: daemon.config.vm.console_log_bytes,
+        network: None,
     };
     let pid = shim::spawn(&plan.shim, &rec.pod_dir, &spec, &procs).map_err(Status::internal)?;
     rec.vm.shim_pid = pid;

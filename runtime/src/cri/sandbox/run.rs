@@ -59,6 +59,7 @@ pub async fn run_pod_sandbox(
             dns_servers: dns.servers,
             dns_searches: dns.searches,
             dns_options: dns.options,
+            interfaces: Vec::new(),
         },
     };
     let pod_sandbox_id = boot::run(daemon, pod).await?;
