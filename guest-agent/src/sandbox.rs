@@ -252,6 +252,7 @@ mod tests {
             dns_options: vec!["ndots:5".into()],
             share_tag: "vmpod".into(),
             host_time_ns: 0,
+            interfaces: Vec::new(),
         }
     }
 
