@@ -25,6 +25,18 @@
 //! relative paths), stdio redirection and cgroups. QEMU drops to the VMM
 //! user itself (`-runas`), so that is in its argv.
 //!
+//! A pod with a network card (`vm.json`'s `network`) gets QEMU's card
+//! options with `fd=TAP_FD` in place of the TAP's fd number, which only
+//! exists once the TAP is open; `vmm.tap` then says which TAP to open,
+//! where, and what to replace:
+//!
+//! ```json
+//! "tap": { "netns": "/run/netns/vmpod-ID", "name": "tap0", "placeholder": "TAP_FD" }
+//! ```
+//!
+//! (attached with `IFF_TAP | IFF_NO_PI | IFF_VNET_HDR`, inherited by QEMU
+//! under the number put in its place).
+//!
 //! The vsock choice and the VM's configuration are `vm.rs`'s own
 //! (`vsock_plan`, `vm_config`), which `Machine::boot` starts from.
 
@@ -53,6 +65,16 @@ pub struct Helper {
 pub struct VmmProcess {
     pub name: &'static str,
     pub argv: Vec<OsString>,
+    /// The TAP whose fd `argv` wants in place of
+    /// [`qemu::TAP_FD_PLACEHOLDER`].
+    pub tap: Option<PlannedTap>,
+}
+
+/// A TAP to open in a network namespace before the VMM starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedTap {
+    pub netns: PathBuf,
+    pub name: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,7 +122,8 @@ pub fn planned(spec: &VmSpec, pod: &PodDir) -> Result<Commands> {
         .qemu
         .clone()
         .context("helpers.qemu: the qemu backends need it")?;
-    let config = vm::vm_config(spec, pod, plan.vsock, spec.backend.name());
+    // No TAP is opened for a plan: the argv gets the placeholder.
+    let config = vm::vm_config(spec, pod, plan.vsock, spec.backend.name(), None)?;
     let mut vmm = vec![binary.into_os_string()];
     vmm.extend(qemu::args(&config, accel)?);
     Ok(Commands {
@@ -109,6 +132,10 @@ pub fn planned(spec: &VmSpec, pod: &PodDir) -> Result<Commands> {
         vmm: Some(VmmProcess {
             name: qemu::PROCESS_NAME,
             argv: vmm,
+            tap: spec.network.as_ref().map(|n| PlannedTap {
+                netns: n.netns.clone(),
+                name: n.tap.clone(),
+            }),
         }),
     })
 }
@@ -142,7 +169,17 @@ impl Commands {
             })
             .collect::<Result<Vec<_>>>()?;
         let vmm = match &self.vmm {
-            Some(v) => serde_json::json!({ "name": v.name, "argv": strings(&v.argv)? }),
+            Some(v) => {
+                let mut vmm = serde_json::json!({ "name": v.name, "argv": strings(&v.argv)? });
+                if let Some(tap) = &v.tap {
+                    vmm["tap"] = serde_json::json!({
+                        "netns": tap.netns.to_str().with_context(|| format!("{:?} is not UTF-8", tap.netns))?,
+                        "name": tap.name,
+                        "placeholder": qemu::TAP_FD_PLACEHOLDER,
+                    });
+                }
+                vmm
+            }
             None => serde_json::Value::Null,
         };
         Ok(serde_json::json!({
@@ -158,7 +195,9 @@ mod tests {
     use std::path::Path;
 
     use vmpod_agent_proto::SHARE_TAG;
-    use vmpod_shim_api::vm_spec::{GuestSetup, Helpers, VmmUser, VsockSpec, VsockTransport};
+    use vmpod_shim_api::vm_spec::{
+        GuestSetup, Helpers, NetSpec, VmmUser, VsockSpec, VsockTransport,
+    };
 
     use super::*;
     use crate::hypervisor::{BASE_CMDLINE, VirtioFs, VmConfig, Vsock};
@@ -250,12 +289,60 @@ mod tests {
             }),
             log: "/pods/p/run/qemu-tcg.log".into(),
             vmm_user: Some(DEFAULT_VMM_USER),
+            net: None,
         };
         assert_eq!(
             vmm.argv[1..],
             qemu::args(&config, Accel::Tcg).expect("args")[..]
         );
         assert_eq!(value_after(&vmm.argv, "-runas"), ["65534:65534"]);
+        assert_eq!(vmm.tap, None);
+        assert!(value_after(&vmm.argv, "-netdev").is_empty());
+    }
+
+    #[test]
+    fn a_network_card_shows_the_tap_to_open_and_where_its_fd_goes() {
+        let mut s = spec(BackendSpec::QemuTcg, VsockTransport::Hybrid);
+        s.network = Some(NetSpec {
+            netns: "/run/netns/vmpod-pod-1".into(),
+            tap: "tap0".into(),
+            mac: "02:42:0A:58:00:05".into(),
+        });
+        let c = planned(&s, &pod()).expect("planned");
+        let vmm = c.vmm.clone().expect("a VMM process");
+        let vhost = if qemu::vhost_net_available() {
+            "on"
+        } else {
+            "off"
+        };
+        assert_eq!(
+            value_after(&vmm.argv, "-netdev"),
+            [format!("tap,id=net0,fd=TAP_FD,vhost={vhost}")]
+        );
+        assert_eq!(
+            value_after(&vmm.argv, "-device").last(),
+            Some(&"virtio-net-device,netdev=net0,mac=02:42:0a:58:00:05")
+        );
+        assert_eq!(
+            vmm.tap,
+            Some(PlannedTap {
+                netns: "/run/netns/vmpod-pod-1".into(),
+                name: "tap0".into(),
+            })
+        );
+        let json = c.to_json().expect("json");
+        assert_eq!(
+            json["vmm"]["tap"],
+            serde_json::json!({
+                "netns": "/run/netns/vmpod-pod-1",
+                "name": "tap0",
+                "placeholder": "TAP_FD",
+            })
+        );
+        // The kvm backend has no argv; its card is the shim's business.
+        s.backend = BackendSpec::Kvm;
+        s.helpers.vhost_device_vsock = None;
+        assert_eq!(planned(&s, &pod()).expect("planned").vmm, None);
     }
 
     #[test]

@@ -17,5 +17,6 @@ pub mod process;
 pub mod relay;
 pub mod service;
 pub mod share;
+pub mod tap;
 pub mod vm;
 pub mod vm_json;

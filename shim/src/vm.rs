@@ -5,6 +5,7 @@
 //! commands. Child exits arrive on one channel, so "boot step N" and "some
 //! child died" race in a single `select!` and a dead VMM is seen at once.
 
+use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -16,16 +17,17 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tonic::Status;
 use tonic::transport::Channel;
-use vmpod_agent_proto::v1::SetupSandboxRequest;
+use vmpod_agent_proto::v1::{NetworkInterface, Route, SetupSandboxRequest};
 use vmpod_agent_proto::{AGENT_VSOCK_PORT, AgentClient, SHARE_TAG};
 use vmpod_shim_api::v1::{BootTimes, Phase, VmState};
-use vmpod_shim_api::vm_spec::{BackendSpec, VmSpec, VmmUser, VsockTransport};
+use vmpod_shim_api::vm_spec::{BackendSpec, GuestInterface, VmSpec, VmmUser, VsockTransport};
 
 use crate::agent::{self, AgentAddr};
 use crate::backends;
 use crate::console::{self, ConsoleTail};
 use crate::container::Containers;
-use crate::hypervisor::{BASE_CMDLINE, Hypervisor, RunningVm, VirtioFs, VmConfig, Vsock};
+use crate::hypervisor::qemu;
+use crate::hypervisor::{BASE_CMDLINE, Hypervisor, NetCard, RunningVm, VirtioFs, VmConfig, Vsock};
 use crate::pod_dir::PodDir;
 use crate::process::{self, Exit, ExitSender, Process, describe, log_tail};
 use crate::relay::{AgentSource, describe_vm};
@@ -260,6 +262,9 @@ impl Machine {
 
     async fn boot(&mut self, deadline: Instant) -> Result<AgentClient<Channel>> {
         let pod = self.pod.clone();
+        // First, while nothing is running yet: a netns or TAP the daemon
+        // did not make (or removed) fails the boot with nothing to undo.
+        let tap = open_tap(&self.spec)?;
         let vmm_user = self.spec.vmm_user.unwrap_or(DEFAULT_VMM_USER);
         let VsockPlan {
             vsock,
@@ -302,7 +307,7 @@ impl Machine {
             backends::wait_for_socket(helper, &socket, &pod).await?;
         }
 
-        let config = vm_config(&self.spec, &pod, vsock, self.hypervisor.name());
+        let config = vm_config(&self.spec, &pod, vsock, self.hypervisor.name(), tap)?;
         let mut vm = self
             .hypervisor
             .start(&config, self.exits.clone())
@@ -352,7 +357,7 @@ impl Machine {
             dns_options: guest.dns_options.clone(),
             share_tag: SHARE_TAG.to_owned(),
             host_time_ns: i64::try_from(now_ns()).unwrap_or(0),
-            interfaces: Vec::new(),
+            interfaces: guest.interfaces.iter().map(interface).collect(),
         };
         let (client, mountpoint) =
             agent::connect_ready(&agent_addr, AGENT_VSOCK_PORT, deadline, &setup).await?;
@@ -585,9 +590,61 @@ pub fn vsock_plan(spec: &VmSpec, pod: &PodDir) -> Result<VsockPlan> {
     })
 }
 
+/// The pod's TAP when `vm.json` gives the VM a card (see [`crate::tap`]).
+fn open_tap(spec: &VmSpec) -> Result<Option<Arc<OwnedFd>>> {
+    let Some(net) = &spec.network else {
+        return Ok(None);
+    };
+    let fd = crate::tap::open_in_netns(&net.netns, &net.tap)?;
+    tracing::info!(
+        netns = %net.netns.display(),
+        tap = %net.tap,
+        mac = %net.mac,
+        "opened the pod's TAP"
+    );
+    Ok(Some(Arc::new(fd)))
+}
+
+/// A guest interface as the agent takes it: an on-link route is an empty
+/// gateway there.
+fn interface(i: &GuestInterface) -> NetworkInterface {
+    NetworkInterface {
+        mac: i.mac.clone(),
+        mtu: i.mtu,
+        addresses: i.addresses.clone(),
+        routes: i
+            .routes
+            .iter()
+            .map(|r| Route {
+                destination: r.destination.clone(),
+                gateway: r.gateway.clone().unwrap_or_default(),
+            })
+            .collect(),
+    }
+}
+
 /// The VM a start of `spec` in `pod` boots, its VMM's log named `log_name`.
-pub fn vm_config(spec: &VmSpec, pod: &PodDir, vsock: Vsock, log_name: &str) -> VmConfig {
-    VmConfig {
+/// `tap` is the pod's TAP when `spec` has a network; `None` there makes a
+/// plan (`--print-commands`) that shows where the fd would go.
+pub fn vm_config(
+    spec: &VmSpec,
+    pod: &PodDir,
+    vsock: Vsock,
+    log_name: &str,
+    tap: Option<Arc<OwnedFd>>,
+) -> Result<VmConfig> {
+    let net = match &spec.network {
+        Some(n) => Some(NetCard {
+            tap,
+            mac: n
+                .mac
+                .parse()
+                .map_err(|e| anyhow::anyhow!("network.mac: {e}"))?,
+            vhost_net: qemu::vhost_net_available(),
+        }),
+        None => None,
+    };
+    Ok(VmConfig {
         name: spec.id.clone(),
         kernel: spec.kernel.clone(),
         initramfs: spec.initramfs.clone(),
@@ -601,7 +658,8 @@ pub fn vm_config(spec: &VmSpec, pod: &PodDir, vsock: Vsock, log_name: &str) -> V
         }),
         log: pod.process_log(log_name),
         vmm_user: Some(spec.vmm_user.unwrap_or(DEFAULT_VMM_USER)),
-    }
+        net,
+    })
 }
 
 fn helper_sockets(pod: &PodDir, vsock: &Vsock) -> Vec<std::path::PathBuf> {
@@ -630,4 +688,109 @@ pub fn prepare_dirs(pod: &PodDir) -> Result<()> {
 
 fn create_dir(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vmpod_shim_api::vm_spec::{GuestRoute, GuestSetup, Helpers, NetSpec, VsockSpec};
+
+    fn spec() -> VmSpec {
+        VmSpec {
+            id: "pod-1".into(),
+            backend: BackendSpec::QemuTcg,
+            kernel: "/img/vmlinux".into(),
+            initramfs: "/img/initramfs.cpio.gz".into(),
+            vcpus: 1,
+            memory_mib: 256,
+            boot_timeout_ms: 1000,
+            helpers: Helpers {
+                qemu: Some("/bin/qemu".into()),
+                virtiofsd: "/bin/virtiofsd".into(),
+                vhost_device_vsock: Some("/bin/vhost-device-vsock".into()),
+            },
+            vsock: VsockSpec::default(),
+            guest: GuestSetup::default(),
+            vmm_user: None,
+            console_log_bytes: 1 << 20,
+            network: Some(NetSpec {
+                netns: "/run/netns/vmpod-pod-1".into(),
+                tap: "tap0".into(),
+                mac: "02:42:0A:58:00:05".into(),
+            }),
+        }
+    }
+
+    #[test]
+    fn guest_interfaces_reach_the_agent_with_on_link_routes_empty() {
+        let i = GuestInterface {
+            mac: "02:42:0a:58:00:05".into(),
+            mtu: 1450,
+            addresses: vec!["10.88.0.5/16".into(), "fd00::5/64".into()],
+            routes: vec![
+                GuestRoute {
+                    destination: "0.0.0.0/0".into(),
+                    gateway: Some("10.88.0.1".into()),
+                },
+                GuestRoute {
+                    destination: "10.99.0.0/16".into(),
+                    gateway: None,
+                },
+            ],
+        };
+        assert_eq!(
+            interface(&i),
+            NetworkInterface {
+                mac: "02:42:0a:58:00:05".into(),
+                mtu: 1450,
+                addresses: vec!["10.88.0.5/16".into(), "fd00::5/64".into()],
+                routes: vec![
+                    Route {
+                        destination: "0.0.0.0/0".into(),
+                        gateway: "10.88.0.1".into(),
+                    },
+                    Route {
+                        destination: "10.99.0.0/16".into(),
+                        gateway: String::new(),
+                    },
+                ],
+            }
+        );
+    }
+
+    #[test]
+    fn the_card_follows_the_spec() {
+        let pod = PodDir::new("/pods/p".into());
+        let vsock = Vsock::Kernel { guest_cid: 3 };
+        let c = vm_config(&spec(), &pod, vsock.clone(), "qemu-tcg", None).expect("config");
+        let card = c.net.expect("a card");
+        assert_eq!(card.mac.to_string(), "02:42:0a:58:00:05");
+        assert!(card.tap.is_none());
+        assert_eq!(card.vhost_net, qemu::vhost_net_available());
+
+        let mut s = spec();
+        s.network = None;
+        let c = vm_config(&s, &pod, vsock.clone(), "qemu-tcg", None).expect("config");
+        assert_eq!(c.net, None);
+
+        let mut s = spec();
+        if let Some(n) = s.network.as_mut() {
+            n.mac = "01:00:00:00:00:01".into();
+        }
+        let e = vm_config(&s, &pod, vsock, "qemu-tcg", None).expect_err("multicast");
+        assert!(e.to_string().contains("network.mac"), "{e}");
+    }
+
+    #[test]
+    fn no_network_opens_nothing() {
+        let mut s = spec();
+        s.network = None;
+        assert!(open_tap(&s).expect("nothing to open").is_none());
+        let e = open_tap(&spec()).expect_err("no such netns here");
+        let e = format!("{e:#}");
+        assert!(
+            e.contains("/run/netns/vmpod-pod-1") && e.contains("tap0"),
+            "{e}"
+        );
+    }
 }

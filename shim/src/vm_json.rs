@@ -2,13 +2,14 @@
 //! shim is the process that acts on it, and a bad value found here costs one
 //! clear line instead of a VM that hangs at boot.
 
-use std::path::Path;
+use std::path::{Component, Path};
 
 use thiserror::Error;
 use vmpod_shim_api::vm_spec::{
     BackendSpec, MAX_CONSOLE_LOG_BYTES, MAX_GUEST_CID, MIN_CONSOLE_LOG_BYTES, MIN_GUEST_CID,
-    VmSpec, VsockTransport,
+    NetSpec, VmSpec, VsockTransport,
 };
+use vmpod_vmm::devices::virtio::net::MacAddress;
 
 #[derive(Debug, Error)]
 pub enum SpecError {
@@ -116,6 +117,99 @@ pub fn validate(spec: &VmSpec) -> Result<(), (&'static str, String)> {
     {
         return Err(("guest.hostname", format!("{h:?} is not a valid hostname")));
     }
+    if let Some(net) = &spec.network {
+        validate_network(net)?;
+    }
+    validate_interfaces(spec)?;
+    Ok(())
+}
+
+/// Where `ip netns` and the daemon keep named network namespaces.
+const NETNS_DIRS: [&str; 2] = ["/run/netns", "/var/run/netns"];
+
+/// The shim enters `netns` as root to open the TAP, so a path that could
+/// lead anywhere else (another pod's namespace through `..`, the host's
+/// through `/proc/1/ns/net`) is refused before anything is opened.
+fn validate_network(net: &NetSpec) -> Result<(), (&'static str, String)> {
+    let ns = &net.netns;
+    let shown = ns.display();
+    if !ns.is_absolute() {
+        return Err(("network.netns", format!("{shown} is not an absolute path")));
+    }
+    if ns.components().any(|c| c == Component::ParentDir) {
+        return Err(("network.netns", format!("{shown} contains '..'")));
+    }
+    let named = ns.file_name().is_some()
+        && ns
+            .parent()
+            .is_some_and(|dir| NETNS_DIRS.iter().any(|d| dir == Path::new(d)));
+    if !named {
+        return Err((
+            "network.netns",
+            format!(
+                "{shown} is not a named network namespace (a file directly in {})",
+                NETNS_DIRS.join(" or ")
+            ),
+        ));
+    }
+    check_ifname(&net.tap).map_err(|e| ("network.tap", e))?;
+    parse_mac(&net.mac).map_err(|e| ("network.mac", e))?;
+    Ok(())
+}
+
+/// IFNAMSIZ less the NUL, in the characters a CNI plugin or `ip` would use:
+/// the name goes into an ioctl and into log lines, so nothing that could
+/// be mistaken for a path or an option.
+fn check_ifname(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ {
+        return Err(format!(
+            "{name:?} is not 1 to {} bytes long",
+            libc::IFNAMSIZ - 1
+        ));
+    }
+    if name == "." || name == ".." {
+        return Err(format!("{name:?} cannot name an interface"));
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+    {
+        return Err(format!(
+            "{name:?} has characters other than A-Z, a-z, 0-9, '_', '.' and '-'"
+        ));
+    }
+    Ok(())
+}
+
+/// The VMM's own parser: unicast and not all zeroes, as a NIC needs.
+fn parse_mac(mac: &str) -> Result<MacAddress, String> {
+    mac.parse()
+}
+
+/// The agent finds each guest interface by its MAC, and the VM has one
+/// card: an entry for any other MAC would fail the boot inside the guest,
+/// where the error is harder to read.
+fn validate_interfaces(spec: &VmSpec) -> Result<(), (&'static str, String)> {
+    let interfaces = &spec.guest.interfaces;
+    if interfaces.is_empty() {
+        return Ok(());
+    }
+    let Some(net) = &spec.network else {
+        return Err((
+            "guest.interfaces",
+            "configures a network card, but `network` gives the VM none".into(),
+        ));
+    };
+    let card = parse_mac(&net.mac).map_err(|e| ("network.mac", e))?;
+    for iface in interfaces {
+        let mac = parse_mac(&iface.mac).map_err(|e| ("guest.interfaces.mac", e))?;
+        if mac != card {
+            return Err((
+                "guest.interfaces.mac",
+                format!("{} is not the VM's card ({card}, network.mac)", iface.mac),
+            ));
+        }
+    }
     Ok(())
 }
 
@@ -160,7 +254,7 @@ fn file(path: &Path, field: &'static str) -> Result<(), (&'static str, String)> 
 mod tests {
     use super::*;
     use std::path::PathBuf;
-    use vmpod_shim_api::vm_spec::{GuestSetup, Helpers, VsockSpec};
+    use vmpod_shim_api::vm_spec::{GuestInterface, GuestRoute, GuestSetup, Helpers, VsockSpec};
 
     fn good() -> VmSpec {
         let sh = PathBuf::from("/bin/sh");
@@ -243,6 +337,127 @@ mod tests {
         let mut s = good();
         s.guest.hostname = "a b".into();
         assert_eq!(validate(&s).unwrap_err().0, "guest.hostname");
+    }
+
+    fn with_network() -> VmSpec {
+        let mut s = good();
+        s.network = Some(NetSpec {
+            netns: "/run/netns/vmpod-pod-1".into(),
+            tap: "tap0".into(),
+            mac: "02:42:0a:58:00:05".into(),
+        });
+        s.guest.interfaces = vec![GuestInterface {
+            mac: "02:42:0A:58:00:05".into(),
+            mtu: 1500,
+            addresses: vec!["10.88.0.5/16".into()],
+            routes: vec![GuestRoute {
+                destination: "0.0.0.0/0".into(),
+                gateway: Some("10.88.0.1".into()),
+            }],
+        }];
+        s
+    }
+
+    #[test]
+    fn a_good_network_passes() {
+        assert_eq!(validate(&with_network()), Ok(()));
+        let mut s = with_network();
+        if let Some(n) = s.network.as_mut() {
+            n.netns = "/var/run/netns/x".into();
+            n.tap = "a.b_c-9-fifteen".into();
+        }
+        assert_eq!(validate(&s), Ok(()), "/var/run/netns, 15 bytes");
+        // Loopback only: no card, nothing for the guest to configure.
+        let mut s = with_network();
+        s.network = None;
+        s.guest.interfaces.clear();
+        assert_eq!(validate(&s), Ok(()));
+    }
+
+    #[test]
+    fn each_bad_network_field_is_named() {
+        let bad_netns = [
+            "run/netns/x",
+            "/run/netns/../netns/x",
+            "/run/netns/x/..",
+            "/proc/1/ns/net",
+            "/run/netns",
+            "/run/netns/",
+            "/run/netns/a/b",
+            "/tmp/netns/x",
+        ];
+        for netns in bad_netns {
+            let mut s = with_network();
+            if let Some(n) = s.network.as_mut() {
+                n.netns = netns.into();
+            }
+            let (field, why) = validate(&s).expect_err(netns);
+            assert_eq!(field, "network.netns", "{netns}: {why}");
+            assert!(why.contains(netns.trim_end_matches('/')), "{why}");
+        }
+        let bad_taps = [
+            "",
+            "sixteen-bytes-xx",
+            ".",
+            "..",
+            "tap/0",
+            "tap 0",
+            "tap:0",
+            "t\u{e4}p",
+        ];
+        for tap in bad_taps {
+            let mut s = with_network();
+            if let Some(n) = s.network.as_mut() {
+                n.tap = tap.into();
+            }
+            let (field, why) = validate(&s).expect_err(tap);
+            assert_eq!(field, "network.tap", "{tap:?}: {why}");
+        }
+        for mac in [
+            "",
+            "02:00:00:00:00",
+            "02:00:00:00:00:01:02",
+            "02-00-00-00-00-01",
+            "0g:00:00:00:00:01",
+            "01:00:5e:00:00:01",
+            "ff:ff:ff:ff:ff:ff",
+            "00:00:00:00:00:00",
+        ] {
+            let mut s = with_network();
+            s.guest.interfaces.clear();
+            if let Some(n) = s.network.as_mut() {
+                n.mac = mac.into();
+            }
+            let (field, why) = validate(&s).expect_err(mac);
+            assert_eq!(field, "network.mac", "{mac:?}: {why}");
+            assert!(why.contains("MAC address"), "{why}");
+        }
+    }
+
+    #[test]
+    fn guest_interfaces_must_be_the_vms_card() {
+        let mut s = with_network();
+        s.guest.interfaces[0].mac = "02:42:0a:58:00:06".into();
+        let (field, why) = validate(&s).expect_err("another MAC");
+        assert_eq!(field, "guest.interfaces.mac");
+        assert!(why.contains("02:42:0a:58:00:05"), "{why}");
+        s.guest.interfaces[0].mac = "nonsense".into();
+        assert_eq!(validate(&s).unwrap_err().0, "guest.interfaces.mac");
+        let mut s = with_network();
+        s.network = None;
+        assert_eq!(validate(&s).unwrap_err().0, "guest.interfaces");
+    }
+
+    #[test]
+    fn a_spec_with_network_round_trips_through_json() {
+        let s = with_network();
+        let text = serde_json::to_string(&s).expect("to json");
+        assert!(
+            text.contains(r#""network":{"netns":"/run/netns/vmpod-pod-1""#),
+            "{text}"
+        );
+        let back: VmSpec = serde_json::from_str(&text).expect("from json");
+        assert_eq!(back, s);
     }
 
     #[test]

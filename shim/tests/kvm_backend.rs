@@ -90,6 +90,7 @@ async fn kvm_backend_reports_console_and_exit() {
         fs: None,
         log: std::env::temp_dir().join("vmpod-kvm-test.log"),
         vmm_user: None,
+        net: None,
     };
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let refused = Kvm.start(&config, tx.clone());
@@ -146,6 +147,7 @@ async fn kvm_backend_runs_the_vcpus_as_the_vmm_user() {
             uid: 65534,
             gid: 65534,
         }),
+        net: None,
     };
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let mut vm = Kvm.start(&config, tx).expect("start");
@@ -178,4 +180,65 @@ async fn kvm_backend_runs_the_vcpus_as_the_vmm_user() {
     let status = vm.stop(Duration::from_secs(5)).await;
     assert_eq!(status.code(), Some(0), "stopped by the host");
     assert_eq!(rx.recv().await.expect("exit").name, "kvm");
+}
+
+// Only the namespace fixture: the rest of `common` is for QEMU boots.
+#[path = "common/netns.rs"]
+#[allow(dead_code)]
+mod netns;
+
+/// The card of the built-in VMM is the TAP fd the shim opened in the pod's
+/// netns: the device takes it (flags checked, its own vnet header set) and
+/// lets it go with the VM.
+#[tokio::test(flavor = "current_thread")]
+async fn kvm_backend_takes_the_pods_tap() {
+    use std::sync::Arc;
+    use vmpod_shim::hypervisor::kvm::Kvm;
+    use vmpod_shim::hypervisor::{BASE_CMDLINE, Hypervisor, NetCard, VmConfig, Vsock};
+
+    if let Some(why) = netns::why_not() {
+        eprintln!("SKIP kvm_backend_takes_the_pods_tap: {why}");
+        return;
+    }
+    let ns = netns::Netns::new();
+    ns.add_tap("tapt0");
+    let tap = vmpod_shim::tap::open_in_netns(&ns.path(), "tapt0").expect("open the TAP");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = VmConfig {
+        name: "test".into(),
+        kernel: guests().join("elf64.elf"),
+        initramfs: initrd(),
+        cmdline: BASE_CMDLINE.into(),
+        vcpus: 1,
+        memory_mib: 64,
+        vsock: Vsock::InProcess {
+            guest_cid: 3,
+            uds: dir.path().join("vm.vsock"),
+        },
+        fs: None,
+        log: dir.path().join("kvm.log"),
+        vmm_user: None,
+        net: Some(NetCard {
+            tap: Some(Arc::new(tap)),
+            mac: "02:42:0a:c7:00:02".parse().expect("MAC"),
+            vhost_net: false,
+        }),
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let vm = Kvm
+        .start(&config, tx)
+        .expect("start with the TAP as its card");
+    drop(config);
+    let exit = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+        .await
+        .expect("the guest ended in time")
+        .expect("exit reported");
+    assert_eq!(exit.status.code(), Some(0), "{}", vm.diagnostics());
+    drop(vm);
+    // Nothing in this process holds the TAP any more.
+    let again = vmpod_shim::tap::open_in_netns(&ns.path(), "tapt0").expect("reopen");
+    assert_eq!(
+        vmpod_shim::tap::attached_to(&again).expect("TUNGETIFF").0,
+        "tapt0"
+    );
 }

@@ -6,9 +6,9 @@
 //! [`ExitReason::exit_code`](vmpod_vmm::ExitReason::exit_code) otherwise.
 //!
 //! Its devices are what the pod contract needs: the in-process hybrid vsock
-//! on the pod's `vm.vsock` socket (the agent channel, no helper process)
-//! and, when asked for, virtio-fs through the vhost-user frontend to the
-//! pod's virtiofsd.
+//! on the pod's `vm.vsock` socket (the agent channel, no helper process),
+//! when asked for, virtio-fs through the vhost-user frontend to the pod's
+//! virtiofsd, and the pod's network card on the TAP the shim opened.
 
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
@@ -19,11 +19,13 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use tokio::sync::watch;
 
-use super::{BoxFuture, Console, Hypervisor, RunningVm, VirtioFs, VmConfig, Vsock};
+use super::{BoxFuture, Console, Hypervisor, NetCard, RunningVm, VirtioFs, VmConfig, Vsock};
 use crate::process::{Exit, ExitSender};
 use vmpod_shim_api::vm_spec::VmmUser;
 use vmpod_vmm::devices::virtio::VirtioDevice;
 use vmpod_vmm::devices::virtio::fs::{FsConfig, FsDevice};
+use vmpod_vmm::devices::virtio::net::NetDevice;
+use vmpod_vmm::devices::virtio::net::tap::Tap;
 use vmpod_vmm::devices::virtio::vsock::{VsockConfig, VsockDevice};
 use vmpod_vmm::privilege::Credentials;
 use vmpod_vmm::{self as vmm, BootProtocol, VmmConfig, VmmHandle};
@@ -38,8 +40,12 @@ const _: () = assert!(
 #[derive(Debug, Default)]
 pub struct Kvm;
 
-/// The VM's virtio devices, in bus order: vsock, then fs.
+/// The VM's virtio devices, in bus order: vsock, fs, net. The card comes
+/// last so that a pod with a network keeps the other devices where a pod
+/// without one has them.
 fn devices(config: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>> {
+    // Checked first: a bad TAP fails before the vsock socket is bound.
+    let net = config.net.as_ref().map(net_device).transpose()?;
     let mut virtio: Vec<Box<dyn VirtioDevice>> = Vec::new();
     match &config.vsock {
         Vsock::InProcess { guest_cid, uds } => {
@@ -53,7 +59,23 @@ fn devices(config: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>> {
     if let Some(fs) = &config.fs {
         virtio.push(fs_device(fs)?);
     }
+    virtio.extend(net);
     Ok(virtio)
+}
+
+/// The device takes its own duplicate of the TAP fd: the config's copy is
+/// shared and closes with the config, the device's lives as long as the
+/// VM. `Tap::from_fd` checks that it is a TAP with the flags the device's
+/// vnet header handling needs, and sets its own header size and offloads.
+fn net_device(card: &NetCard) -> Result<Box<dyn VirtioDevice>> {
+    let fd = card
+        .tap
+        .as_ref()
+        .context("the network card has no TAP open (a plan, not a VM to start)")?
+        .try_clone()
+        .context("duplicating the TAP fd for the VMM")?;
+    let tap = Tap::from_fd(fd).context("the pod's TAP")?;
+    Ok(Box::new(NetDevice::new(tap, Some(card.mac))))
 }
 
 /// virtiofsd is already listening (the shim waited for its socket), so a
@@ -203,6 +225,44 @@ impl RunningVm for KvmVm {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_card_must_be_an_open_tap() {
+        use std::path::PathBuf;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let null = OwnedFd::from(std::fs::File::open("/dev/null").expect("/dev/null"));
+        let mut config = VmConfig {
+            name: "test".into(),
+            kernel: PathBuf::from("/nonexistent"),
+            initramfs: PathBuf::from("/nonexistent"),
+            cmdline: super::super::BASE_CMDLINE.into(),
+            vcpus: 1,
+            memory_mib: 64,
+            vsock: Vsock::InProcess {
+                guest_cid: 3,
+                uds: dir.path().join("vm.vsock"),
+            },
+            fs: None,
+            log: dir.path().join("kvm.log"),
+            vmm_user: None,
+            net: Some(NetCard {
+                tap: Some(Arc::new(null)),
+                mac: "02:00:00:00:00:01".parse().expect("MAC"),
+                vhost_net: false,
+            }),
+        };
+        let e = format!("{:#}", devices(&config).err().expect("not a TAP"));
+        assert!(e.contains("the pod's TAP: not a TAP device"), "{e}");
+        assert!(
+            !dir.path().join("vm.vsock").exists(),
+            "the vsock socket was bound before the TAP was checked"
+        );
+        if let Some(card) = config.net.as_mut() {
+            card.tap = None;
+        }
+        let e = format!("{:#}", devices(&config).err().expect("no TAP"));
+        assert!(e.contains("no TAP open"), "{e}");
+    }
 
     #[test]
     fn reboot_goes_through_the_i8042() {

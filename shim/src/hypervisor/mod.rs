@@ -10,14 +10,17 @@ pub mod kvm;
 pub mod qemu;
 
 use std::future::Future;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::process::ExitStatus;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
 use tokio::io::AsyncRead;
 use vmpod_shim_api::vm_spec::VmmUser;
+use vmpod_vmm::devices::virtio::net::MacAddress;
 
 use crate::process::ExitSender;
 
@@ -44,6 +47,35 @@ pub struct VirtioFs {
     pub tag: String,
 }
 
+/// The guest's network card, backed by the pod's TAP (see `crate::tap`).
+#[derive(Debug, Clone)]
+pub struct NetCard {
+    /// The TAP the shim opened in the pod's netns. Shared, not owned: the
+    /// config is cloned, and the fd must stay open until the VMM holds its
+    /// own copy. `None` only in a plan (`--print-commands`), which opens
+    /// nothing.
+    pub tap: Option<Arc<OwnedFd>>,
+    /// The guest sees it as the card's address; the agent finds the card
+    /// by it.
+    pub mac: MacAddress,
+    /// QEMU moves the data path into the host kernel (`vhost=on`), which
+    /// needs `/dev/vhost-net`; without it QEMU would refuse to start.
+    /// Decided where the config is made, so the command line is a pure
+    /// function of the config.
+    pub vhost_net: bool,
+}
+
+/// Two configs are the same VM when the card is on the same fd (by
+/// number: an fd cannot be compared by content).
+impl PartialEq for NetCard {
+    fn eq(&self, other: &Self) -> bool {
+        let fd = |c: &NetCard| c.tap.as_ref().map(|t| t.as_raw_fd());
+        fd(self) == fd(other) && self.mac == other.mac && self.vhost_net == other.vhost_net
+    }
+}
+
+impl Eq for NetCard {}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmConfig {
     /// Names the VM in process titles.
@@ -60,6 +92,8 @@ pub struct VmConfig {
     /// The built-in VMM's threads switch to this uid/gid before the guest
     /// runs; QEMU does (`-runas`) once its files and sockets are open.
     pub vmm_user: Option<VmmUser>,
+    /// `None`: loopback only.
+    pub net: Option<NetCard>,
 }
 
 pub type Console = Pin<Box<dyn AsyncRead + Send + Sync + Unpin>>;

@@ -8,14 +8,15 @@
 //! virtio-fs hang silently).
 
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::os::fd::{AsRawFd, RawFd};
+use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::time::Duration;
 
 use anyhow::{Result, bail};
 use tokio::process::Command;
 
-use super::{BoxFuture, Console, Hypervisor, RunningVm, VirtioFs, VmConfig, Vsock};
+use super::{BoxFuture, Console, Hypervisor, NetCard, RunningVm, VirtioFs, VmConfig, Vsock};
 use crate::confine::{self, Confinement};
 use crate::process::{ExitSender, Process, log_tail};
 
@@ -42,6 +43,22 @@ pub const TCG_TB_MIB: u64 = 256;
 
 /// The process name used in logs and on the exit channel.
 pub const PROCESS_NAME: &str = "qemu";
+
+/// Stands for the TAP's fd number in a command line made from a config
+/// without an open TAP (`--print-commands`): whoever runs that argv opens
+/// the TAP and puts its number here. Not a number, so an argv run as it
+/// is fails in QEMU's option parsing instead of using whatever fd happens
+/// to be open under that number.
+pub const TAP_FD_PLACEHOLDER: &str = "TAP_FD";
+
+/// The character device QEMU's `vhost=on` opens; without it QEMU refuses
+/// the netdev instead of falling back.
+pub const VHOST_NET: &str = "/dev/vhost-net";
+
+/// Whether QEMU can move the card's data path into the host kernel here.
+pub fn vhost_net_available() -> bool {
+    Path::new(VHOST_NET).exists()
+}
 
 /// QEMU's arguments for `config`; pure, so it can be tested.
 pub fn args(config: &VmConfig, accel: Accel) -> Result<Vec<OsString>> {
@@ -135,11 +152,53 @@ pub fn args(config: &VmConfig, accel: Accel) -> Result<Vec<OsString>> {
         a.push("-device".into());
         a.push(format!("vhost-user-fs-device,chardev=vfs0,tag={tag}").into());
     }
+    if let Some(card) = &config.net {
+        a.extend(net_args(card));
+    }
     a.push("-kernel".into());
     a.push(config.kernel.clone().into_os_string());
     a.push("-initrd".into());
     a.push(config.initramfs.clone().into_os_string());
     Ok(a)
+}
+
+/// The card as QEMU options. The TAP comes as an inherited fd
+/// ([`inherit_fd`]): QEMU never opens it by name, so it needs neither the
+/// pod's netns nor CAP_NET_ADMIN, and `-sandbox`'s `spawn=deny` is no
+/// obstacle (no ifup script). The MAC is always given: QEMU's default
+/// (52:54:00:12:34:56) would be the same for every pod on a CNI bridge.
+pub fn net_args(card: &NetCard) -> [OsString; 4] {
+    let fd = card.tap.as_ref().map_or_else(
+        || TAP_FD_PLACEHOLDER.to_owned(),
+        |t| t.as_raw_fd().to_string(),
+    );
+    let vhost = if card.vhost_net { "on" } else { "off" };
+    [
+        "-netdev".into(),
+        format!("tap,id=net0,fd={fd},vhost={vhost}").into(),
+        "-device".into(),
+        format!("virtio-net-device,netdev=net0,mac={}", card.mac).into(),
+    ]
+}
+
+/// Lets `cmd`'s program inherit `fd` under its own number. The fd stays
+/// close-on-exec in the shim, so no other child (a helper spawned at the
+/// same time) gets it; only this child's copy of the descriptor table
+/// loses the flag, between fork and exec. Clearing the flag, rather than
+/// `dup2` to a fixed number, cannot land on an fd the child still needs
+/// before exec (std's exec-error pipe): `fd` is open in the shim, so no
+/// other descriptor has its number.
+pub fn inherit_fd(cmd: &mut Command, fd: RawFd) {
+    // SAFETY: the closure runs between fork and exec and makes one
+    // async-signal-safe syscall on a descriptor the fork copied.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }
 
 fn chardev(id: &str, path: &std::path::Path) -> OsString {
@@ -165,6 +224,14 @@ impl Hypervisor for Qemu {
     fn start(&self, config: &VmConfig, exits: ExitSender) -> Result<Box<dyn RunningVm>> {
         let mut cmd = Command::new(&self.binary);
         cmd.args(args(config, self.accel)?);
+        if let Some(card) = &config.net {
+            let Some(tap) = &card.tap else {
+                bail!("the network card has no TAP open (a plan, not a VM to start)");
+            };
+            // Registered before the confinement's own pre_exec step, so it
+            // runs before the seccomp filters are installed.
+            inherit_fd(&mut cmd, tap.as_raw_fd());
+        }
         let log = crate::process::open_append(&config.log)?;
         cmd.stdout(std::process::Stdio::piped()).stderr(log);
         // Our deny-list under QEMU's filter: what `-sandbox` leaves open
@@ -214,6 +281,8 @@ impl RunningVm for QemuVm {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::OwnedFd;
+    use std::sync::Arc;
     use vmpod_shim_api::vm_spec::VmmUser;
 
     fn config() -> VmConfig {
@@ -236,7 +305,22 @@ mod tests {
                 uid: 65534,
                 gid: 65534,
             }),
+            net: None,
         }
+    }
+
+    fn card(tap: Option<Arc<OwnedFd>>, vhost_net: bool) -> NetCard {
+        NetCard {
+            tap,
+            mac: "02:42:0a:58:00:05".parse().expect("MAC"),
+            vhost_net,
+        }
+    }
+
+    fn some_fd() -> Arc<OwnedFd> {
+        Arc::new(OwnedFd::from(
+            std::fs::File::open("/dev/null").expect("/dev/null"),
+        ))
     }
 
     fn joined(a: &[OsString]) -> String {
@@ -302,6 +386,82 @@ mod tests {
         }
         // microvm adds the virtio_mmio.device= entries itself.
         assert!(!all.contains("virtio_mmio"), "{all}");
+    }
+
+    #[test]
+    fn no_network_no_netdev() {
+        let a = args(&config(), Accel::Tcg).expect("args");
+        assert!(values(&a, "-netdev").is_empty());
+        assert!(!joined(&a).contains("virtio-net"));
+    }
+
+    #[test]
+    fn the_tap_goes_in_by_fd_with_the_cards_mac() {
+        let fd = some_fd();
+        let n = fd.as_raw_fd();
+        for (vhost_net, vhost) in [(false, "off"), (true, "on")] {
+            let mut c = config();
+            c.net = Some(card(Some(fd.clone()), vhost_net));
+            let a = args(&c, Accel::Tcg).expect("args");
+            assert_eq!(
+                values(&a, "-netdev"),
+                [format!("tap,id=net0,fd={n},vhost={vhost}")]
+            );
+            assert_eq!(
+                values(&a, "-device"),
+                [
+                    "vhost-user-vsock-device,chardev=vsock0",
+                    "vhost-user-fs-device,chardev=vfs0,tag=vmpod",
+                    "virtio-net-device,netdev=net0,mac=02:42:0a:58:00:05"
+                ]
+            );
+            // Before the boot files, after every other device.
+            let pos = |flag: &str| a.iter().position(|x| x == flag).expect(flag);
+            assert!(pos("-netdev") < pos("-kernel"));
+        }
+    }
+
+    #[test]
+    fn a_plan_without_a_tap_shows_the_placeholder_and_cannot_start() {
+        let mut c = config();
+        c.net = Some(card(None, false));
+        let a = args(&c, Accel::Kvm).expect("args");
+        assert_eq!(values(&a, "-netdev"), ["tap,id=net0,fd=TAP_FD,vhost=off"]);
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let qemu = Qemu::new("/bin/true".into(), Accel::Tcg);
+        let e = qemu
+            .start(&c, tx)
+            .err()
+            .expect("refused without a TAP")
+            .to_string();
+        assert!(e.contains("no TAP open"), "{e}");
+    }
+
+    /// Only the child that was given the fd sees it, under the same
+    /// number, and through the shim's confinement.
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_child_inherits_the_fd_and_nobody_else_does() {
+        let fd = some_fd();
+        let n = fd.as_raw_fd();
+        let check = format!("test \"$(readlink /proc/self/fd/{n})\" = /dev/null");
+        let run = |inherit: bool| {
+            let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+            let mut cmd = Command::new("sh");
+            cmd.args(["-c", &check]);
+            if inherit {
+                inherit_fd(&mut cmd, n);
+            }
+            let confinement = Confinement::new().filter(confine::deny_list(true).expect("filter"));
+            Process::spawn_confined("fd-check", cmd, tx, Some(confinement))
+                .expect("spawn")
+                .0
+        };
+        assert_eq!(run(true).wait().await.code(), Some(0), "fd {n} inherited");
+        assert_eq!(run(false).wait().await.code(), Some(1), "fd {n} leaked");
+        // The shim's own descriptor is still close-on-exec.
+        // SAFETY: F_GETFD on an fd we hold.
+        let flags = unsafe { libc::fcntl(n, libc::F_GETFD) };
+        assert_eq!(flags & libc::FD_CLOEXEC, libc::FD_CLOEXEC);
     }
 
     #[test]
