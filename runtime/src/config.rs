@@ -327,6 +327,13 @@ impl Default for HelpersConfig {
 pub struct CniConfig {
     pub bin_dirs: Vec<AbsPath>,
     pub conf_dir: AbsPath,
+    /// How long one plugin call may take before it is killed and the
+    /// sandbox fails (or, for DEL, is retried later).
+    #[serde(deserialize_with = "timeout_secs")]
+    pub timeout_secs: u64,
+    /// The embedded default network's pod subnet (host-local), used only
+    /// when the conf dir holds no config.
+    pub default_subnet: Subnet,
 }
 
 impl Default for CniConfig {
@@ -334,7 +341,60 @@ impl Default for CniConfig {
         Self {
             bin_dirs: vec![AbsPath::new("/opt/cni/bin"), AbsPath::new("/usr/lib/cni")],
             conf_dir: AbsPath::new("/etc/cni/net.d"),
+            timeout_secs: 30,
+            default_subnet: Subnet {
+                addr: std::net::Ipv4Addr::new(10, 87, 0, 0),
+                prefix: 16,
+            },
         }
+    }
+}
+
+/// An IPv4 network in CIDR notation (`10.87.0.0/16`) with no host bits
+/// set, between /8 and /28 so that it holds pods and is not the whole
+/// address space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Subnet {
+    pub addr: std::net::Ipv4Addr,
+    pub prefix: u8,
+}
+
+impl TryFrom<String> for Subnet {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let (a, p) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?} is not a CIDR subnet like 10.87.0.0/16"))?;
+        let addr: std::net::Ipv4Addr = a
+            .parse()
+            .map_err(|_| format!("{s:?}: {a:?} is not an IPv4 address"))?;
+        let prefix: u8 = p
+            .parse()
+            .map_err(|_| format!("{s:?}: {p:?} is not a prefix length"))?;
+        if !(8..=28).contains(&prefix) {
+            return Err(format!("{s:?}: prefix /{prefix} is outside /8../28"));
+        }
+        let mask = u32::MAX << (32 - u32::from(prefix));
+        if u32::from(addr) & !mask != 0 {
+            return Err(format!(
+                "{s:?} has host bits set; the network is {}/{prefix}",
+                std::net::Ipv4Addr::from(u32::from(addr) & mask)
+            ));
+        }
+        Ok(Subnet { addr, prefix })
+    }
+}
+
+impl From<Subnet> for String {
+    fn from(s: Subnet) -> String {
+        s.to_string()
+    }
+}
+
+impl fmt::Display for Subnet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
     }
 }
 
@@ -642,8 +702,15 @@ vhost-device-vsock = "vhost-device-vsock"
 [cni]
 # Directories searched for CNI plugin binaries, in order.
 bin-dirs = ["/opt/cni/bin", "/usr/lib/cni"]
-# Directory holding the CNI network configuration (*.conflist, *.conf).
+# Directory holding the CNI network configuration (*.conflist, *.conf). The
+# lexically first valid file is used. With no file there at all, pods join
+# vmpod's embedded default network: bridge vmpod0, host-local IPs from
+# default-subnet, NAT to the outside, hostPort through portmap.
 conf-dir = "/etc/cni/net.d"
+# Longest a CNI plugin may run before it is killed.
+timeout-secs = 30
+# The embedded default network's pod subnet.
+default-subnet = "10.87.0.0/16"
 
 [registry]
 # Connect timeout, and the longest a registry may stay silent mid-transfer.

@@ -261,14 +261,14 @@ fn cni_check(config: &Config, network: &Result<cni::Network, String>, depth: Dep
             return check(
                 "CNI",
                 Verdict::Warn,
-                format!("{e}: pods start without a network"),
+                format!("{e}: pods with their own network cannot start"),
             );
         }
     };
     let summary = format!(
         "network {:?} from {} ({})",
         n.name,
-        n.file.display(),
+        n.source,
         n.plugins
             .iter()
             .map(|(t, _)| t.as_str())
@@ -282,7 +282,7 @@ fn cni_check(config: &Config, network: &Result<cni::Network, String>, depth: Dep
         return check(
             "CNI",
             Verdict::Warn,
-            format!("{summary}: {} has no \"cniVersion\"", n.file.display()),
+            format!("{summary}: {} has no \"cniVersion\"", n.source),
         );
     };
     let bin_dirs: Vec<_> = config

@@ -1,6 +1,10 @@
-//! Pod networking. The CNI client lives here; today it answers whether the
-//! node's network is ready. Per-pod netns and TAP setup join it with the CNI
-//! issue.
+//! Pod networking: which CNI network pods join (`cni`), the CNI exec
+//! protocol (`plugin`), a pod's named netns (`netns`), the TAP that carries
+//! the CNI interface into the VM (`tap`), and the attachment that ties them
+//! together for one pod, ADD to DEL (`attachment`).
 
+pub mod attachment;
 pub mod cni;
+pub mod netns;
 pub mod plugin;
+pub mod tap;

@@ -25,10 +25,6 @@ pub const OUTPUT_LIMIT: usize = 1 << 20;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Command {
     Add,
-    #[cfg_attr(
-        not(test),
-        expect(dead_code, reason = "the sandbox's CNI DEL path (issue 18) sends it")
-    )]
     Del,
     #[cfg_attr(
         not(test),
@@ -244,13 +240,6 @@ pub struct VersionInfo {
 /// injected, `prevResult` chains the previous plugin's result, and only
 /// the capability args the plugin declares in `capabilities` go into
 /// `runtimeConfig` (a plugin must not see capabilities it did not ask for).
-#[cfg_attr(
-    not(test),
-    expect(
-        dead_code,
-        reason = "the sandbox's CNI ADD/DEL path (issue 18) calls it"
-    )
-)]
 pub fn plugin_config(
     plugin: &Value,
     name: &str,
@@ -302,10 +291,6 @@ pub async fn add(
 }
 
 /// Runs DEL or CHECK, which print nothing on success.
-#[cfg_attr(
-    not(test),
-    expect(dead_code, reason = "the sandbox's CNI DEL path (issue 18) calls it")
-)]
 pub async fn run_quiet(
     plugin: &Path,
     command: Command,

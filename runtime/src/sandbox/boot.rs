@@ -30,7 +30,9 @@ use crate::daemon::Daemon;
 use crate::error::store_err;
 use crate::host::backend::{self, Accel, Backend, VirtFacts};
 use crate::host::vsock::{self, VsockBackend};
-use crate::state::{Metadata, ReserveError, SandboxRecord, SandboxState, VmRecord};
+use crate::network::attachment::{self, AttachError, PodNetworkRequest};
+use crate::network::cni;
+use crate::state::{Metadata, NetworkRecord, ReserveError, SandboxRecord, SandboxState, VmRecord};
 
 /// Handlers this runtime serves (RuntimeClass `handler`). kubelet sends ""
 /// for the default; "" and "vmpod" use the configured `[vm] backend`,
@@ -70,6 +72,10 @@ pub struct PodRequest {
     pub overhead: Limits,
     /// Hostname and DNS, set up in the guest.
     pub guest: GuestSetup,
+    /// The pod's own network; `None` for a pod on the node's network,
+    /// which gets loopback only until host-network pods exist. Its
+    /// `sandbox_id` is filled in here.
+    pub network: Option<PodNetworkRequest>,
 }
 
 /// Boots the pod `req` describes and returns its sandbox id once the guest
@@ -77,9 +83,22 @@ pub struct PodRequest {
 /// future would skip the teardown of a failed boot.
 pub async fn run(daemon: &Arc<Daemon>, req: PodRequest) -> Result<String, Status> {
     let plan = plan_vm(daemon, &req.runtime_handler)?;
+    let network = match &req.network {
+        None => None,
+        Some(_) => Some(cni::default_network(&daemon.config.cni).map_err(|e| {
+            Status::failed_precondition(format!("the pod network is not ready: {e}"))
+        })?),
+    };
 
     let id = crate::state::new_id()
         .map_err(|e| Status::internal(format!("cannot read /dev/urandom: {e}")))?;
+    let network = match (network, req.network) {
+        (Some(net), Some(mut pod)) => {
+            pod.sandbox_id = id.clone();
+            Some(attachment::plan(&net, &pod).map_err(Status::invalid_argument)?)
+        }
+        _ => None,
+    };
     // Allocated before the record is first written, so the record always
     // names what it holds; released with the record (Registry::forget).
     let vsock_cid = daemon
@@ -107,6 +126,7 @@ pub async fn run(daemon: &Arc<Daemon>, req: PodRequest) -> Result<String, Status
         vm: VmRecord::default(),
         event_seq: 0,
         reason: String::new(),
+        network: None,
     };
     if let Err(e) = daemon.store.reserve_sandbox(&rec) {
         daemon.sandboxes.release_cid(&id);
@@ -137,7 +157,7 @@ pub async fn run(daemon: &Arc<Daemon>, req: PodRequest) -> Result<String, Status
         let lock = d.sandboxes.lock_for(&rec.id);
         let _guard = lock.lock().await;
         let mut rec = rec;
-        match boot(&d, &mut rec, plan, size, &cgroup_parent, guest).await {
+        match boot(&d, &mut rec, plan, size, &cgroup_parent, guest, network).await {
             Ok(()) => {
                 monitor::start(&d, &rec);
                 tracing::info!(sandbox = %rec.id, name = %rec.metadata.name, "sandbox ready");
@@ -240,7 +260,8 @@ async fn boot(
     plan: Plan,
     size: resources::VmSize,
     cgroup_parent: &str,
-    guest: GuestSetup,
+    mut guest: GuestSetup,
+    network: Option<NetworkRecord>,
 ) -> Result<(), Status> {
     let pods = daemon.config.state_dir.as_path().join(super::PODS_DIR);
     std::fs::DirBuilder::new()
@@ -269,6 +290,15 @@ async fn boot(
     }
     let procs: Vec<_> = dirs.iter().map(|d| cgroup::procs_file(d)).collect();
 
+    let card = match network {
+        None => None,
+        Some(net) => {
+            let attached = attach_network(daemon, rec, net).await?;
+            guest.interfaces = vec![attached.guest];
+            Some(attached.card)
+        }
+    };
+
     let spec = VmSpec {
         id: rec.id.clone(),
         backend: plan.backend,
@@ -293,7 +323,7 @@ async fn boot(
         // vhost-device-vsock all run as this user.
         vmm_user: Some(daemon.config.vm.vmm_user),
         console_log_bytes: daemon.config.vm.console_log_bytes,
-        network: None,
+        network: card,
     };
     let pid = shim::spawn(&plan.shim, &rec.pod_dir, &spec, &procs).map_err(Status::internal)?;
     rec.vm.shim_pid = pid;
@@ -315,6 +345,48 @@ async fn boot(
     rec.state = SandboxState::Ready;
     daemon.store.put_sandbox(rec).map_err(store_err)?;
     Ok(())
+}
+
+/// Records the attachment before anything of it exists, attaches, and
+/// records the ADD result as soon as there is one: whatever happens after,
+/// the record holds what DEL needs.
+async fn attach_network(
+    daemon: &Daemon,
+    rec: &mut SandboxRecord,
+    mut net: NetworkRecord,
+) -> Result<attachment::Attached, Status> {
+    rec.network = Some(net.clone());
+    daemon.store.put_sandbox(rec).map_err(store_err)?;
+    let started = std::time::Instant::now();
+    let attached = attachment::attach(&daemon.config.cni, &mut net, |n| {
+        daemon
+            .store
+            .update_sandbox(&n.sandbox_id, |r| {
+                r.network = Some(n.clone());
+                true
+            })
+            .map(drop)
+            .map_err(|e| e.to_string())
+    })
+    .await;
+    rec.network = Some(net);
+    match attached {
+        Ok(a) => {
+            tracing::info!(
+                sandbox = %rec.id,
+                ips = ?rec.network.as_ref().map(|n| &n.ips),
+                ms = started.elapsed().as_millis() as u64,
+                "pod network attached"
+            );
+            Ok(a)
+        }
+        Err(AttachError::Plugin(e)) => Err(Status::unavailable(format!(
+            "attaching the pod to the CNI network: {e}"
+        ))),
+        Err(AttachError::Host(e)) => Err(Status::internal(format!(
+            "attaching the pod to the CNI network: {e}"
+        ))),
+    }
 }
 
 fn vm_record(s: &VmState) -> VmRecord {

@@ -20,7 +20,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::daemon::Daemon;
-use crate::state::{SandboxRecord, SandboxState, Store};
+use crate::network::attachment;
+use crate::state::{NetworkRecord, SandboxRecord, SandboxState, Store};
 
 /// Where pod dirs live under the state dir.
 pub const PODS_DIR: &str = "pods";
@@ -77,19 +78,84 @@ pub fn remove_pod_dir(state_dir: &Path, rec: &SandboxRecord) -> Result<(), Strin
 }
 
 /// Undoes a sandbox that never became ready, after a failed boot or one
-/// cut short by a daemon crash: VM, cgroups, pod dir, record. Failures are
-/// logged; there is no caller left to report them to.
+/// cut short by a daemon crash: VM, network, cgroups, pod dir, record.
+/// Failures are logged; there is no caller left to report them to.
 pub async fn teardown(daemon: &Daemon, rec: &SandboxRecord) {
     for e in stop_vm(rec).await {
         tracing::warn!(sandbox = %rec.id, error = %e, "teardown");
     }
+    let pending = match release_network(daemon, rec).await {
+        Ok(()) => None,
+        Err(e) => {
+            tracing::warn!(sandbox = %rec.id, error = %e, "teardown: CNI DEL failed; retried at daemon start");
+            rec.network.as_ref()
+        }
+    };
     if let Err(e) = remove_pod_dir(daemon.config.state_dir.as_path(), rec) {
         tracing::warn!(sandbox = %rec.id, error = %e, "teardown");
     }
-    if let Err(e) = daemon.store.delete_sandbox(&rec.id) {
-        tracing::error!(sandbox = %rec.id, error = %e, "teardown: cannot delete record");
+    forget(daemon, rec, pending);
+}
+
+/// Deletes the record, keeping an attachment whose DEL is still owed in
+/// the pending table (whose netns goes now: it must not outlive the pod).
+pub fn forget(daemon: &Daemon, rec: &SandboxRecord, pending: Option<&NetworkRecord>) {
+    if let Err(e) = daemon.store.delete_sandbox(&rec.id, pending) {
+        tracing::error!(sandbox = %rec.id, error = %e, "cannot delete the sandbox record");
     }
     daemon.sandboxes.forget(&rec.id);
+}
+
+/// Runs CNI DEL for the pod's attachment, if it has one, and removes its
+/// netns; on success the record no longer holds it. On failure the record
+/// keeps it for a retry and the error is returned.
+pub async fn release_network(daemon: &Daemon, rec: &SandboxRecord) -> Result<(), String> {
+    let Some(net) = &rec.network else {
+        return Ok(());
+    };
+    match attachment::detach(&daemon.config.cni, net).await {
+        Ok(()) => {
+            daemon
+                .store
+                .update_sandbox(&rec.id, |r| r.network.take().is_some())
+                .map_err(|e| e.to_string())?;
+            tracing::info!(sandbox = %rec.id, ips = ?net.ips, "pod network released");
+            Ok(())
+        }
+        Err(e) => {
+            // Without its netns a pod leaks nothing a later DEL cannot
+            // find: the plugins' state is keyed by the sandbox id.
+            if let Err(e) = attachment::remove_netns(net).await {
+                tracing::warn!(sandbox = %rec.id, error = %e, "cannot remove the pod netns");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Retries the DELs that RemovePodSandbox (or a failed boot) left to the
+/// pending table; called at daemon start.
+pub async fn retry_pending_networks(daemon: &Daemon) {
+    let pending = match daemon.store.list_pending_networks() {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot list pending CNI DELs");
+            return;
+        }
+    };
+    for net in pending {
+        match attachment::detach(&daemon.config.cni, &net).await {
+            Ok(()) => {
+                tracing::info!(sandbox = %net.sandbox_id, "pending CNI DEL done");
+                if let Err(e) = daemon.store.forget_pending_network(&net.sandbox_id) {
+                    tracing::error!(sandbox = %net.sandbox_id, error = %e, "cannot drop a done CNI DEL");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(sandbox = %net.sandbox_id, error = %e, "pending CNI DEL failed again; retried at the next start");
+            }
+        }
+    }
 }
 
 /// Marks a sandbox NOTREADY unless it is gone or already not ready.

@@ -12,6 +12,8 @@
 //!   once no live shim uses them.
 //! - Every record's vsock CID is held again before anything else happens,
 //!   so no new pod can be given the CID of a VM that is still running.
+//! - Pod networks still attached to stopped pods, and DELs left pending by
+//!   a RemovePodSandbox, are released (CNI DEL with the recorded result).
 
 use std::sync::Arc;
 
@@ -44,7 +46,21 @@ pub async fn recover(daemon: &Arc<Daemon>) -> Result<(), String> {
             }
             SandboxState::NotReady => {}
         }
+        // A stopped pod whose DEL failed (or a Ready one whose shim died
+        // with the daemon) still holds its attachment; Remove would retry,
+        // but kubelet may not call it soon, and the lease is held meanwhile.
+        if let Some(current) = daemon
+            .store
+            .get_sandbox(&rec.id)
+            .map_err(|e| e.to_string())?
+            && current.state == SandboxState::NotReady
+            && current.network.is_some()
+            && let Err(e) = super::release_network(daemon, &current).await
+        {
+            tracing::warn!(sandbox = %rec.id, error = %e, "CNI DEL failed; retried on remove");
+        }
     }
+    super::retry_pending_networks(daemon).await;
     recover_containers(daemon).await?;
     let pods = daemon.config.state_dir.as_path().join(super::PODS_DIR);
     let Ok(entries) = std::fs::read_dir(&pods) else {
@@ -152,6 +168,7 @@ mod tests {
             vm: VmRecord::default(),
             event_seq: 0,
             reason: String::new(),
+            network: None,
         }
     }
 

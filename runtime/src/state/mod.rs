@@ -17,7 +17,7 @@ pub use containers::{
     ContainerMetadata, ContainerRecord, ContainerState, MountRecord, ReserveContainerError,
 };
 pub use images::{ImageRecord, LayerRecord};
-pub use sandboxes::{Metadata, ReserveError, SandboxRecord, SandboxState, VmRecord};
+pub use sandboxes::{Metadata, NetworkRecord, ReserveError, SandboxRecord, SandboxState, VmRecord};
 pub use store::{Store, StoreError};
 
 impl Store {
@@ -25,7 +25,8 @@ impl Store {
     /// to [`store::SCHEMA_VERSION`]. The dir itself must already exist.
     ///
     /// Version 0 is a fresh file; version 1 had no sandbox tables, version 2
-    /// no image tables, version 3 no container tables. Every step only adds
+    /// no image tables, version 3 no container tables, version 4 no
+    /// pending network table. Every step only adds
     /// tables, so the migration creates whatever is missing.
     pub fn open(state_dir: &Path) -> Result<Store, StoreError> {
         let store = Store::open_unmigrated(state_dir)?;
@@ -36,6 +37,7 @@ impl Store {
             tx.open_table(images::IMAGE_NAMES)?;
             tx.open_table(containers::CONTAINERS)?;
             tx.open_table(containers::CONTAINER_NAMES)?;
+            tx.open_table(sandboxes::PENDING_NETWORKS)?;
             Ok(())
         })?;
         Ok(store)

@@ -15,6 +15,11 @@ use super::store::{Store, StoreError, decode, encode};
 
 pub(super) const SANDBOXES: TableDefinition<&str, &[u8]> = TableDefinition::new("sandboxes");
 pub(super) const SANDBOX_NAMES: TableDefinition<&str, &str> = TableDefinition::new("sandbox_names");
+/// CNI attachments whose DEL failed after their sandbox was removed:
+/// RemovePodSandbox never waits on a broken plugin, and the daemon retries
+/// these at start until DEL succeeds.
+pub(super) const PENDING_NETWORKS: TableDefinition<&str, &[u8]> =
+    TableDefinition::new("pending_networks");
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -56,6 +61,33 @@ pub struct VmRecord {
     pub boot_ns: [u64; 4],
 }
 
+/// A pod's CNI attachment: what DEL needs to undo ADD exactly, kept from
+/// before the netns exists until DEL succeeds. The JSON documents are kept
+/// as text, as they were sent and received.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkRecord {
+    /// The sandbox it belongs to: the CNI container id.
+    pub sandbox_id: String,
+    /// The named netns, `/run/netns/vmpod-…`.
+    pub netns: PathBuf,
+    /// The CNI interface in the netns (`eth0`).
+    pub ifname: String,
+    /// The TAP joined to it, which the VM's card reads and writes.
+    pub tap: String,
+    /// The conflist ADD ran (`name`, `cniVersion`, `plugins`).
+    pub conflist: String,
+    /// `CNI_ARGS` pairs.
+    pub args: Vec<(String, String)>,
+    /// Capability args (`portMappings`, `dns`) as a JSON object.
+    pub capability_args: String,
+    /// Whether the loopback plugin was run on `lo` too.
+    pub loopback: bool,
+    /// The chain's final ADD result, once ADD succeeded: DEL's `prevResult`.
+    pub result: Option<String>,
+    /// The pod's IPs from the result, primary first.
+    pub ips: Vec<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SandboxRecord {
     pub id: String,
@@ -89,6 +121,10 @@ pub struct SandboxRecord {
     pub event_seq: u64,
     /// Why the sandbox is not ready, when it is not.
     pub reason: String,
+    /// The CNI attachment, while one exists; `None` for host-network pods
+    /// and once DEL succeeded.
+    #[serde(default)]
+    pub network: Option<NetworkRecord>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -174,9 +210,21 @@ impl Store {
         self.list_json(SANDBOXES)
     }
 
-    /// Deletes the record and frees its name. Absent ids are fine.
-    pub fn delete_sandbox(&self, id: &str) -> Result<(), StoreError> {
+    /// Deletes the record and frees its name; absent ids are fine. In the
+    /// same transaction `pending`, an attachment whose DEL is still owed,
+    /// goes to the pending table, so no crash can lose it.
+    pub fn delete_sandbox(
+        &self,
+        id: &str,
+        pending: Option<&NetworkRecord>,
+    ) -> Result<(), StoreError> {
         let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        if let Some(net) = pending {
+            let mut pending = tx.open_table(PENDING_NETWORKS).map_err(|e| self.err(e))?;
+            pending
+                .insert(id, encode(net)?.as_slice())
+                .map_err(|e| self.err(e))?;
+        }
         {
             let mut table = tx.open_table(SANDBOXES).map_err(|e| self.err(e))?;
             let old = table.remove(id).map_err(|e| self.err(e))?;
@@ -188,6 +236,21 @@ impl Store {
                     .remove(rec.metadata.key().as_str())
                     .map_err(|e| self.err(e))?;
             }
+        }
+        tx.commit().map_err(|e| self.err(e))
+    }
+}
+
+impl Store {
+    pub fn list_pending_networks(&self) -> Result<Vec<NetworkRecord>, StoreError> {
+        self.list_json(PENDING_NETWORKS)
+    }
+
+    pub fn forget_pending_network(&self, sandbox_id: &str) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        {
+            let mut pending = tx.open_table(PENDING_NETWORKS).map_err(|e| self.err(e))?;
+            pending.remove(sandbox_id).map_err(|e| self.err(e))?;
         }
         tx.commit().map_err(|e| self.err(e))
     }
@@ -221,6 +284,7 @@ mod tests {
             vm: VmRecord::default(),
             event_seq: 0,
             reason: String::new(),
+            network: None,
         }
     }
 
@@ -242,8 +306,8 @@ mod tests {
             SandboxState::Ready
         );
         assert_eq!(store.list_sandboxes().unwrap().len(), 2);
-        store.delete_sandbox("a").unwrap();
-        store.delete_sandbox("a").unwrap();
+        store.delete_sandbox("a", None).unwrap();
+        store.delete_sandbox("a", None).unwrap();
         assert!(store.get_sandbox("a").unwrap().is_none());
         store.reserve_sandbox(&rec("d", "pod")).unwrap();
     }

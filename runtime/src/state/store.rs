@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 
 /// Bumped whenever a table's layout changes; see `Store::open` in
 /// `state/mod.rs`.
-pub const SCHEMA_VERSION: u64 = 4;
+pub const SCHEMA_VERSION: u64 = 5;
 
 pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 pub(super) const SCHEMA_KEY: &str = "schema_version";

@@ -13,6 +13,7 @@ use vmpod_cri_api::v1::{
 
 use crate::daemon::Daemon;
 use crate::host::check::{self, Depth, Report};
+use crate::network::cni;
 
 pub const RUNTIME_READY: &str = "RuntimeReady";
 pub const NETWORK_READY: &str = "NetworkReady";
@@ -23,7 +24,10 @@ pub async fn status(daemon: &Daemon, req: StatusRequest) -> Result<StatusRespons
         .await
         .map_err(|e| Status::internal(format!("host check task failed: {e}")))?;
 
-    let conditions = vec![runtime_condition(&report), network_condition(&report)];
+    let conditions = vec![
+        runtime_condition(&report),
+        network_condition(&report, daemon.config.cni.conf_dir.as_path()),
+    ];
     let info = if req.verbose {
         verbose_info(daemon, &report)?
     } else {
@@ -83,13 +87,24 @@ fn runtime_condition(report: &Report) -> RuntimeCondition {
     }
 }
 
-fn network_condition(report: &Report) -> RuntimeCondition {
+fn network_condition(report: &Report, conf_dir: &std::path::Path) -> RuntimeCondition {
     match &report.network {
         Ok(n) => RuntimeCondition {
             r#type: NETWORK_READY.into(),
             status: true,
-            reason: "CNIConfigured".into(),
-            message: format!("CNI network {:?} from {}", n.name, n.file.display()),
+            reason: match n.source {
+                cni::Source::File(_) => "CNIConfigured".into(),
+                cni::Source::Embedded => "EmbeddedDefaultNetwork".into(),
+            },
+            message: match &n.source {
+                cni::Source::File(f) => format!("CNI network {:?} from {}", n.name, f.display()),
+                cni::Source::Embedded => format!(
+                    "no CNI config in {}: pods join vmpod's embedded default network {:?} (bridge {}); put a conflist there to use another",
+                    conf_dir.display(),
+                    n.name,
+                    cni::DEFAULT_BRIDGE
+                ),
+            },
         },
         Err(e) => RuntimeCondition {
             r#type: NETWORK_READY.into(),

@@ -8,13 +8,15 @@ use std::sync::Arc;
 
 use tonic::Status;
 use vmpod_cri_api::v1::{
-    LinuxContainerResources, PodSandboxConfig, RunPodSandboxRequest, RunPodSandboxResponse,
+    LinuxContainerResources, NamespaceMode, PodSandboxConfig, Protocol, RunPodSandboxRequest,
+    RunPodSandboxResponse,
 };
 use vmpod_shim_api::vm_spec::GuestSetup;
 
 use crate::cri::labels::check_labels;
 use crate::daemon::Daemon;
 use crate::error::invalid;
+use crate::network::attachment::{PodNetworkRequest, PortMapping};
 use crate::sandbox::boot::{self, PodRequest, RUNTIME_HANDLERS};
 use crate::sandbox::resources::Limits;
 use crate::state::Metadata;
@@ -41,6 +43,17 @@ pub async fn run_pod_sandbox(
         .and_then(|l| l.security_context.as_ref())
         .and_then(|s| s.namespace_options.as_ref());
     let dns = config.dns_config.clone().unwrap_or_default();
+    let own_network = ns.is_none_or(|n| n.network != NamespaceMode::Node as i32);
+    let network = own_network.then(|| PodNetworkRequest {
+        sandbox_id: String::new(),
+        name: valid.metadata.name.clone(),
+        namespace: valid.metadata.namespace.clone(),
+        uid: valid.metadata.uid.clone(),
+        port_mappings: valid.port_mappings,
+        dns_servers: dns.servers.clone(),
+        dns_searches: dns.searches.clone(),
+        dns_options: dns.options.clone(),
+    });
     let pod = PodRequest {
         metadata: valid.metadata,
         runtime_handler: req.runtime_handler,
@@ -61,6 +74,7 @@ pub async fn run_pod_sandbox(
             dns_options: dns.options,
             interfaces: Vec::new(),
         },
+        network,
     };
     let pod_sandbox_id = boot::run(daemon, pod).await?;
     Ok(RunPodSandboxResponse { pod_sandbox_id })
@@ -78,6 +92,50 @@ fn limits(r: Option<&LinuxContainerResources>) -> Limits {
 struct Valid {
     metadata: Metadata,
     hostname: String,
+    port_mappings: Vec<PortMapping>,
+}
+
+/// The hostPort mappings portmap is given: kubelet sends every declared
+/// container port, and only those with a host port are mappings.
+fn port_mappings(config: &PodSandboxConfig) -> Result<Vec<PortMapping>, Status> {
+    let mut out = Vec::new();
+    for (i, m) in config.port_mappings.iter().enumerate() {
+        let field = |f: &str| format!("config.port_mappings[{i}].{f}");
+        let port = |f: &str, v: i32, zero_ok: bool| {
+            u16::try_from(v)
+                .ok()
+                .filter(|p| zero_ok || *p != 0)
+                .ok_or_else(|| invalid(&field(f), format!("{v} is not a port (1..=65535)")))
+        };
+        let container_port = port("container_port", m.container_port, false)?;
+        let host_port = port("host_port", m.host_port, true)?;
+        let protocol = match Protocol::try_from(m.protocol) {
+            Ok(Protocol::Tcp) => "tcp",
+            Ok(Protocol::Udp) => "udp",
+            Ok(Protocol::Sctp) => "sctp",
+            Err(_) => {
+                return Err(invalid(
+                    &field("protocol"),
+                    format!("{} is not TCP, UDP or SCTP", m.protocol),
+                ));
+            }
+        };
+        if !m.host_ip.is_empty() && m.host_ip.parse::<IpAddr>().is_err() {
+            return Err(invalid(
+                &field("host_ip"),
+                format!("{:?} is not an IP address", m.host_ip),
+            ));
+        }
+        if host_port != 0 {
+            out.push(PortMapping {
+                host_port,
+                container_port,
+                protocol,
+                host_ip: m.host_ip.clone(),
+            });
+        }
+    }
+    Ok(out)
 }
 
 fn validate(config: &PodSandboxConfig, handler: &str) -> Result<Valid, Status> {
@@ -219,6 +277,7 @@ fn validate(config: &PodSandboxConfig, handler: &str) -> Result<Valid, Status> {
             attempt,
         },
         hostname,
+        port_mappings: port_mappings(config)?,
     })
 }
 

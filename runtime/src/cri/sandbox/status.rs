@@ -5,13 +5,13 @@ use std::sync::Arc;
 
 use tonic::Status;
 use vmpod_cri_api::v1::{
-    LinuxPodSandboxStatus, Namespace, NamespaceOption, PodSandboxNetworkStatus, PodSandboxStatus,
-    PodSandboxStatusRequest, PodSandboxStatusResponse,
+    LinuxPodSandboxStatus, Namespace, NamespaceOption, PodIp, PodSandboxNetworkStatus,
+    PodSandboxStatus, PodSandboxStatusRequest, PodSandboxStatusResponse,
 };
 
 use super::{cri_metadata, cri_state, find};
 use crate::daemon::Daemon;
-use crate::state::SandboxRecord;
+use crate::state::{SandboxRecord, SandboxState};
 
 pub async fn pod_sandbox_status(
     daemon: &Arc<Daemon>,
@@ -33,6 +33,24 @@ pub async fn pod_sandbox_status(
     })
 }
 
+/// The pod's IPs from its CNI result, the first (IPv4 when it has one) as
+/// the primary. A pod that is not ready reports none: its lease may already
+/// be released and given to another pod.
+fn network_status(rec: &SandboxRecord) -> PodSandboxNetworkStatus {
+    let ips = match (&rec.network, rec.state) {
+        (Some(net), SandboxState::Ready) => net.ips.as_slice(),
+        _ => &[],
+    };
+    PodSandboxNetworkStatus {
+        ip: ips.first().cloned().unwrap_or_default(),
+        additional_ips: ips
+            .iter()
+            .skip(1)
+            .map(|ip| PodIp { ip: ip.clone() })
+            .collect(),
+    }
+}
+
 /// The CRI view of a sandbox record, shared with GetContainerEvents.
 pub(crate) fn cri_sandbox_status(rec: &SandboxRecord) -> PodSandboxStatus {
     let [network, pid, ipc] = rec.namespace_modes;
@@ -41,8 +59,7 @@ pub(crate) fn cri_sandbox_status(rec: &SandboxRecord) -> PodSandboxStatus {
         metadata: Some(cri_metadata(rec)),
         state: cri_state(rec).into(),
         created_at: rec.created_at,
-        // Pod IPs arrive with CNI networking.
-        network: Some(PodSandboxNetworkStatus::default()),
+        network: Some(network_status(rec)),
         linux: Some(LinuxPodSandboxStatus {
             namespaces: Some(Namespace {
                 options: Some(NamespaceOption {

@@ -1,4 +1,5 @@
-//! `StopPodSandbox`: stop the VM, keep the record and logs.
+//! `StopPodSandbox`: stop the VM, release the pod network (CNI DEL, netns),
+//! keep the record and logs.
 //!
 //! Idempotent, and an unknown id is not an error: kubelet retries stops of
 //! sandboxes it may already have removed.
@@ -45,6 +46,11 @@ pub(crate) async fn stop(daemon: &Arc<Daemon>, id: &str) -> Result<(), Status> {
     crate::container::sandbox_stopped(daemon, id, "the pod sandbox was stopped");
     for e in &errors {
         tracing::warn!(sandbox = id, error = %e, "stop cleanup");
+    }
+    // The VM is gone either way; a DEL that fails is retried by Remove and
+    // at daemon start rather than failing a stop kubelet would repeat.
+    if let Err(e) = sandbox::release_network(daemon, &rec).await {
+        tracing::warn!(sandbox = id, error = %e, "CNI DEL failed; retried on remove");
     }
     daemon
         .store
