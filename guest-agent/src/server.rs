@@ -103,10 +103,7 @@ impl Agent for AgentService {
                 "SetupSandbox changes the whole machine; it only runs in a guest, as PID 1",
             ));
         }
-        let share_mountpoint = tokio::task::spawn_blocking(move || setup.apply())
-            .await
-            .map_err(|e| Status::internal(format!("SetupSandbox task failed: {e}")))?
-            .map_err(internal)?;
+        let share_mountpoint = setup.apply().await.map_err(internal)?;
         tracing::info!(%share_mountpoint, "sandbox set up");
         Ok(Response::new(SetupSandboxResponse { share_mountpoint }))
     }

@@ -128,6 +128,25 @@ enum BenchCommand {
         #[arg(long, value_name = "DIR")]
         baseline: Option<PathBuf>,
     },
+    /// RunPodSandbox with a pod network against without one, taking turns,
+    /// and TCP throughput host → pod and pod → pod next to host loopback.
+    Network {
+        /// A busybox image (sh, sleep, and busybox with nc -e, dd, cat).
+        #[arg(long)]
+        image: String,
+        /// Pods per arm of the RunPodSandbox comparison.
+        #[arg(long, default_value_t = 5)]
+        count: usize,
+        /// Timed throughput rounds (each path once per round).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// MiB sent per throughput sample.
+        #[arg(long, default_value_t = 64)]
+        mib: u64,
+        /// Config file for the private daemon (registry hosts, plain-http, cni).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
     /// The built-in VMM against QEMU microvm (and Firecracker): spawn to
     /// first serial byte, to exit, and peak RSS, booting the same tiny guest.
     Vmm {
@@ -265,6 +284,19 @@ fn main() -> ExitCode {
             pods,
             config_file: config,
             baseline,
+        })),
+        Command::Bench(BenchCommand::Network {
+            image,
+            count,
+            rounds,
+            mib,
+            config,
+        }) => block_on(bench::network::run(bench::network::Options {
+            image,
+            count,
+            rounds,
+            mib,
+            config_file: config,
         })),
         Command::Bench(BenchCommand::Vmm {
             count,

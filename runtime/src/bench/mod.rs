@@ -2,6 +2,7 @@
 //! run, never against a remembered number.
 
 pub mod container;
+pub mod network;
 pub mod pod_start;
 pub mod pull;
 pub mod vmm;
