@@ -10,12 +10,12 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 # Debian packages: the QEMU backend, kernel build tools and source, the C
 # libraries virtiofsd links against, mkfs.ext4 for containers' writable
-# layers, CNI plugins, and the test registry.
+# layers, CNI plugins (and the iptables they call), and the test registry.
 APT_PACKAGES=(
   qemu-system-x86 e2fsprogs
   linux-source-6.1 build-essential flex bison bc libelf-dev libssl-dev cpio xz-utils
   libcap-ng-dev libseccomp-dev pkg-config
-  containernetworking-plugins iproute2
+  containernetworking-plugins iproute2 iptables
   docker-registry busybox-static skopeo apache2-utils zstd jq file
 )
 
