@@ -71,8 +71,14 @@ fn status_field(status: &str, name: &str) -> String {
         .unwrap_or_default()
 }
 
+/// The tests of this binary share one process: the VMM-user test counts
+/// the process's vCPU threads by uid, so VMs of the other tests must not
+/// overlap with it.
+static ONE_VM: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "current_thread")]
 async fn kvm_backend_reports_console_and_exit() {
+    let _one_vm_at_a_time = ONE_VM.lock().await;
     use vmpod_shim::hypervisor::kvm::Kvm;
     use vmpod_shim::hypervisor::{BASE_CMDLINE, Hypervisor, VmConfig, Vsock};
 
@@ -124,6 +130,7 @@ async fn kvm_backend_reports_console_and_exit() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn kvm_backend_runs_the_vcpus_as_the_vmm_user() {
+    let _one_vm_at_a_time = ONE_VM.lock().await;
     use vmpod_shim::hypervisor::kvm::Kvm;
     use vmpod_shim::hypervisor::{BASE_CMDLINE, Hypervisor, VmConfig, Vsock};
 
@@ -192,6 +199,7 @@ mod netns;
 /// lets it go with the VM.
 #[tokio::test(flavor = "current_thread")]
 async fn kvm_backend_takes_the_pods_tap() {
+    let _one_vm_at_a_time = ONE_VM.lock().await;
     use std::sync::Arc;
     use vmpod_shim::hypervisor::kvm::Kvm;
     use vmpod_shim::hypervisor::{BASE_CMDLINE, Hypervisor, NetCard, VmConfig, Vsock};
