@@ -38,9 +38,11 @@ fn conditions(s: &StatusResponse) -> HashMap<String, RuntimeCondition> {
 
 #[tokio::test]
 async fn status_reports_runtime_ready_and_network_not_ready_without_cni() {
-    // An empty CNI conf dir: NetworkReady must be false with a reason naming it.
+    // No CNI config: the embedded default network is chosen, and with no
+    // plugins to run it NetworkReady is false, naming the missing plugin and
+    // where it was looked for.
     let d = Daemon::start_with_config(&test_config(
-        "[cni]\nconf-dir = \"/nonexistent/vmpod-test/net.d\"\n",
+        "[cni]\nconf-dir = \"/nonexistent/vmpod-test/net.d\"\nbin-dirs = [\"/nonexistent/vmpod-test/bin\"]\n",
     ))
     .await
     .unwrap();
@@ -66,11 +68,13 @@ async fn status_reports_runtime_ready_and_network_not_ready_without_cni() {
     let net = &c["NetworkReady"];
     assert!(!net.status);
     assert_eq!(net.reason, "NetworkPluginNotReady");
-    assert!(
-        net.message.contains("/nonexistent/vmpod-test/net.d"),
-        "{}",
-        net.message
-    );
+    for want in [
+        "embedded default",
+        "\"bridge\"",
+        "/nonexistent/vmpod-test/bin",
+    ] {
+        assert!(net.message.contains(want), "{want}: {}", net.message);
+    }
     assert!(s.info.is_empty(), "info only when verbose");
 }
 
@@ -120,7 +124,7 @@ async fn status_network_ready_with_cni_config_and_verbose_info() {
         .expect("kernel version read from vmlinux");
     assert!(kv.starts_with("6.1"), "{kv}");
     let state: serde_json::Value = serde_json::from_str(&s.info["state"]).unwrap();
-    assert_eq!(state["schemaVersion"], 4);
+    assert_eq!(state["schemaVersion"], 5);
 }
 
 #[tokio::test]
