@@ -425,7 +425,9 @@ fn container_config(image: &str, name: &str, cmd: &[&str]) -> ContainerConfig {
     }
 }
 
-async fn create_and_start(
+/// CreateContainer then StartContainer, as kubelet issues them; shared
+/// with `bench network`.
+pub(super) async fn create_and_start(
     rt: &mut RuntimeServiceClient<tonic::transport::Channel>,
     sandbox: &str,
     config: ContainerConfig,

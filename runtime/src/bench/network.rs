@@ -43,11 +43,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tonic::transport::Channel;
 use vmpod_cri_api::v1::{
-    ContainerConfig, ContainerMetadata, CreateContainerRequest, ExecSyncRequest, ImageSpec,
-    LinuxContainerConfig, LinuxPodSandboxConfig, LinuxSandboxSecurityContext,
-    ListPodSandboxRequest, NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxMetadata,
-    PodSandboxState, PodSandboxStatusRequest, PullImageRequest, RemovePodSandboxRequest,
-    RunPodSandboxRequest, StartContainerRequest, StopPodSandboxRequest,
+    ContainerConfig, ContainerMetadata, ExecSyncRequest, ImageSpec, LinuxContainerConfig,
+    LinuxPodSandboxConfig, LinuxSandboxSecurityContext, ListPodSandboxRequest, NamespaceMode,
+    NamespaceOption, PodSandboxConfig, PodSandboxMetadata, PodSandboxState,
+    PodSandboxStatusRequest, PullImageRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
+    StopPodSandboxRequest,
 };
 use vmpod_cri_api::{ImageServiceClient, RuntimeServiceClient};
 
@@ -642,22 +642,9 @@ async fn start_container(
         linux: Some(LinuxContainerConfig::default()),
         ..Default::default()
     };
-    let id = rt
-        .create_container(CreateContainerRequest {
-            pod_sandbox_id: sandbox.into(),
-            config: Some(config),
-            sandbox_config: None,
-        })
+    super::container::create_and_start(rt, sandbox, config)
         .await
-        .map_err(|e| anyhow!("CreateContainer {name}: {}", e.message()))?
-        .into_inner()
-        .container_id;
-    rt.start_container(StartContainerRequest {
-        container_id: id.clone(),
-    })
-    .await
-    .map_err(|e| anyhow!("StartContainer {name}: {}", e.message()))?;
-    Ok(id)
+        .with_context(|| format!("container {name}"))
 }
 
 async fn remove_pod(rt: &mut Rt, id: &str) -> Result<()> {
