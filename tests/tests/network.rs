@@ -228,6 +228,15 @@ impl Node {
             .expect("RemovePodSandbox");
     }
 
+    async fn sandboxes(&mut self) -> Vec<PodSandbox> {
+        self.rt
+            .list_pod_sandbox(ListPodSandboxRequest { filter: None })
+            .await
+            .expect("ListPodSandbox")
+            .into_inner()
+            .items
+    }
+
     async fn network_condition(&mut self) -> RuntimeCondition {
         self.rt
             .status(StatusRequest { verbose: false })
@@ -582,13 +591,7 @@ async fn failing_hanging_and_garbage_plugins_fail_the_pod_and_leave_nothing() {
     assert_eq!(ids_seen.len(), 3, "three failed boots logged: {ids_seen:?}");
     let after = leftovers(&ids_seen, "vmpod-chaos", "vmpodc0");
     assert!(after.is_empty(), "left behind: {after:#?}");
-    let sandboxes = node
-        .rt
-        .list_pod_sandbox(ListPodSandboxRequest { filter: None })
-        .await
-        .expect("ListPodSandbox")
-        .into_inner()
-        .items;
+    let sandboxes = node.sandboxes().await;
     assert!(sandboxes.is_empty(), "{sandboxes:?}");
 }
 
@@ -683,13 +686,7 @@ async fn a_daemon_killed_during_cni_add_leaves_nothing_after_restart() {
     node.daemon.restart().await.expect("restart");
     node.rt = node.daemon.runtime().await.expect("runtime client");
     // The socket is bound before recovery runs; an answer means it is done.
-    let sandboxes = node
-        .rt
-        .list_pod_sandbox(ListPodSandboxRequest { filter: None })
-        .await
-        .expect("ListPodSandbox")
-        .into_inner()
-        .items;
+    let sandboxes = node.sandboxes().await;
     assert!(sandboxes.is_empty(), "{sandboxes:?}");
     let after = leftovers(&held, "vmpod-crash", "vmpodk0");
     assert!(
