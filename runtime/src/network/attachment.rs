@@ -331,18 +331,9 @@ impl Chain {
         for (conf, path) in &self.plugins {
             let stdin =
                 plugin::plugin_config(conf, &self.name, &self.version, prev.as_ref(), &self.caps)?;
-            let out = plugin::invoke(path, Command::Add, &self.invocation, &stdin)
+            let (result, _) = plugin::add(path, &self.invocation, &stdin)
                 .await
                 .map_err(|e| e.to_string())?;
-            let result: Value = serde_json::from_slice(&out).map_err(|e| {
-                format!("CNI plugin {} ADD: unreadable output: {e}", path.display())
-            })?;
-            if !result.is_object() {
-                return Err(format!(
-                    "CNI plugin {} ADD: its result is not a JSON object",
-                    path.display()
-                ));
-            }
             prev = Some(result);
         }
         prev.ok_or_else(|| format!("CNI network {:?} has no plugins", self.name))

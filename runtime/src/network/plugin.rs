@@ -273,21 +273,22 @@ pub fn plugin_config(
 }
 
 /// Runs ADD and parses the result (1.0.0 or 0.4.0).
-#[cfg_attr(
-    not(test),
-    expect(dead_code, reason = "the sandbox's CNI ADD path (issue 18) calls it")
-)]
+/// Returns the result as the plugin printed it, which the next plugin of
+/// a chain gets as `prevResult` unchanged, and parsed.
 pub async fn add(
     plugin: &Path,
     inv: &Invocation,
     config: &Value,
-) -> Result<CniResult, PluginError> {
+) -> Result<(Value, CniResult), PluginError> {
     let out = invoke(plugin, Command::Add, inv, config).await?;
-    serde_json::from_slice(&out).map_err(|e| PluginError {
+    let bad = |e: serde_json::Error| PluginError {
         plugin: plugin.to_path_buf(),
         command: Command::Add,
         kind: ErrorKind::BadOutput(e.to_string()),
-    })
+    };
+    let raw: Value = serde_json::from_slice(&out).map_err(bad)?;
+    let parsed = serde_json::from_value(raw.clone()).map_err(bad)?;
+    Ok((raw, parsed))
 }
 
 /// Runs DEL or CHECK, which print nothing on success.
@@ -558,7 +559,7 @@ END"#,
             dir = d.path().display()
         );
         let p = script(d.path(), "fake", &body);
-        let r = add(&p, &inv(d.path(), Duration::from_secs(10)), &config())
+        let (_, r) = add(&p, &inv(d.path(), Duration::from_secs(10)), &config())
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(r.cni_version, "1.0.0");
@@ -587,7 +588,7 @@ END"#,
 echo '{"cniVersion":"0.4.0","interfaces":[{"name":"eth0","sandbox":"/n"}],
 "ips":[{"version":"4","address":"10.1.0.7/24","gateway":"10.1.0.1","interface":0}],"dns":{}}'"#,
         );
-        let r = add(&p, &inv(d.path(), Duration::from_secs(10)), &config())
+        let (_, r) = add(&p, &inv(d.path(), Duration::from_secs(10)), &config())
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(r.cni_version, "0.4.0");
