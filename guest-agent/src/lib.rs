@@ -11,6 +11,7 @@ pub mod init;
 pub mod logging;
 pub mod mounts;
 pub mod net;
+pub mod port_forward;
 pub mod reaper;
 pub mod sandbox;
 pub mod server;

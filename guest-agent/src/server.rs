@@ -1,24 +1,26 @@
 //! The `Agent` gRPC service: a thin table from each RPC to the module that
 //! does it (guest facts here, SetupSandbox in `sandbox`, containers in
-//! `container`).
+//! `container`, PortForward in `port_forward`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 use vmpod_agent_proto::Agent;
 use vmpod_agent_proto::v1::{
-    BootTimestamps, ContainerRef, ContainerStatus, CreateContainerRequest, EventsRequest,
-    ExecSyncRequest, ExecSyncResponse, GuestInfoRequest, GuestInfoResponse, HealthRequest,
-    HealthResponse, ListContainersRequest, ListContainersResponse, OutputChunk,
-    RemoveContainerResponse, SetupSandboxRequest, SetupSandboxResponse, StatsRequest,
-    StatsResponse, StopContainerRequest, UpdateContainerRequest, UpdateContainerResponse,
+    AttachResponse, BootTimestamps, ContainerRef, ContainerStatus, CreateContainerRequest,
+    EventsRequest, ExecSyncRequest, ExecSyncResponse, GuestInfoRequest, GuestInfoResponse,
+    HealthRequest, HealthResponse, ListContainersRequest, ListContainersResponse, OutputChunk,
+    PortForwardInput, RemoveContainerResponse, SetupSandboxRequest, SetupSandboxResponse,
+    StatsRequest, StatsResponse, StdioInput, StopContainerRequest, UpdateContainerRequest,
+    UpdateContainerResponse,
 };
 
 use crate::VERSION;
-use crate::container::Containers;
 use crate::container::events::EventStream;
+use crate::container::{Containers, ExecOutput};
+use crate::port_forward::{self, PortForwardOutputStream};
 use crate::sandbox::{self, SandboxSetup};
 use crate::sysinfo::{self, KernelInfo};
 
@@ -194,6 +196,37 @@ impl Agent for AgentService {
     ) -> Result<Response<ExecSyncResponse>, Status> {
         self.containers
             .exec_sync(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    type ExecStream = ExecOutput;
+
+    async fn exec(
+        &self,
+        request: Request<Streaming<StdioInput>>,
+    ) -> Result<Response<Self::ExecStream>, Status> {
+        self.containers
+            .exec(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn attach(
+        &self,
+        request: Request<Streaming<StdioInput>>,
+    ) -> Result<Response<AttachResponse>, Status> {
+        self.containers.attach(request.into_inner()).await?;
+        Ok(Response::new(AttachResponse {}))
+    }
+
+    type PortForwardStream = PortForwardOutputStream;
+
+    async fn port_forward(
+        &self,
+        request: Request<Streaming<PortForwardInput>>,
+    ) -> Result<Response<Self::PortForwardStream>, Status> {
+        port_forward::port_forward(request.into_inner())
             .await
             .map(Response::new)
     }

@@ -45,7 +45,7 @@ const BUSYBOX: &str = "/bin/busybox";
 const APPLETS: &[&str] = &[
     "sh", "echo", "cat", "sleep", "id", "ls", "pwd", "touch", "mkdir", "env", "true", "false",
     "kill", "ps", "grep", "test", "printf", "head", "yes", "wc", "tty", "stat", "unshare", "trap",
-    "chown", "tr",
+    "chown", "tr", "stty", "seq",
 ];
 
 struct Fixture {
@@ -1201,4 +1201,710 @@ fn stop_status_and_events_over_grpc() {
 
 fn kind_of(t: i32) -> ContainerEventType {
     ContainerEventType::try_from(t).expect("a known event type")
+}
+
+// --- Exec and Attach with streamed stdio ---
+
+mod stdio {
+    use super::*;
+    use tokio::sync::mpsc;
+    use tokio_stream::wrappers::ReceiverStream;
+    pub use vmpod_agent_proto::v1::StdioStart;
+    use vmpod_agent_proto::v1::stdio_input::Input;
+    use vmpod_agent_proto::v1::stdio_output::Output;
+    use vmpod_agent_proto::v1::{StdioInput, StdioOutput, TerminalSize};
+
+    pub type In = mpsc::Sender<Result<StdioInput, tonic::Status>>;
+
+    /// An input stream that starts with `start`, fed by the test.
+    pub fn opened(start: StdioStart) -> (In, ReceiverStream<Result<StdioInput, tonic::Status>>) {
+        let (tx, rx) = mpsc::channel(16);
+        tx.try_send(Ok(msg(Input::Start(start)))).unwrap();
+        (tx, ReceiverStream::new(rx))
+    }
+
+    pub fn msg(input: Input) -> StdioInput {
+        StdioInput { input: Some(input) }
+    }
+
+    pub async fn send(tx: &In, input: Input) {
+        tx.send(Ok(msg(input)))
+            .await
+            .expect("the agent stopped reading");
+    }
+
+    pub fn exec_start(id: &str, args: &[&str]) -> StdioStart {
+        StdioStart {
+            id: id.into(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            stdin: true,
+            stdout: true,
+            stderr: true,
+            ..Default::default()
+        }
+    }
+
+    pub fn size(width: u32, height: u32) -> TerminalSize {
+        TerminalSize { width, height }
+    }
+
+    /// What an exec said: stdout, stderr and the exit code, which must be
+    /// the last message.
+    #[derive(Debug, Default)]
+    pub struct Said {
+        pub out: Vec<u8>,
+        pub err: Vec<u8>,
+        pub exit: Option<i32>,
+    }
+
+    impl Said {
+        pub fn out(&self) -> String {
+            String::from_utf8_lossy(&self.out).into_owned()
+        }
+    }
+
+    /// Reads the output until `until` holds or the stream ends.
+    pub async fn read_until(
+        out: &mut (impl tokio_stream::Stream<Item = Result<StdioOutput, tonic::Status>> + Unpin),
+        said: &mut Said,
+        until: impl Fn(&Said) -> bool,
+    ) {
+        let read = async {
+            while !until(said) {
+                let Some(m) = out.next().await else { return };
+                assert!(said.exit.is_none(), "output after the exit code");
+                match m.expect("an output message").output {
+                    Some(Output::Chunk(c)) if c.stream == OutputStream::Stderr as i32 => {
+                        said.err.extend(c.data)
+                    }
+                    Some(Output::Chunk(c)) => said.out.extend(c.data),
+                    Some(Output::ExitCode(code)) => said.exit = Some(code),
+                    None => panic!("an empty output message"),
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(20), read)
+            .await
+            .unwrap_or_else(|_| panic!("timed out; so far {said:?}"));
+    }
+
+    pub async fn read_all(
+        out: &mut (impl tokio_stream::Stream<Item = Result<StdioOutput, tonic::Status>> + Unpin),
+    ) -> Said {
+        let mut said = Said::default();
+        read_until(out, &mut said, |_| false).await;
+        said
+    }
+
+    /// Whether a process with exactly this command line runs in `id`.
+    pub async fn runs(f: &Fixture, id: &str, cmdline: &str) -> bool {
+        let r = f
+            .containers
+            .exec_sync(ExecSyncRequest {
+                id: id.into(),
+                args: ["ps", "-o", "args"].map(String::from).to_vec(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        String::from_utf8_lossy(&r.stdout)
+            .lines()
+            .any(|l| l.trim() == cmdline)
+    }
+}
+
+#[test]
+fn exec_stream_pipes_stdin_and_exit_code() {
+    use stdio::*;
+    use vmpod_agent_proto::v1::stdio_input::Input;
+    let Some(f) = Fixture::new("xpipes") else {
+        return;
+    };
+    rt().block_on(async {
+        f.containers
+            .create(f.spec("xp1", &["sleep", "999"]))
+            .await
+            .unwrap();
+        f.containers.start("xp1").await.unwrap();
+
+        let (tx, input) = opened(exec_start(
+            "xp1",
+            &[
+                "sh",
+                "-c",
+                "test -t 0 || echo no-tty; cat; echo err >&2; exit 5",
+            ],
+        ));
+        let mut out = f.containers.exec(input).await.unwrap();
+        send(&tx, Input::Stdin(b"hello\n".to_vec())).await;
+        let mut said = Said::default();
+        read_until(&mut out, &mut said, |s| s.out().contains("hello")).await;
+        send(&tx, Input::CloseStdin(true)).await;
+        read_until(&mut out, &mut said, |_| false).await;
+        assert_eq!(said.out(), "no-tty\nhello\n");
+        assert_eq!(said.err, b"err\n");
+        assert_eq!(said.exit, Some(5));
+
+        // stdin not asked for: /dev/null (cat ends at once); the input's
+        // clean end is no hang-up.
+        let mut start = exec_start("xp1", &["sh", "-c", "cat; echo done"]);
+        start.stdin = false;
+        start.stderr = false;
+        let (tx, input) = opened(start);
+        drop(tx);
+        let said = read_all(&mut f.containers.exec(input).await.unwrap()).await;
+        assert_eq!((said.out().as_str(), said.exit), ("done\n", Some(0)));
+
+        // A clean end of the input closes stdin when it was asked for.
+        let (tx, input) = opened(exec_start("xp1", &["cat"]));
+        let mut out = f.containers.exec(input).await.unwrap();
+        send(&tx, Input::Stdin(b"last".to_vec())).await;
+        drop(tx);
+        let said = read_all(&mut out).await;
+        assert_eq!((said.out().as_str(), said.exit), ("last", Some(0)));
+
+        // Killed by a signal: 128 + n.
+        let (_tx, input) = opened(exec_start("xp1", &["sh", "-c", "kill -9 $$"]));
+        let said = read_all(&mut f.containers.exec(input).await.unwrap()).await;
+        assert_eq!(said.exit, Some(128 + 9));
+
+        let (_tx, input) = opened(exec_start("xp1", &["no-such-tool"]));
+        let e = f.containers.exec(input).await.unwrap_err();
+        assert_eq!(e.code(), Code::FailedPrecondition);
+        assert!(
+            e.message().contains("executable file not found"),
+            "{}",
+            e.message()
+        );
+
+        // Bytes for a stdin nobody asked for break the protocol.
+        let mut start = exec_start("xp1", &["sleep", "1003"]);
+        start.stdin = false;
+        let (tx, input) = opened(start);
+        let mut out = f.containers.exec(input).await.unwrap();
+        send(&tx, Input::Stdin(b"x".to_vec())).await;
+        let e = tokio::time::timeout(Duration::from_secs(10), out.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(e.message().starts_with("stdin: "), "{}", e.message());
+    });
+}
+
+#[test]
+fn exec_stream_slow_reader_gets_everything() {
+    use stdio::*;
+    let Some(f) = Fixture::new("xslow") else {
+        return;
+    };
+    rt().block_on(async {
+        f.containers
+            .create(f.spec("xs1", &["sleep", "999"]))
+            .await
+            .unwrap();
+        f.containers.start("xs1").await.unwrap();
+        let (_tx, input) = opened(exec_start(
+            "xs1",
+            &[
+                "sh",
+                "-c",
+                "yes 0123456789 | head -c 3000000; echo tail >&2",
+            ],
+        ));
+        let mut out = f.containers.exec(input).await.unwrap();
+        // Nobody reads for a while: the command blocks on its pipe (and
+        // may well exit meanwhile, once the rest fits in the pipe).
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let said = read_all(&mut out).await;
+        assert_eq!(said.out.len(), 3_000_000);
+        assert!(said.out.starts_with(b"0123456789\n0123456789\n"));
+        assert_eq!(said.err, b"tail\n");
+        assert_eq!(said.exit, Some(0));
+    });
+}
+
+#[test]
+fn exec_stream_tty_size_resize_and_eof() {
+    use stdio::*;
+    use vmpod_agent_proto::v1::stdio_input::Input;
+    let Some(f) = Fixture::new("xtty") else {
+        return;
+    };
+    rt().block_on(async {
+        f.containers
+            .create(f.spec("xt1", &["sleep", "999"]))
+            .await
+            .unwrap();
+        f.containers.start("xt1").await.unwrap();
+
+        let mut start = exec_start("xt1", &["sh"]);
+        start.tty = true;
+        start.stderr = true;
+        let (_tx, bad) = opened(start.clone());
+        let e = f.containers.exec(bad).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+
+        start.stderr = false;
+        start.size = Some(size(100, 30));
+        let (tx, input) = opened(start);
+        let mut out = f.containers.exec(input).await.unwrap();
+        let mut said = Said::default();
+        send(&tx, Input::Stdin(b"stty size; echo $TERM\n".to_vec())).await;
+        read_until(&mut out, &mut said, |s| {
+            s.out().contains("30 100\r\nxterm\r\n")
+        })
+        .await;
+        send(&tx, Input::Resize(size(120, 40))).await;
+        send(&tx, Input::Stdin(b"stty size\n".to_vec())).await;
+        read_until(&mut out, &mut said, |s| s.out().contains("40 120\r\n")).await;
+        // ^D on an empty line: the shell reads EOF and exits.
+        send(&tx, Input::CloseStdin(true)).await;
+        read_until(&mut out, &mut said, |_| false).await;
+        assert_eq!(said.exit, Some(0), "{}", said.out());
+        assert!(said.err.is_empty());
+
+        // The tty is the command's controlling terminal: a resize sends
+        // SIGWINCH to its foreground process group.
+        let mut start = exec_start(
+            "xt1",
+            &[
+                "sh",
+                "-c",
+                "trap 'echo winch; exit 7' WINCH; echo ready; while :; do sleep 1; done",
+            ],
+        );
+        start.tty = true;
+        start.stderr = false;
+        let (tx, input) = opened(start);
+        let mut out = f.containers.exec(input).await.unwrap();
+        let mut said = Said::default();
+        read_until(&mut out, &mut said, |s| s.out().contains("ready")).await;
+        send(&tx, Input::Resize(size(90, 20))).await;
+        read_until(&mut out, &mut said, |_| false).await;
+        assert_eq!(said.exit, Some(7), "{}", said.out());
+        assert!(said.out().contains("winch"), "{}", said.out());
+    });
+}
+
+#[test]
+fn exec_stream_hang_up_leaves_nothing_running() {
+    use stdio::*;
+    let Some(f) = Fixture::new("xhup") else {
+        return;
+    };
+    rt().block_on(async {
+        f.containers
+            .create(f.spec("xh1", &["sleep", "999"]))
+            .await
+            .unwrap();
+        f.containers.start("xh1").await.unwrap();
+
+        // Ends on SIGHUP: gone at once when the input breaks.
+        let (tx, input) = opened(exec_start("xh1", &["sleep", "1001"]));
+        let _out = f.containers.exec(input).await.unwrap();
+        assert!(runs(&f, "xh1", "sleep 1001").await);
+        let hung_up = std::time::Instant::now();
+        tx.send(Err(tonic::Status::cancelled("client gone")))
+            .await
+            .unwrap();
+        while runs(&f, "xh1", "sleep 1001").await {
+            assert!(
+                hung_up.elapsed() < Duration::from_secs(1),
+                "SIGHUP did not end it"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+
+        // Ignores SIGHUP, with a background job: SIGKILL after the grace,
+        // when the client stops reading the output.
+        let (_tx, input) = opened(exec_start(
+            "xh1",
+            &["sh", "-c", "trap '' HUP; sleep 1002 & sleep 1002"],
+        ));
+        let out = f.containers.exec(input).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(runs(&f, "xh1", "sleep 1002").await);
+        let hung_up = std::time::Instant::now();
+        drop(out);
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        assert!(
+            runs(&f, "xh1", "sleep 1002").await,
+            "killed before the grace"
+        );
+        while runs(&f, "xh1", "sleep 1002").await {
+            assert!(hung_up.elapsed() < Duration::from_secs(5), "not killed");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let elapsed = hung_up.elapsed();
+        assert!(elapsed >= Duration::from_secs(2), "{elapsed:?}");
+        // The container itself is untouched.
+        let st = f.containers.status("xh1").unwrap();
+        assert_eq!(st.state, ContainerState::ContainerRunning as i32);
+    });
+}
+
+#[test]
+fn exec_stream_sixty_at_once() {
+    use stdio::*;
+    use vmpod_agent_proto::v1::stdio_input::Input;
+    let Some(f) = Fixture::new("xmany") else {
+        return;
+    };
+    rt().block_on(async {
+        f.containers
+            .create(f.spec("xm1", &["sleep", "999"]))
+            .await
+            .unwrap();
+        f.containers.start("xm1").await.unwrap();
+        let sessions = (0..60).map(|i| {
+            let containers = Arc::clone(&f.containers);
+            tokio::spawn(async move {
+                let (tx, input) = opened(exec_start("xm1", &["cat"]));
+                let mut out = containers.exec(input).await.unwrap();
+                // More than a pipe holds, so stdin and stdout both fill.
+                let data: Vec<u8> = (0..200_000u32).map(|n| (n * 31 + i) as u8).collect();
+                let feed = {
+                    let data = data.clone();
+                    tokio::spawn(async move {
+                        for chunk in data.chunks(7000) {
+                            send(&tx, Input::Stdin(chunk.to_vec())).await;
+                        }
+                        send(&tx, Input::CloseStdin(true)).await;
+                        tx
+                    })
+                };
+                let said = read_all(&mut out).await;
+                drop(feed.await.unwrap());
+                assert_eq!(said.exit, Some(0), "session {i}");
+                assert!(
+                    said.out == data,
+                    "session {i}: {} bytes back",
+                    said.out.len()
+                );
+            })
+        });
+        let started = std::time::Instant::now();
+        for s in sessions.collect::<Vec<_>>() {
+            s.await.unwrap();
+        }
+        eprintln!(
+            "60 exec sessions of 200 kB each way: {:?}",
+            started.elapsed()
+        );
+    });
+}
+
+#[test]
+fn attach_forwards_stdin_and_honours_stdin_once() {
+    use stdio::*;
+    use vmpod_agent_proto::v1::stdio_input::Input;
+    let Some(f) = Fixture::new("attach") else {
+        return;
+    };
+    rt().block_on(async {
+        let attach_start = |id: &str| StdioStart {
+            id: id.into(),
+            stdin: true,
+            stdout: true,
+            ..Default::default()
+        };
+        // Not stdin_once: each attach may come and go, stdin stays open.
+        let mut spec = f.spec("at1", &["cat"]);
+        spec.process.as_mut().unwrap().stdin = true;
+        f.containers.create(spec).await.unwrap();
+        f.containers.start("at1").await.unwrap();
+        let mut output = f.containers.read_output("at1").unwrap();
+        for (line, close) in [("one\n", false), ("two\n", true)] {
+            let (tx, input) = opened(attach_start("at1"));
+            send(&tx, Input::Stdin(line.as_bytes().to_vec())).await;
+            if close {
+                send(&tx, Input::CloseStdin(true)).await;
+            }
+            drop(tx);
+            f.containers.attach(input).await.unwrap();
+            let chunk = tokio::time::timeout(Duration::from_secs(10), output.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            assert_eq!(chunk.data, line.as_bytes());
+        }
+        assert_eq!(
+            f.containers.status("at1").unwrap().state,
+            ContainerState::ContainerRunning as i32
+        );
+        // A wrong tty flag is named.
+        let (_tx, input) = opened(StdioStart {
+            tty: true,
+            ..attach_start("at1")
+        });
+        let e = f.containers.attach(input).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(e.message().starts_with("start.tty: "), "{}", e.message());
+        // Returns when the container exits, with the input still open.
+        let (_tx, input) = opened(attach_start("at1"));
+        let attach = f.containers.attach(input);
+        let kill = async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            f.containers.signal("at1", libc::SIGKILL).unwrap();
+        };
+        let (r, ()) = tokio::time::timeout(Duration::from_secs(10), async {
+            tokio::join!(attach, kill)
+        })
+        .await
+        .expect("attach did not end with the container");
+        r.unwrap();
+
+        // stdin_once: the first attach's end closes stdin; cat exits.
+        let mut spec = f.spec("at2", &["sh", "-c", "cat; echo eof"]);
+        let p = spec.process.as_mut().unwrap();
+        p.stdin = true;
+        p.stdin_once = true;
+        f.containers.create(spec).await.unwrap();
+        f.containers.start("at2").await.unwrap();
+        let (tx, input) = opened(attach_start("at2"));
+        send(&tx, Input::Stdin(b"once\n".to_vec())).await;
+        drop(tx);
+        f.containers.attach(input).await.unwrap();
+        let (out, _) = f.output("at2").await;
+        assert_eq!(out, "once\neof\n");
+        assert_eq!(f.wait("at2").await.exit_code, 0);
+
+        // No stdin at all.
+        f.containers
+            .create(f.spec("at3", &["sleep", "999"]))
+            .await
+            .unwrap();
+        f.containers.start("at3").await.unwrap();
+        let (_tx, input) = opened(attach_start("at3"));
+        let e = f.containers.attach(input).await.unwrap_err();
+        assert_eq!(e.code(), Code::FailedPrecondition);
+        assert_eq!(e.message(), "container at3 was not created with stdin");
+        let (tx, input) = opened(StdioStart {
+            stdin: false,
+            ..attach_start("at3")
+        });
+        send(&tx, Input::Stdin(b"x".to_vec())).await;
+        let e = f.containers.attach(input).await.unwrap_err();
+        assert_eq!(e.message(), "container at3 was not created with stdin");
+    });
+}
+
+#[test]
+fn attach_to_a_tty_resizes_and_closes_with_eof() {
+    use stdio::*;
+    use vmpod_agent_proto::v1::stdio_input::Input;
+    let Some(f) = Fixture::new("attachtty") else {
+        return;
+    };
+    rt().block_on(async {
+        let tty_start = |id: &str| StdioStart {
+            id: id.into(),
+            tty: true,
+            stdin: true,
+            stdout: true,
+            ..Default::default()
+        };
+        // Without stdin, a resize still reaches the tty.
+        let mut spec = f.spec(
+            "att1",
+            &[
+                "sh",
+                "-c",
+                "trap 'stty size; exit 7' WINCH; while :; do sleep 1; done",
+            ],
+        );
+        spec.process.as_mut().unwrap().tty = true;
+        f.containers.create(spec).await.unwrap();
+        f.containers.start("att1").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (tx, input) = opened(StdioStart {
+            stdin: false,
+            ..tty_start("att1")
+        });
+        send(&tx, Input::Resize(size(77, 22))).await;
+        let attach = f.containers.attach(input);
+        tokio::time::timeout(Duration::from_secs(10), attach)
+            .await
+            .expect("attach did not end with the container")
+            .unwrap();
+        let (out, _) = f.output("att1").await;
+        assert_eq!(out, "22 77\r\n");
+        assert_eq!(f.wait("att1").await.exit_code, 7);
+
+        // stdin_once on a tty: the end of the first attach is a ^D.
+        let mut spec = f.spec("att2", &["sh", "-c", "cat; echo eof"]);
+        let p = spec.process.as_mut().unwrap();
+        p.tty = true;
+        p.stdin = true;
+        p.stdin_once = true;
+        f.containers.create(spec).await.unwrap();
+        f.containers.start("att2").await.unwrap();
+        let (tx, input) = opened(tty_start("att2"));
+        send(&tx, Input::Stdin(b"typed\n".to_vec())).await;
+        drop(tx);
+        f.containers.attach(input).await.unwrap();
+        let (out, _) = f.output("att2").await;
+        // The tty echoes the input, then cat repeats it.
+        assert_eq!(out, "typed\r\ntyped\r\neof\r\n");
+        assert_eq!(f.wait("att2").await.exit_code, 0);
+    });
+}
+
+#[test]
+fn exec_attach_and_port_forward_over_grpc() {
+    use stdio::*;
+    use tokio::sync::mpsc;
+    use tokio_stream::wrappers::ReceiverStream;
+    use vmpod_agent::server::{AgentService, BootTimes};
+    use vmpod_agent_proto::v1::port_forward_input::Input as PfInput;
+    use vmpod_agent_proto::v1::port_forward_output::Output as PfOutput;
+    use vmpod_agent_proto::v1::stdio_input::Input;
+    use vmpod_agent_proto::v1::stdio_output::Output;
+    use vmpod_agent_proto::v1::{PortForwardInput, StdioInput};
+    use vmpod_agent_proto::{AgentClient, AgentServer};
+
+    let Some(f) = Fixture::new("xgrpc") else {
+        return;
+    };
+    rt().block_on(async {
+        let incoming = tonic::transport::server::TcpIncoming::bind("127.0.0.1:0".parse().unwrap())
+            .unwrap()
+            .with_nodelay(Some(true));
+        let addr = incoming.local_addr().unwrap();
+        let boot = BootTimes {
+            agent_start_ns: 0,
+            mounts_done_ns: 0,
+            serving_ns: 0,
+        };
+        let service = AgentService::new(boot, false, Arc::clone(&f.containers));
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(AgentServer::new(service))
+                .serve_with_incoming(incoming),
+        );
+        let mut client = AgentClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        f.containers
+            .create(f.spec("xg1", &["sleep", "999"]))
+            .await
+            .unwrap();
+        f.containers.start("xg1").await.unwrap();
+
+        // An exec to its end.
+        let (tx, rx) = mpsc::channel::<StdioInput>(4);
+        tx.send(msg(Input::Start(exec_start(
+            "xg1",
+            &["sh", "-c", "cat; exit 3"],
+        ))))
+        .await
+        .unwrap();
+        let mut out = client
+            .exec(ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        tx.send(msg(Input::Stdin(b"over grpc".to_vec())))
+            .await
+            .unwrap();
+        drop(tx);
+        let mut said = Said::default();
+        while let Some(m) = out.message().await.unwrap() {
+            match m.output.unwrap() {
+                Output::Chunk(c) => said.out.extend(c.data),
+                Output::ExitCode(c) => said.exit = Some(c),
+            }
+        }
+        assert_eq!((said.out().as_str(), said.exit), ("over grpc", Some(3)));
+
+        // A client that drops the call: the command is hung up on.
+        let (tx, rx) = mpsc::channel::<StdioInput>(4);
+        tx.send(msg(Input::Start(exec_start("xg1", &["sleep", "1004"]))))
+            .await
+            .unwrap();
+        let out = client
+            .exec(ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(runs(&f, "xg1", "sleep 1004").await);
+        let dropped = std::time::Instant::now();
+        drop(out);
+        drop(tx);
+        while runs(&f, "xg1", "sleep 1004").await {
+            assert!(dropped.elapsed() < Duration::from_secs(5), "still running");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        eprintln!(
+            "dropped exec call to its command gone: {:?}",
+            dropped.elapsed()
+        );
+
+        // Attach: errors come back as statuses.
+        let (tx, rx) = mpsc::channel::<StdioInput>(4);
+        tx.send(msg(Input::Start(StdioStart {
+            id: "xg1".into(),
+            stdin: true,
+            ..Default::default()
+        })))
+        .await
+        .unwrap();
+        drop(tx);
+        let e = client.attach(ReceiverStream::new(rx)).await.unwrap_err();
+        assert_eq!(e.code(), Code::FailedPrecondition);
+        assert_eq!(e.message(), "container xg1 was not created with stdin");
+
+        // PortForward: a refused port, then a round trip.
+        let refused = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let port_msg = |p: u16| PortForwardInput {
+            input: Some(PfInput::Port(p.into())),
+        };
+        let e = client
+            .port_forward(tokio_stream::iter(vec![port_msg(refused)]))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::Unavailable);
+        assert!(
+            e.message().contains("connection refused"),
+            "{}",
+            e.message()
+        );
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let echo = tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).await.unwrap();
+            s.write_all(&got).await.unwrap();
+        });
+        let input = tokio_stream::iter(vec![
+            port_msg(port),
+            PortForwardInput {
+                input: Some(PfInput::Data(b"ping".to_vec())),
+            },
+            PortForwardInput {
+                input: Some(PfInput::CloseWrite(true)),
+            },
+        ]);
+        let mut out = client.port_forward(input).await.unwrap().into_inner();
+        let mut got = Vec::new();
+        let mut connected = false;
+        while let Some(m) = out.message().await.unwrap() {
+            match m.output.unwrap() {
+                PfOutput::Connected(c) => connected = c,
+                PfOutput::Data(d) => got.extend(d),
+            }
+        }
+        assert!(connected);
+        assert_eq!(got, b"ping");
+        echo.await.unwrap();
+    });
 }

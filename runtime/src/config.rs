@@ -28,6 +28,7 @@ pub struct Config {
     pub helpers: HelpersConfig,
     pub cni: CniConfig,
     pub registry: RegistryConfig,
+    pub streaming: StreamingConfig,
 }
 
 impl Default for Config {
@@ -42,6 +43,7 @@ impl Default for Config {
             helpers: HelpersConfig::default(),
             cni: CniConfig::default(),
             registry: RegistryConfig::default(),
+            streaming: StreamingConfig::default(),
         }
     }
 }
@@ -347,6 +349,70 @@ impl Default for CniConfig {
                 prefix: 16,
             },
         }
+    }
+}
+
+/// The streaming server behind `kubectl exec`, `attach` and `port-forward`:
+/// the CRI calls answer with a URL on it, and kubelet proxies the client's
+/// connection there.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct StreamingConfig {
+    /// Where it listens. Port 0 picks a free port at start.
+    pub address: StreamAddress,
+    /// How long a URL handed out by Exec, Attach or PortForward stays
+    /// valid; each is also good for one connection only.
+    #[serde(deserialize_with = "timeout_secs")]
+    pub token_ttl_secs: u64,
+    /// A session with no traffic either way for this long is closed.
+    #[serde(deserialize_with = "idle_secs")]
+    pub idle_timeout_secs: u64,
+}
+
+impl Default for StreamingConfig {
+    fn default() -> Self {
+        Self {
+            address: StreamAddress(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
+            token_ttl_secs: 60,
+            idle_timeout_secs: 4 * 3600,
+        }
+    }
+}
+
+fn idle_secs<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let v = u64::deserialize(d)?;
+    if !(1..=7 * 24 * 3600).contains(&v) {
+        return Err(serde::de::Error::custom(format!(
+            "{v} is out of range 1..=604800"
+        )));
+    }
+    Ok(v)
+}
+
+/// `IP:port` with a concrete IP: the address also goes into the URLs
+/// kubelet connects to, so 0.0.0.0 or :: would name no host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct StreamAddress(pub std::net::SocketAddr);
+
+impl TryFrom<String> for StreamAddress {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let addr: std::net::SocketAddr = s.parse().map_err(|_| {
+            format!("{s:?} is not IP:port (e.g. \"127.0.0.1:0\" or \"[::1]:10010\")")
+        })?;
+        if addr.ip().is_unspecified() {
+            return Err(format!(
+                "{s:?}: an unspecified IP cannot go into a URL; give the node IP kubelet reaches, or 127.0.0.1"
+            ));
+        }
+        Ok(StreamAddress(addr))
+    }
+}
+
+impl From<StreamAddress> for String {
+    fn from(a: StreamAddress) -> String {
+        a.0.to_string()
     }
 }
 
@@ -712,6 +778,16 @@ timeout-secs = 30
 # The embedded default network's pod subnet.
 default-subnet = "10.87.0.0/16"
 
+[streaming]
+# The server behind kubectl exec, attach and port-forward: Exec, Attach and
+# PortForward answer with a URL on it, which kubelet proxies to. Port 0 picks a
+# free port at start.
+address = "127.0.0.1:0"
+# How long such a URL stays valid (each is good for one connection).
+token-ttl-secs = 60
+# A session with no traffic for this long is closed (4 hours).
+idle-timeout-secs = 14400
+
 [registry]
 # Connect timeout, and the longest a registry may stay silent mid-transfer.
 timeout-secs = 30
@@ -935,6 +1011,24 @@ mod tests {
         let c = Config::load(Some(&file), &o).unwrap();
         assert_eq!(c.socket.as_path(), Path::new("/b.sock"));
         assert_eq!(c.log_level, LogLevel::Warn);
+    }
+
+    #[test]
+    fn streaming_address_must_name_a_host() {
+        let c = parse("[streaming]\naddress = \"[::1]:10010\"\n").unwrap();
+        assert_eq!(c.streaming.address.0.port(), 10010);
+        let msg = parse("[streaming]\naddress = \"0.0.0.0:10010\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("address") && msg.contains("unspecified"),
+            "{msg}"
+        );
+        let msg = parse("[streaming]\naddress = \"localhost\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("not IP:port"), "{msg}");
+        assert!(parse("[streaming]\ntoken-ttl-secs = 0\n").is_err());
     }
 
     #[test]

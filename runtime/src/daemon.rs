@@ -18,6 +18,8 @@ pub struct Daemon {
     /// Per container: locks, CPU samples.
     pub containers: Containers,
     pub content: ContentStore,
+    /// Where Exec, Attach and PortForward park their sessions.
+    pub streaming: Arc<crate::stream::StreamServer>,
 }
 
 impl Daemon {

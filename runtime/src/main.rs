@@ -19,6 +19,7 @@ mod network;
 mod sandbox;
 mod server;
 mod state;
+mod stream;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -142,6 +143,22 @@ enum BenchCommand {
         rounds: usize,
         /// MiB sent per throughput sample.
         #[arg(long, default_value_t = 64)]
+        mib: u64,
+        /// Config file for the private daemon (registry hosts, plain-http, cni).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Exec and port-forward through the streaming server (HTTP upgrade to
+    /// SPDY/3.1), against ExecSync and a direct TCP connection to the pod.
+    Stream {
+        /// A busybox image (sh, sleep, true, and busybox with nc -e and dd).
+        #[arg(long)]
+        image: String,
+        /// Timed rounds (each path once per round).
+        #[arg(long, default_value_t = 10)]
+        rounds: usize,
+        /// MiB sent per throughput sample.
+        #[arg(long, default_value_t = 32)]
         mib: u64,
         /// Config file for the private daemon (registry hosts, plain-http, cni).
         #[arg(long, value_name = "FILE")]
@@ -294,6 +311,17 @@ fn main() -> ExitCode {
         }) => block_on(bench::network::run(bench::network::Options {
             image,
             count,
+            rounds,
+            mib,
+            config_file: config,
+        })),
+        Command::Bench(BenchCommand::Stream {
+            image,
+            rounds,
+            mib,
+            config,
+        }) => block_on(bench::stream::run(bench::stream::Options {
+            image,
             rounds,
             mib,
             config_file: config,

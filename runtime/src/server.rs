@@ -170,6 +170,7 @@ async fn start(
         containers: Default::default(),
         content: crate::image::ContentStore::open(&state_dir.join("images"))
             .map_err(|e| anyhow!("image store: {e}"))?,
+        streaming: crate::stream::StreamServer::start(&config.streaming).await?,
     });
     crate::sandbox::recover::recover(&daemon)
         .await

@@ -18,7 +18,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tonic::Status;
 use vmpod_agent_proto::v1::{
     ContainerEvent, ContainerEventType, ContainerState, ContainerStatus, EventsRequest,
@@ -64,6 +64,8 @@ struct Inner {
 #[derive(Default)]
 pub struct EventLog {
     inner: Mutex<Inner>,
+    /// Woken on every change, for [`EventLog::wait_exited`].
+    changed: Notify,
 }
 
 /// created < running < exited: a container only ever moves forward.
@@ -134,7 +136,30 @@ impl EventLog {
         inner
             .readers
             .retain(|r| r.try_send(Ok(event.clone())).is_ok());
+        drop(inner);
+        self.changed.notify_waiters();
         true
+    }
+
+    /// Container `id`'s status once it has exited, waiting up to `limit`
+    /// for the exit to be recorded; otherwise its latest status (`None`
+    /// when it is gone or never was).
+    pub async fn wait_exited(&self, id: &str, limit: Duration) -> Option<ContainerStatus> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            // Registered before looking, so a change in between still wakes it.
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let status = self.status(id);
+            match &status {
+                Some(s) if s.state() != ContainerState::ContainerExited => {}
+                _ => return status,
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return self.status(id);
+            }
+        }
     }
 
     /// Brings the copy in line with a full list from the agent, logging the

@@ -6,12 +6,13 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 use vmpod_agent_proto::v1::{
     ContainerEvent, ContainerRef, ContainerStatus, EventsRequest, ExecSyncRequest,
     ExecSyncResponse, GuestInfoRequest, GuestInfoResponse, ListContainersRequest,
-    ListContainersResponse, RemoveContainerResponse, StatsRequest, StatsResponse,
-    UpdateContainerRequest, UpdateContainerResponse,
+    ListContainersResponse, PortForwardInput, PortForwardOutput, RemoveContainerResponse,
+    StatsRequest, StatsResponse, StdioInput, StdioOutput, UpdateContainerRequest,
+    UpdateContainerResponse,
 };
 use vmpod_shim_api::Shim;
 use vmpod_shim_api::v1::{
@@ -20,7 +21,9 @@ use vmpod_shim_api::v1::{
 };
 
 use crate::container::Containers;
+use crate::port_forward::port_forward;
 use crate::relay::{self, AgentSource};
+use crate::stream;
 use crate::vm::{DEFAULT_STOP_GRACE, VmHandle};
 
 /// Relayed agent calls must not hang a daemon request on a wedged guest.
@@ -205,5 +208,36 @@ impl Shim for ShimService {
     ) -> Result<Response<ReopenContainerLogResponse>, Status> {
         let r = self.containers.reopen_log(&self.vm, req.into_inner()).await;
         r.map(Response::new)
+    }
+
+    type ExecStream = stream::Output<StdioOutput>;
+
+    async fn exec(
+        &self,
+        req: Request<Streaming<StdioInput>>,
+    ) -> Result<Response<Self::ExecStream>, Status> {
+        let r = self.containers.exec(&self.vm, req.into_inner()).await;
+        r.map(Response::new)
+    }
+
+    type AttachStream = stream::Output<StdioOutput>;
+
+    async fn attach(
+        &self,
+        req: Request<Streaming<StdioInput>>,
+    ) -> Result<Response<Self::AttachStream>, Status> {
+        let r = self.containers.attach(&self.vm, req.into_inner()).await;
+        r.map(Response::new)
+    }
+
+    type PortForwardStream = stream::Output<PortForwardOutput>;
+
+    async fn port_forward(
+        &self,
+        req: Request<Streaming<PortForwardInput>>,
+    ) -> Result<Response<Self::PortForwardStream>, Status> {
+        port_forward(&self.vm, req.into_inner())
+            .await
+            .map(Response::new)
     }
 }

@@ -7,3 +7,4 @@ pub mod host;
 pub mod pod;
 pub mod proxy;
 pub mod registry;
+pub mod stream;

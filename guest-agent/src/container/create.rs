@@ -28,13 +28,14 @@ use vmpod_agent_proto::v1::{
     OutputStream, Propagation,
 };
 
+use super::attach::ContainerStdin;
 use super::channel::{self, Msg};
 use super::helper::{INIT_ARG, PAUSE_ARG};
 use super::mounts::{DEFAULT_MASKED, DEFAULT_READONLY};
 use super::output::Output;
 use super::plan::{InitPlan, MountPlan, NsAction, NsPlan, ProcessPlan};
 use super::process::DEFAULT_PATH;
-use super::{Container, Containers, Pause, caps, now_ns, seccomp, user, validate};
+use super::{Container, Containers, Pause, caps, now_ns, pty, seccomp, user, validate};
 use crate::reaper::{self, Exit};
 
 /// Removes an id from the "being created" set when creation ends.
@@ -84,16 +85,14 @@ struct Stdio3 {
     /// (fd, stream) for the output readers.
     sources: Vec<(OwnedFd, OutputStream)>,
     stdin_writer: Option<OwnedFd>,
+    /// A dup of the pty master, for resizes.
+    pty_master: Option<OwnedFd>,
 }
 
 fn stdio(tty: bool, keep_stdin: bool) -> Result<Stdio3, Status> {
+    let dup = |fd: &OwnedFd| fd.try_clone().map_err(|e| internal("dup", e));
     if tty {
-        let pty = nix::pty::openpty(None, None).map_err(|e| internal("openpty", e))?;
-        for fd in [&pty.master, &pty.slave] {
-            // SAFETY: fcntl on an owned fd.
-            unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
-        }
-        let dup = |fd: &OwnedFd| fd.try_clone().map_err(|e| internal("dup", e));
+        let pty = pty::open().map_err(|e| internal("opening a pty", e))?;
         let stdin_writer = if keep_stdin {
             Some(dup(&pty.master)?)
         } else {
@@ -101,6 +100,7 @@ fn stdio(tty: bool, keep_stdin: bool) -> Result<Stdio3, Status> {
         };
         Ok(Stdio3 {
             child: [dup(&pty.slave)?, dup(&pty.slave)?, pty.slave],
+            pty_master: Some(dup(&pty.master)?),
             sources: vec![(pty.master, OutputStream::Stdout)],
             stdin_writer,
         })
@@ -118,6 +118,7 @@ fn stdio(tty: bool, keep_stdin: bool) -> Result<Stdio3, Status> {
             child: [stdin, out_w, err_w],
             sources: vec![(out_r, OutputStream::Stdout), (err_r, OutputStream::Stderr)],
             stdin_writer,
+            pty_master: None,
         })
     }
 }
@@ -407,7 +408,7 @@ impl Containers {
                 self.config.setup_timeout
             )))
         });
-        let (pid, exit, sync, stdin) = match launched {
+        let (pid, exit, sync, io) = match launched {
             Ok(v) => v,
             Err(e) => {
                 let cg = cgroup.clone();
@@ -434,7 +435,8 @@ impl Containers {
             events: Arc::clone(&self.events),
             sync: tokio::sync::Mutex::new(Some(sync)),
             start_gate: tokio::sync::Mutex::new(()),
-            stdin: std::sync::Mutex::new(stdin),
+            stdin: io.stdin,
+            pty_master: io.pty_master,
         });
         {
             // Announced under the map lock: nothing can reach the container
@@ -457,16 +459,13 @@ impl Containers {
         plan: &InitPlan,
         keep_stdin: bool,
         output: &Arc<Output>,
-    ) -> Result<
-        (
-            i32,
-            oneshot::Receiver<Exit>,
-            tokio::net::UnixStream,
-            Option<OwnedFd>,
-        ),
-        Status,
-    > {
+    ) -> Result<(i32, oneshot::Receiver<Exit>, tokio::net::UnixStream, KeptIo), Status> {
         let io = stdio(plan.tty, keep_stdin)?;
+        let kept = KeptIo {
+            stdin: ContainerStdin::new(io.stdin_writer, plan.tty)
+                .map_err(|e| internal("stdin writer", e))?,
+            pty_master: io.pty_master,
+        };
         let (ctl_agent, ctl_helper) = UnixStream::pair().map_err(|e| internal("socketpair", e))?;
         let (sync_agent, sync_helper) =
             UnixStream::pair().map_err(|e| internal("socketpair", e))?;
@@ -517,7 +516,7 @@ impl Containers {
                 )));
             }
         }
-        Ok((pid, exit, sync, io.stdin_writer))
+        Ok((pid, exit, sync, kept))
     }
 
     /// StartContainer.
@@ -531,6 +530,12 @@ impl Containers {
             .await
             .map_err(|e| Status::internal(format!("the StartContainer task of {id} failed: {e}")))?
     }
+}
+
+/// What the agent keeps of a new container's stdio for Attach.
+struct KeptIo {
+    stdin: ContainerStdin,
+    pty_master: Option<OwnedFd>,
 }
 
 /// Publishes the init's exit as soon as the reaper has it.

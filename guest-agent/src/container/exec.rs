@@ -7,7 +7,7 @@
 //! end, so a chatty command never blocks on a full pipe.
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -20,43 +20,107 @@ use tonic::{Code, Status};
 use vmpod_agent_proto::v1::{ContainerState, ExecSyncRequest, ExecSyncResponse};
 
 use super::channel::{self, Msg};
+use super::fdio::{async_reader, read_some};
 use super::helper::EXEC_ARG;
 use super::plan::ExecPlan;
-use super::{Containers, validate};
+use super::{Container, Containers, validate};
 
 /// Per stream, when the request says 0.
 pub const DEFAULT_OUTPUT_LIMIT: u64 = 16 << 20;
 /// After the command exited, how long its output pipes may stay open
 /// (held by something it left running in the background) before we stop
 /// reading.
-const DRAIN_GRACE: Duration = Duration::from_millis(500);
+pub(super) const DRAIN_GRACE: Duration = Duration::from_millis(500);
 
 /// Reads `fd` to EOF into `buf`, keeping at most `limit` bytes.
 async fn drain(fd: OwnedFd, limit: usize, buf: Arc<Mutex<Vec<u8>>>) -> io::Result<()> {
-    let afd = super::output::async_reader(fd)?;
+    let afd = async_reader(fd)?;
     let mut chunk = vec![0u8; 32 << 10];
     loop {
-        let mut guard = afd.readable().await?;
-        let res = guard.try_io(|fd| {
-            // SAFETY: reading into our own buffer.
-            let n = unsafe { libc::read(fd.as_raw_fd(), chunk.as_mut_ptr().cast(), chunk.len()) };
-            if n < 0 {
-                Err(io::Error::last_os_error())
-            } else {
-                Ok(n as usize)
-            }
-        });
-        match res {
-            Err(_would_block) => continue,
-            Ok(Ok(0)) => return Ok(()),
-            Ok(Ok(n)) => {
-                let mut b = buf.lock().unwrap_or_else(|e| e.into_inner());
-                let room = limit.saturating_sub(b.len());
-                b.extend_from_slice(&chunk[..n.min(room)]);
-            }
-            Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Ok(Err(e)) => return Err(e),
+        let n = read_some(&afd, &mut chunk).await?;
+        if n == 0 {
+            return Ok(());
         }
+        let mut b = buf.lock().unwrap_or_else(|e| e.into_inner());
+        let room = limit.saturating_sub(b.len());
+        b.extend_from_slice(&chunk[..n.min(room)]);
+    }
+}
+
+/// Checks an exec's argv; `field` names it in the error.
+pub(super) fn check_args(field: &str, args: &[String]) -> Result<(), Status> {
+    if args.first().is_none_or(|a| a.is_empty()) {
+        return Err(Status::invalid_argument(format!(
+            "{field}: needs a command ({field}[0])"
+        )));
+    }
+    if args.iter().any(|a| a.contains('\0')) {
+        return Err(Status::invalid_argument(format!(
+            "{field}: contains a NUL byte"
+        )));
+    }
+    Ok(())
+}
+
+/// The plan to run `args` in the running container `c` as its own process
+/// runs: the same user, capabilities, seccomp, env and cwd. With `tty`
+/// the command gets the terminal on fds 0-2 as its controlling terminal
+/// (and TERM, as the container's own tty process does).
+pub(super) fn exec_plan(c: &Container, args: &[String], tty: bool) -> Result<ExecPlan, Status> {
+    let st = c.status();
+    if st.state != ContainerState::ContainerRunning as i32 {
+        return Err(Status::failed_precondition(format!(
+            "container {} is not running",
+            c.id
+        )));
+    }
+    let mut process = c.process.clone();
+    process.args = args.to_vec();
+    process.tty = tty;
+    if tty && !process.env.iter().any(|e| e.starts_with("TERM=")) {
+        process.env.push("TERM=xterm".into());
+    }
+    Ok(ExecPlan {
+        target_pid: st.pid as i32,
+        cgroup_dir: c.cgroup.dir().to_string_lossy().into_owned(),
+        process: Some(process),
+    })
+}
+
+/// Sends `plan` to the exec helper and follows its report until the
+/// command has exec'd: the control socket reaches EOF once the helper let
+/// go of it and the command's exec closed its copy. The command's pid is
+/// stored in `pid` as soon as it is known, so that a caller that gives up
+/// waiting can still kill it. Errs with why the command did not start.
+pub(super) async fn follow_start(
+    ctl: &mut tokio::net::UnixStream,
+    plan: &ExecPlan,
+    pid: &AtomicI32,
+) -> Result<(), Status> {
+    channel::send_async(ctl, &Msg::Plan(plan.encode_to_vec()))
+        .await
+        .map_err(|e| Status::internal(format!("sending the exec plan: {e}")))?;
+    let mut failure = None;
+    loop {
+        match channel::recv_async(ctl).await {
+            Ok(Some(Msg::Pid(p))) => pid.store(p, Ordering::SeqCst),
+            Ok(Some(Msg::Error { code, message })) => {
+                failure.get_or_insert(Status::new(Code::from(code), message));
+            }
+            Ok(Some(other)) => {
+                failure.get_or_insert(Status::internal(format!(
+                    "unexpected message from the exec helper: {other:?}"
+                )));
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    match failure {
+        Some(f) => Err(f),
+        None if pid.load(Ordering::SeqCst) <= 0 => Err(Status::internal(
+            "the exec helper ended without starting the command",
+        )),
+        None => Ok(()),
     }
 }
 
@@ -65,27 +129,8 @@ impl Containers {
     pub async fn exec_sync(&self, req: ExecSyncRequest) -> Result<ExecSyncResponse, Status> {
         validate::check_id("id", &req.id)?;
         let c = self.get(&req.id)?;
-        if req.args.first().is_none_or(|a| a.is_empty()) {
-            return Err(Status::invalid_argument("args: needs a command (args[0])"));
-        }
-        if req.args.iter().any(|a| a.contains('\0')) {
-            return Err(Status::invalid_argument("args: contains a NUL byte"));
-        }
-        let st = c.status();
-        if st.state != ContainerState::ContainerRunning as i32 {
-            return Err(Status::failed_precondition(format!(
-                "container {} is not running",
-                req.id
-            )));
-        }
-        let mut process = c.process.clone();
-        process.args = req.args.clone();
-        process.tty = false;
-        let plan = ExecPlan {
-            target_pid: st.pid as i32,
-            cgroup_dir: c.cgroup.dir().to_string_lossy().into_owned(),
-            process: Some(process),
-        };
+        check_args("args", &req.args)?;
+        let plan = exec_plan(&c, &req.args, false)?;
         let limit = match req.output_limit {
             0 => DEFAULT_OUTPUT_LIMIT,
             n => n,
@@ -121,34 +166,14 @@ impl Containers {
             .map_err(|e| Status::internal(format!("socket: {e}")))?;
         let mut ctl = tokio::net::UnixStream::from_std(ctl_agent)
             .map_err(|e| Status::internal(format!("socket: {e}")))?;
-        channel::send_async(&mut ctl, &Msg::Plan(plan.encode_to_vec()))
-            .await
-            .map_err(|e| Status::internal(format!("sending the exec plan: {e}")))?;
 
-        // Written by the conversation, read after it: shared references
-        // only, so the future stays Send.
+        // Written by the start, read after it: shared references only, so
+        // the future stays Send.
         let command_pid = AtomicI32::new(0);
-        let failure: Mutex<Option<Status>> = Mutex::new(None);
-        let fail = |st: Status| {
-            *failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(st);
-        };
         let finished = {
             let work = async {
-                loop {
-                    match channel::recv_async(&mut ctl).await {
-                        Ok(Some(Msg::Pid(p))) => command_pid.store(p, Ordering::SeqCst),
-                        Ok(Some(Msg::Error { code, message })) => {
-                            fail(Status::new(Code::from(code), message));
-                        }
-                        Ok(Some(other)) => fail(Status::internal(format!(
-                            "unexpected message from the exec helper: {other:?}"
-                        ))),
-                        // EOF: the command exec'd (or failed, reported
-                        // above) and the helper let go of the socket.
-                        Ok(None) | Err(_) => break,
-                    }
-                }
-                (&mut exit).await
+                let started = follow_start(&mut ctl, &plan, &command_pid).await;
+                (started, (&mut exit).await)
             };
             tokio::pin!(work);
             if req.timeout_ms == 0 {
@@ -161,7 +186,10 @@ impl Containers {
             }
         };
         let (exit, timed_out) = match finished {
-            Some(e) => (e, false),
+            Some((started, e)) => {
+                started?;
+                (e, false)
+            }
             None => {
                 let p = command_pid.load(Ordering::SeqCst);
                 if p > 0 {
@@ -171,10 +199,6 @@ impl Containers {
                 (exit.await, true)
             }
         };
-        let failure = failure.into_inner().unwrap_or_else(|e| e.into_inner());
-        if let Some(f) = failure {
-            return Err(f);
-        }
         let exit = exit.map_err(|_| Status::internal("the exec helper's exit was lost"))?;
 
         for mut r in readers {

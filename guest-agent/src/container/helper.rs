@@ -20,8 +20,8 @@
 //!
 //! H exits only after the agent registered C with the reaper, so C's exit
 //! status, which reaches the agent once C is reparented to it, cannot be
-//! reaped unclaimed. An exec (ExecSync) helper stays the parent of its
-//! process and exits with its status; the pause process is the init of the
+//! reaped unclaimed. An exec (ExecSync, Exec) helper stays the parent of
+//! its process and exits with its status; the pause process is the init of the
 //! pod's pid namespace and reaps whatever is orphaned there.
 
 use std::io::{self, Write};
@@ -354,8 +354,10 @@ fn container_exec() -> u8 {
 
 fn exec_child(p: &ProcessPlan, mut ctl: UnixStream) -> u8 {
     let prepared = (|| -> Result<(std::path::PathBuf, bool)> {
-        // Its own process group, so a timeout can kill what it started.
-        nix::unistd::setsid().context("setsid")?;
+        // Its own session and process group, so a timeout or a hang-up can
+        // signal what it started; with a tty (Exec), that tty on fds 0-2
+        // becomes its controlling terminal.
+        become_session_leader(p.tty)?;
         let seccomp_later = process::switch_credentials(p)?;
         process::enter_cwd(&p.cwd, false)?;
         Ok((

@@ -18,24 +18,32 @@
 //!
 //! The verbs each have a file: `create.rs` (CreateContainer and
 //! StartContainer, which share the init's sync socket), `exec.rs`
-//! (ExecSync), `stats.rs`, `events.rs` (Events); signal, stop, wait,
+//! (ExecSync), `exec_stream.rs` (Exec, with streamed stdio), `attach.rs`
+//! (Attach), `stats.rs`, `events.rs` (Events); signal, stop, wait,
 //! remove, list, update and output are short enough to live here. The
-//! helper processes' side is in `helper.rs`, `mounts.rs` and `process.rs`.
+//! helper processes' side is in `helper.rs`, `mounts.rs` and `process.rs`;
+//! `pty.rs` and `fdio.rs` hold the terminal and non-blocking fd plumbing
+//! the stdio paths share.
 
+mod attach;
 mod caps;
 mod cgroup;
 mod channel;
 mod create;
 pub mod events;
 mod exec;
+mod exec_stream;
+mod fdio;
 pub mod helper;
 mod mounts;
 mod output;
 mod plan;
 mod process;
+mod pty;
 mod resolve;
 mod seccomp;
 mod stats;
+mod stdio_start;
 mod syscalls;
 mod user;
 mod validate;
@@ -58,6 +66,7 @@ use vmpod_agent_proto::v1::{
 };
 
 pub use cgroup::find_cgroup2_mount;
+pub use exec_stream::ExecOutput;
 
 use self::cgroup::{Cgroup, CgroupTree};
 use self::events::{EventLog, EventStream};
@@ -108,9 +117,11 @@ pub(crate) struct Container {
     /// the exec's outcome, and its STOPPED must still come after STARTED
     /// (and carry the exec error when there was one).
     start_gate: tokio::sync::Mutex<()>,
-    /// The write end of stdin (or the pty master), kept for a later attach.
-    #[allow(dead_code)]
-    stdin: Mutex<Option<OwnedFd>>,
+    /// The write end of stdin (or the pty master), kept for Attach.
+    stdin: attach::ContainerStdin,
+    /// A dup of the pty master of a tty container, for Attach's resizes
+    /// (also when it has no stdin).
+    pty_master: Option<OwnedFd>,
 }
 
 impl Container {

@@ -11,7 +11,7 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};
 
 use tokio::io::unix::AsyncFd;
@@ -19,6 +19,8 @@ use tokio::sync::{Notify, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 use vmpod_agent_proto::v1::{OutputChunk, OutputStream};
+
+use super::fdio::{async_reader, read_some};
 
 /// Most bytes queued before the sources are no longer read.
 pub const QUEUE_LIMIT: usize = 1 << 20;
@@ -42,25 +44,6 @@ pub struct Output {
     changed: Notify,
     /// The queue got shorter.
     drained: Notify,
-}
-
-/// Registers a pipe or pty fd with the runtime for reading, non-blocking.
-pub fn async_reader(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
-    set_nonblocking(&fd)?;
-    // SAFETY: the AsyncFd owns the OwnedFd, so the fd stays open and the
-    // same for the AsyncFd's whole life.
-    Ok(unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }?)
-}
-
-fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
-    // SAFETY: fcntl on an owned fd.
-    unsafe {
-        let flags = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
-        if flags < 0 || libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) < 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
 }
 
 impl Output {
@@ -99,25 +82,11 @@ impl Output {
                 }
                 drained.await;
             }
-            let mut guard = match afd.readable().await {
-                Ok(g) => g,
-                Err(_) => return,
-            };
-            let n = match guard.try_io(|fd| {
-                // SAFETY: reading into our own buffer.
-                let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-                if n < 0 {
-                    Err(io::Error::last_os_error())
-                } else {
-                    Ok(n as usize)
-                }
-            }) {
-                Err(_would_block) => continue,
-                Ok(Ok(0)) => return,
-                Ok(Ok(n)) => n,
-                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
-                // EIO: the pty's last slave fd closed, its EOF.
-                Ok(Err(_)) => return,
+            let n = match read_some(&afd, &mut buf).await {
+                Ok(n) if n > 0 => n,
+                // EOF (for a pty: its last slave fd closed), or an error
+                // that reading again would only repeat.
+                _ => return,
             };
             {
                 let mut st = self.lock();

@@ -5,6 +5,7 @@ pub mod container;
 pub mod network;
 pub mod pod_start;
 pub mod pull;
+pub mod stream;
 pub mod vmm;
 
 use std::path::{Path, PathBuf};

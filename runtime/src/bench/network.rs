@@ -66,14 +66,14 @@ pub struct Options {
     pub config_file: Option<std::path::PathBuf>,
 }
 
-type Rt = RuntimeServiceClient<Channel>;
+pub(super) type Rt = RuntimeServiceClient<Channel>;
 
 /// The sink's port in pod A.
-const PORT: u16 = 5001;
+pub(super) const PORT: u16 = 5001;
 /// dd's block size on both ends, and the loopback sink's unit.
-const RECORD: usize = 64 * 1024;
+pub(super) const RECORD: usize = 64 * 1024;
 /// How long one transfer may take (QEMU/TCG guests are slow).
-const TRANSFER_LIMIT: Duration = Duration::from_secs(600);
+pub(super) const TRANSFER_LIMIT: Duration = Duration::from_secs(600);
 /// How long the sink may take to listen after StartContainer.
 const SINK_READY_LIMIT: Duration = Duration::from_secs(60);
 
@@ -89,23 +89,29 @@ pub async fn run(opts: Options) -> Result<()> {
     let channel = connect(&socket).await?;
     let mut rt = RuntimeServiceClient::new(channel.clone());
     eprintln!("network: pulling {}", opts.image);
-    ImageServiceClient::new(channel)
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: opts.image.clone(),
-                ..Default::default()
-            }),
-            auth: None,
-            sandbox_config: None,
-        })
-        .await
-        .map_err(|e| anyhow!("pulling {}: {}", opts.image, e.message()))?;
+    pull(channel, &opts.image).await?;
 
     let result = measure(&opts, &mut rt, work.path()).await;
     eprintln!("network: stopping and removing the pods");
     remove_all_pods(&mut rt).await;
     let report = result?;
     report.print(&opts);
+    Ok(())
+}
+
+/// Pulls `image` into the private daemon's store.
+pub(super) async fn pull(channel: Channel, image: &str) -> Result<()> {
+    ImageServiceClient::new(channel)
+        .pull_image(PullImageRequest {
+            image: Some(ImageSpec {
+                image: image.into(),
+                ..Default::default()
+            }),
+            auth: None,
+            sandbox_config: None,
+        })
+        .await
+        .map_err(|e| anyhow!("pulling {image}: {}", e.message()))?;
     Ok(())
 }
 
@@ -161,6 +167,7 @@ impl Report {
                     ("pod → pod (ExecSync − `true`)", &self.pod_to_pod),
                 ],
                 &self.loopback,
+                "loopback",
             )
         );
         println!();
@@ -380,7 +387,7 @@ async fn loopback_sink(records: u64) -> Result<SocketAddr> {
 /// The host-side client, the same for loopback and the pod: connect, write
 /// `records` 64 KiB records, shut the write side, read the reply to EOF.
 /// Timed from connect to EOF; fails unless the reply says all arrived.
-async fn send(addr: SocketAddr, records: u64) -> Result<Duration> {
+pub(super) async fn send(addr: SocketAddr, records: u64) -> Result<Duration> {
     let buf = vec![0u8; RECORD];
     let t0 = Instant::now();
     let reply = tokio::time::timeout(TRANSFER_LIMIT, async {
@@ -409,7 +416,7 @@ async fn send(addr: SocketAddr, records: u64) -> Result<Duration> {
 }
 
 /// Waits until the sink in pod A answers an empty transfer.
-async fn wait_for_sink(addr: SocketAddr) -> Result<()> {
+pub(super) async fn wait_for_sink(addr: SocketAddr) -> Result<()> {
     let t0 = Instant::now();
     loop {
         let err = match tokio::time::timeout(Duration::from_secs(10), send(addr, 0)).await {
@@ -456,7 +463,7 @@ async fn exec_send(rt: &mut Rt, container: &str, to: SocketAddr, records: u64) -
     Ok(elapsed)
 }
 
-async fn exec_true(rt: &mut Rt, container: &str) -> Result<Duration> {
+pub(super) async fn exec_true(rt: &mut Rt, container: &str) -> Result<Duration> {
     let t0 = Instant::now();
     let r = exec(rt, container, &["true"]).await?;
     let elapsed = t0.elapsed();
@@ -483,7 +490,7 @@ async fn exec(
 }
 
 /// Fails unless the sink's reply says it got exactly `records` records.
-fn check_reply(reply: &str, records: u64) -> Result<()> {
+pub(super) fn check_reply(reply: &str, records: u64) -> Result<()> {
     match parse_records_in(reply) {
         Some((full, 0)) if full == records => Ok(()),
         Some((full, partial)) => bail!(
@@ -508,7 +515,7 @@ fn parse_records_in(text: &str) -> Option<(u64, u64)> {
 
 /// MB/s (10^6 bytes) for `bytes` in `elapsed` less `overhead`; NaN when
 /// the overhead is not less than the time (a figure that means nothing).
-fn mb_per_s(bytes: u64, elapsed: Duration, overhead: Duration) -> f64 {
+pub(super) fn mb_per_s(bytes: u64, elapsed: Duration, overhead: Duration) -> f64 {
     match elapsed.checked_sub(overhead) {
         Some(d) if !d.is_zero() => bytes as f64 / 1e6 / d.as_secs_f64(),
         _ => f64::NAN,
@@ -516,20 +523,26 @@ fn mb_per_s(bytes: u64, elapsed: Duration, overhead: Duration) -> f64 {
 }
 
 /// Throughput rows (MB/s samples) with each median's ratio to `reference`'s.
-fn throughput_table(rows: &[(&str, &Samples)], reference: &Samples) -> String {
+pub(super) fn throughput_table(
+    rows: &[(&str, &Samples)],
+    reference: &Samples,
+    reference_label: &str,
+) -> String {
     let width = rows
         .iter()
         .map(|(n, _)| n.chars().count())
         .max()
         .unwrap_or(0);
+    let ratio = format!("× {reference_label}");
+    let ratio_width = ratio.chars().count().max(10);
     let mut out = format!(
-        "{:<width$}  {:>12}  {:>10}  {:>10}  {:>3}  {:>10}\n",
-        "path", "median MB/s", "min MB/s", "max MB/s", "n", "× loopback"
+        "{:<width$}  {:>12}  {:>10}  {:>10}  {:>3}  {ratio:>ratio_width$}\n",
+        "path", "median MB/s", "min MB/s", "max MB/s", "n"
     );
     for (name, s) in rows {
         let v = s.sorted();
         out.push_str(&format!(
-            "{name:<width$}  {:>12.1}  {:>10.1}  {:>10.1}  {:>3}  {:>10.3}\n",
+            "{name:<width$}  {:>12.1}  {:>10.1}  {:>10.1}  {:>3}  {:>ratio_width$.3}\n",
             s.median(),
             v.first().copied().unwrap_or(f64::NAN),
             v.last().copied().unwrap_or(f64::NAN),
@@ -548,7 +561,7 @@ fn mode_name(mode: NamespaceMode) -> &'static str {
 }
 
 /// RunPodSandbox with the given network mode, timed request to answer.
-async fn run_pod(
+pub(super) async fn run_pod(
     rt: &mut Rt,
     logs: &Path,
     name: &str,
@@ -596,7 +609,7 @@ async fn run_pod(
 }
 
 /// The pod's primary IP; fails unless the pod is READY.
-async fn pod_ip(rt: &mut Rt, id: &str) -> Result<Option<IpAddr>> {
+pub(super) async fn pod_ip(rt: &mut Rt, id: &str) -> Result<Option<IpAddr>> {
     let status = rt
         .pod_sandbox_status(PodSandboxStatusRequest {
             pod_sandbox_id: id.into(),
@@ -619,7 +632,7 @@ async fn pod_ip(rt: &mut Rt, id: &str) -> Result<Option<IpAddr>> {
         .with_context(|| format!("pod {id} reports IP {ip:?}"))
 }
 
-async fn start_container(
+pub(super) async fn start_container(
     rt: &mut Rt,
     log_dir: &Path,
     sandbox: &str,
@@ -663,25 +676,25 @@ async fn remove_pod(rt: &mut Rt, id: &str) -> Result<()> {
 
 /// Best effort, success or not: every pod the private daemon knows,
 /// including those of a failed run, stopped and removed.
-async fn remove_all_pods(rt: &mut Rt) {
+pub(super) async fn remove_all_pods(rt: &mut Rt) {
     let pods = match rt
         .list_pod_sandbox(ListPodSandboxRequest { filter: None })
         .await
     {
         Ok(r) => r.into_inner().items,
         Err(e) => {
-            eprintln!("network: ListPodSandbox for the cleanup: {}", e.message());
+            eprintln!("cleanup: ListPodSandbox: {}", e.message());
             return;
         }
     };
     for pod in pods {
         if let Err(e) = remove_pod(rt, &pod.id).await {
-            eprintln!("network: cleanup: {e:#}");
+            eprintln!("cleanup: {e:#}");
         }
     }
 }
 
-fn ms(d: Duration) -> f64 {
+pub(super) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
@@ -725,7 +738,7 @@ mod tests {
             pod.push(v / 4.0);
         }
         pod.push(f64::NAN);
-        let t = throughput_table(&[("loopback", &lo), ("host → pod", &pod)], &lo);
+        let t = throughput_table(&[("loopback", &lo), ("host → pod", &pod)], &lo, "loopback");
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines.len(), 3);
         assert!(lines[0].starts_with("path      "), "{t}");
@@ -739,5 +752,22 @@ mod tests {
             lines[2].ends_with("500.0       250.0       750.0    3       0.250"),
             "{t}"
         );
+    }
+
+    #[test]
+    fn table_ratio_column_fits_a_longer_label() {
+        let mut tcp = Samples::default();
+        let mut pf = Samples::default();
+        for v in [400.0, 500.0] {
+            tcp.push(v);
+            pf.push(v / 2.0);
+        }
+        let t = throughput_table(&[("direct", &tcp), ("pf", &pf)], &tcp, "direct TCP");
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[0].ends_with("  × direct TCP"), "{t}");
+        assert!(lines[1].ends_with("  2         1.000"), "{t}");
+        assert!(lines[2].ends_with("  2         0.500"), "{t}");
+        let widths: Vec<usize> = lines.iter().map(|l| l.chars().count()).collect();
+        assert!(widths.iter().all(|w| *w == widths[0]), "{t}");
     }
 }

@@ -162,6 +162,24 @@ impl RuntimeService for Cri {
             .map(Response::new)
     }
 
+    async fn exec(&self, r: Request<ExecRequest>) -> Rpc<ExecResponse> {
+        container::exec::exec(&self.daemon, r.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn attach(&self, r: Request<AttachRequest>) -> Rpc<AttachResponse> {
+        container::attach::attach(&self.daemon, r.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn port_forward(&self, r: Request<PortForwardRequest>) -> Rpc<PortForwardResponse> {
+        sandbox::port_forward::port_forward(&self.daemon, r.into_inner())
+            .await
+            .map(Response::new)
+    }
+
     async fn exec_sync(&self, r: Request<ExecSyncRequest>) -> Rpc<ExecSyncResponse> {
         container::exec_sync::exec_sync(&self.daemon, r.into_inner())
             .await
@@ -232,9 +250,6 @@ impl RuntimeService for Cri {
     }
 
     not_yet! {
-        exec(ExecRequest) -> ExecResponse = "Exec";
-        attach(AttachRequest) -> AttachResponse = "Attach";
-        port_forward(PortForwardRequest) -> PortForwardResponse = "PortForward";
         update_runtime_config(UpdateRuntimeConfigRequest) -> UpdateRuntimeConfigResponse = "UpdateRuntimeConfig";
         checkpoint_container(CheckpointContainerRequest) -> CheckpointContainerResponse = "CheckpointContainer";
         update_pod_sandbox_resources(UpdatePodSandboxResourcesRequest) -> UpdatePodSandboxResourcesResponse = "UpdatePodSandboxResources";

@@ -18,7 +18,9 @@
 //! its caller goes away, and a daemon killed half-way through either must
 //! not leave mounts without a record or a record without its guest half.
 
+mod attach;
 pub mod create;
+mod exec;
 pub mod id;
 mod output;
 pub mod rootfs;

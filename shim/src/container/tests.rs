@@ -38,6 +38,8 @@ struct FakeAgent {
     containers: Arc<Mutex<HashMap<String, FakeContainer>>>,
     /// Every event sent, and the open Events streams.
     events: Arc<Mutex<(Vec<ContainerEvent>, Vec<EventSender>)>>,
+    /// What the streaming calls saw: inputs, and how their input ended.
+    journal: Arc<Mutex<Vec<String>>>,
 }
 
 impl FakeAgent {
@@ -59,6 +61,20 @@ impl FakeAgent {
         };
         log.0.push(event.clone());
         log.1.retain(|tx| tx.try_send(Ok(event.clone())).is_ok());
+    }
+
+    fn note(&self, what: String) {
+        self.journal.lock().unwrap().push(what);
+    }
+
+    /// The container writes `data` to `stream`.
+    fn write(&self, id: &str, stream: OutputStream, data: &str) {
+        self.with(id, |c| {
+            if let Some(out) = &c.output {
+                let _ = out.send(chunk(stream, data));
+            }
+        })
+        .unwrap();
     }
 
     /// The container's process exits with `code`, as if on its own.
@@ -286,6 +302,168 @@ impl Agent for FakeAgent {
 
     async fn stats(&self, _: Request<StatsRequest>) -> Result<Response<StatsResponse>, Status> {
         Err(Status::unimplemented("fake"))
+    }
+
+    type ExecStream = tokio_stream::wrappers::ReceiverStream<Result<StdioOutput, Status>>;
+
+    /// `cat`: stdin comes back as stdout, `big` first writes 200 KiB in one
+    /// chunk; closing stdin exits 0. `missing` does not exist.
+    async fn exec(
+        &self,
+        req: Request<tonic::Streaming<StdioInput>>,
+    ) -> Result<Response<Self::ExecStream>, Status> {
+        let mut input = req.into_inner();
+        let start = match input.message().await? {
+            Some(StdioInput {
+                input: Some(stdio_input::Input::Start(start)),
+            }) => start,
+            _ => return Err(Status::invalid_argument("fake: start first")),
+        };
+        match start.args.first().map(String::as_str) {
+            Some("missing") => {
+                return Err(Status::failed_precondition(
+                    r#"exec: "missing": executable file not found in $PATH"#,
+                ));
+            }
+            Some("cat" | "big") => {}
+            _ => return Err(Status::invalid_argument("fake: cat or big")),
+        }
+        let (tx, rx) = mpsc::channel(4);
+        if start.args[0] == "big" {
+            let _ = tx.try_send(Ok(stdout(vec![b'b'; 200 * 1024])));
+        }
+        let agent = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let msg = match input.message().await {
+                    Ok(Some(StdioInput { input: Some(msg) })) => msg,
+                    Ok(Some(_)) => continue,
+                    Ok(None) => {
+                        // Like a command that goes on after its input
+                        // ended, until the call is reset.
+                        agent.note("exec: input ended".into());
+                        tx.closed().await;
+                        return agent.note("exec: call dropped".into());
+                    }
+                    Err(_) => return agent.note("exec: input broke".into()),
+                };
+                let reply = match msg {
+                    stdio_input::Input::Stdin(data) => stdout(data),
+                    stdio_input::Input::CloseStdin(_) => StdioOutput {
+                        output: Some(stdio_output::Output::ExitCode(0)),
+                    },
+                    _ => continue,
+                };
+                let last = reply.output == Some(stdio_output::Output::ExitCode(0));
+                if tx.send(Ok(reply)).await.is_err() || last {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
+    }
+
+    /// Journals the input; refuses a tty.
+    async fn attach(
+        &self,
+        req: Request<tonic::Streaming<StdioInput>>,
+    ) -> Result<Response<AttachResponse>, Status> {
+        /// Journals a call that tonic dropped (the client reset it).
+        struct Dropped(Option<FakeAgent>);
+        impl Drop for Dropped {
+            fn drop(&mut self) {
+                if let Some(agent) = self.0.take() {
+                    agent.note("attach: input broke".into());
+                }
+            }
+        }
+        let mut dropped = Dropped(Some(self.clone()));
+        let mut input = req.into_inner();
+        loop {
+            let msg = input.message().await;
+            if matches!(msg, Ok(None) | Err(_)) {
+                dropped.0 = None;
+            }
+            match msg {
+                Ok(Some(StdioInput {
+                    input: Some(stdio_input::Input::Start(start)),
+                })) if start.tty => {
+                    dropped.0 = None;
+                    return Err(Status::failed_precondition(
+                        "fake: the container has no tty",
+                    ));
+                }
+                Ok(Some(StdioInput {
+                    input: Some(stdio_input::Input::Stdin(data)),
+                })) => self.note(format!("attach: {}", String::from_utf8_lossy(&data))),
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    self.note("attach: input ended".into());
+                    return Ok(Response::new(AttachResponse {}));
+                }
+                Err(_) => {
+                    self.note("attach: input broke".into());
+                    return Err(Status::cancelled("fake: broken"));
+                }
+            }
+        }
+    }
+
+    type PortForwardStream =
+        tokio_stream::wrappers::ReceiverStream<Result<PortForwardOutput, Status>>;
+
+    /// An echo server on every port but 1, where nothing listens.
+    async fn port_forward(
+        &self,
+        req: Request<tonic::Streaming<PortForwardInput>>,
+    ) -> Result<Response<Self::PortForwardStream>, Status> {
+        let mut input = req.into_inner();
+        let port = match input.message().await? {
+            Some(PortForwardInput {
+                input: Some(port_forward_input::Input::Port(port)),
+            }) => port,
+            _ => return Err(Status::invalid_argument("fake: port first")),
+        };
+        if port == 1 {
+            return Err(Status::unavailable(
+                "connect 127.0.0.1:1: connection refused",
+            ));
+        }
+        let (tx, rx) = mpsc::channel(4);
+        let _ = tx.try_send(Ok(PortForwardOutput {
+            output: Some(port_forward_output::Output::Connected(true)),
+        }));
+        tokio::spawn(async move {
+            while let Ok(Some(msg)) = input.message().await {
+                match msg.input {
+                    Some(port_forward_input::Input::Data(data)) => {
+                        let echo = PortForwardOutput {
+                            output: Some(port_forward_output::Output::Data(data)),
+                        };
+                        if tx.send(Ok(echo)).await.is_err() {
+                            return;
+                        }
+                    }
+                    // The peer closes too: the output ends.
+                    Some(port_forward_input::Input::CloseWrite(_)) => return,
+                    _ => {}
+                }
+            }
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
+    }
+}
+
+fn stdout(data: Vec<u8>) -> StdioOutput {
+    StdioOutput {
+        output: Some(stdio_output::Output::Chunk(OutputChunk {
+            stream: OutputStream::Stdout as i32,
+            data,
+        })),
     }
 }
 
@@ -791,4 +969,352 @@ async fn a_lying_agent_cannot_grow_the_event_log() {
     assert!(events.try_recv().is_err(), "no ghost events");
     assert!(f.containers.events().status("ghost0").is_none());
     f.remove("real").await.unwrap();
+}
+
+// ------------------------------------------------------------ streaming ---
+
+/// The daemon's side of a streaming call: what it sends, what it gets.
+struct Daemon<I, O> {
+    input: mpsc::Sender<Result<I, Status>>,
+    output: crate::stream::Output<O>,
+}
+
+type DaemonInput<I> = tokio_stream::wrappers::ReceiverStream<Result<I, Status>>;
+
+/// A daemon stream that starts with `first`.
+fn daemon_input<I: Send + 'static>(first: I) -> (mpsc::Sender<Result<I, Status>>, DaemonInput<I>) {
+    let (tx, rx) = mpsc::channel(16);
+    tx.try_send(Ok(first)).unwrap();
+    (tx, tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
+impl<I, O> Daemon<I, O> {
+    async fn send(&self, message: I) {
+        self.input.send(Ok(message)).await.unwrap();
+    }
+
+    /// The next message, or the end (`None`); within 5 s.
+    async fn next(&mut self) -> Option<Result<O, Status>> {
+        use tokio_stream::StreamExt;
+        tokio::time::timeout(Duration::from_secs(5), self.output.next())
+            .await
+            .expect("an answer within 5 s")
+    }
+}
+
+fn start(id: &str, args: &[&str]) -> StdioStart {
+    StdioStart {
+        id: id.into(),
+        args: args.iter().map(|a| (*a).to_owned()).collect(),
+        stdin: true,
+        stdout: true,
+        ..Default::default()
+    }
+}
+
+fn stdio(input: stdio_input::Input) -> StdioInput {
+    StdioInput { input: Some(input) }
+}
+
+impl Fixture {
+    async fn exec(&self, start: StdioStart) -> Result<Daemon<StdioInput, StdioOutput>, Status> {
+        let (input, rx) = daemon_input(stdio(stdio_input::Input::Start(start)));
+        let output = self.containers.exec(&self.source, rx).await?;
+        Ok(Daemon { input, output })
+    }
+
+    async fn attach(&self, start: StdioStart) -> Result<Daemon<StdioInput, StdioOutput>, Status> {
+        let (input, rx) = daemon_input(stdio(stdio_input::Input::Start(start)));
+        let output = self.containers.attach(&self.source, rx).await?;
+        Ok(Daemon { input, output })
+    }
+
+    async fn port_forward(
+        &self,
+        port: u32,
+    ) -> Result<Daemon<PortForwardInput, PortForwardOutput>, Status> {
+        let first = PortForwardInput {
+            input: Some(port_forward_input::Input::Port(port)),
+        };
+        let (input, rx) = daemon_input(first);
+        let output = crate::port_forward::port_forward(&self.source, rx).await?;
+        Ok(Daemon { input, output })
+    }
+
+    /// Follows the agent's events, as the shim does while the VM is READY.
+    fn pump_events(&self) -> tokio::sync::watch::Sender<vmpod_shim_api::v1::VmState> {
+        let (vm, vm_state) = tokio::sync::watch::channel(vmpod_shim_api::v1::VmState {
+            phase: vmpod_shim_api::v1::Phase::Ready as i32,
+            ..Default::default()
+        });
+        tokio::spawn(crate::events::pump(
+            self.source.clone(),
+            self.containers.events().clone(),
+            self.containers.known(),
+            vm_state,
+        ));
+        vm
+    }
+
+    async fn wait_for_journal(&self, line: &str) {
+        for _ in 0..500 {
+            if self.agent.journal.lock().unwrap().iter().any(|l| l == line) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!(
+            "{line:?} not in the agent's journal: {:?}",
+            self.agent.journal.lock().unwrap()
+        );
+    }
+}
+
+fn output_of(message: Option<Result<StdioOutput, Status>>) -> stdio_output::Output {
+    message
+        .expect("more output")
+        .expect("no error")
+        .output
+        .expect("a message")
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn exec_is_relayed_both_ways_in_bounded_pieces() {
+    let f = Fixture::new();
+    f.create("x1", "sh").await.expect("create (root)");
+    let mut exec = f.exec(start("x1", &["big"])).await.unwrap();
+    // 200 KiB in one agent message reaches the daemon in 64 KiB pieces.
+    let mut big = 0;
+    while big < 200 * 1024 {
+        match output_of(exec.next().await) {
+            stdio_output::Output::Chunk(c) => {
+                assert!(c.data.len() <= crate::stream::PIECE);
+                big += c.data.len();
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    exec.send(stdio(stdio_input::Input::Stdin(b"hi".to_vec())))
+        .await;
+    match output_of(exec.next().await) {
+        stdio_output::Output::Chunk(c) => assert_eq!(c.data, b"hi"),
+        other => panic!("{other:?}"),
+    }
+    exec.send(stdio(stdio_input::Input::CloseStdin(true))).await;
+    assert_eq!(
+        output_of(exec.next().await),
+        stdio_output::Output::ExitCode(0)
+    );
+    assert!(exec.next().await.is_none(), "the exit is the last message");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn exec_is_checked_and_agent_errors_keep_their_code() {
+    let f = Fixture::new();
+    f.create("x2", "sh").await.expect("create (root)");
+    let e = f.exec(start("nope", &["cat"])).await.err().unwrap();
+    assert_eq!(e.code(), Code::NotFound);
+    let e = f.exec(start("../x2", &["cat"])).await.err().unwrap();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    let (_input, rx) = daemon_input(stdio(stdio_input::Input::Stdin(b"x".to_vec())));
+    let e = f.containers.exec(&f.source, rx).await.err().unwrap();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("start"), "{}", e.message());
+    let e = f.exec(start("x2", &["missing"])).await.err().unwrap();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(e.message().contains("executable file not found"));
+    f.source.up.store(false, Ordering::SeqCst);
+    let e = f.exec(start("x2", &["cat"])).await.err().unwrap();
+    assert_eq!(e.code(), Code::Unavailable);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn exec_is_dropped_in_the_guest_when_the_daemon_goes_away() {
+    let f = Fixture::new();
+    f.create("x3", "sh").await.expect("create (root)");
+    let exec = f.exec(start("x3", &["cat"])).await.unwrap();
+    // The daemon's call is dropped whole, its input still open: the
+    // command's input ends and the call is reset.
+    let Daemon { input, output } = exec;
+    drop(output);
+    f.wait_for_journal("exec: input ended").await;
+    f.wait_for_journal("exec: call dropped").await;
+    drop(input);
+    f.agent.journal.lock().unwrap().clear();
+
+    // A clean end of the daemon's input only ends the command's input.
+    let exec = f.exec(start("x3", &["cat"])).await.unwrap();
+    exec.send(stdio(stdio_input::Input::Stdin(b"a".to_vec())))
+        .await;
+    let Daemon { input, mut output } = exec;
+    drop(input);
+    f.wait_for_journal("exec: input ended").await;
+    use tokio_stream::StreamExt;
+    match output.next().await.unwrap().unwrap().output {
+        Some(stdio_output::Output::Chunk(c)) => assert_eq!(c.data, b"a"),
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        !f.agent
+            .journal
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l == "exec: call dropped"),
+        "the output goes on"
+    );
+    drop(output);
+    f.wait_for_journal("exec: call dropped").await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn attach_tees_the_output_relays_stdin_and_ends_with_the_exit_code() {
+    let f = Fixture::new();
+    let _vm = f.pump_events();
+    f.create("a1", "sh").await.expect("create (root)");
+    let e = f.attach(start("a1", &[])).await.err().unwrap();
+    assert_eq!(e.code(), Code::FailedPrecondition, "not started yet");
+    assert!(e.message().contains("not running"), "{}", e.message());
+    f.containers
+        .start(&f.source, ContainerRef { id: "a1".into() })
+        .await
+        .unwrap();
+    // What was logged before attaching is not replayed.
+    wait_for_records(&f.log("a1"), 2).await;
+    let mut attached = f.attach(start("a1", &[])).await.unwrap();
+    f.agent.write("a1", OutputStream::Stdout, "one\n");
+    f.agent.write("a1", OutputStream::Stderr, "err\n");
+    f.agent.write("a1", OutputStream::Stdout, "two\n");
+    attached
+        .send(stdio(stdio_input::Input::Stdin(b"typed".to_vec())))
+        .await;
+    f.wait_for_journal("attach: typed").await;
+    let mut out = Vec::new();
+    while !out.ends_with(b"two\n") {
+        match output_of(attached.next().await) {
+            stdio_output::Output::Chunk(c) => {
+                assert_eq!(
+                    c.stream,
+                    OutputStream::Stdout as i32,
+                    "stderr not asked for"
+                );
+                out.extend(c.data);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(!String::from_utf8_lossy(&out).contains("hello"));
+    f.agent.exit("a1", 3).unwrap();
+    assert_eq!(
+        output_of(attached.next().await),
+        stdio_output::Output::ExitCode(3)
+    );
+    assert!(attached.next().await.is_none());
+    // The log got everything, the attached client notwithstanding.
+    let logged = wait_for_records(&f.log("a1"), 4).await;
+    assert!(logged.contains(&"stderr F err".to_owned()), "{logged:?}");
+    assert!(logged.iter().any(|l| l.ends_with("two")), "{logged:?}");
+    let e = f.attach(start("a1", &[])).await.err().unwrap();
+    assert_eq!(e.code(), Code::FailedPrecondition, "exited");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn attach_leaves_the_container_running_when_the_client_goes_away() {
+    let f = Fixture::new();
+    let _vm = f.pump_events();
+    f.create("a2", "sh").await.expect("create (root)");
+    let e = f.attach(start("nope", &[])).await.err().unwrap();
+    assert_eq!(e.code(), Code::NotFound);
+    let e = f.attach(start("a2", &["sh"])).await.err().unwrap();
+    assert_eq!(e.code(), Code::InvalidArgument, "attach takes no command");
+    f.containers
+        .start(&f.source, ContainerRef { id: "a2".into() })
+        .await
+        .unwrap();
+    // The agent refuses the input: the stream ends with its status.
+    let mut tty = f
+        .attach(StdioStart {
+            tty: true,
+            ..start("a2", &[])
+        })
+        .await
+        .unwrap();
+    loop {
+        match tty.next().await.expect("an end") {
+            Ok(_) => continue,
+            Err(e) => {
+                assert_eq!(e.code(), Code::FailedPrecondition);
+                assert!(e.message().contains("no tty"), "{}", e.message());
+                break;
+            }
+        }
+    }
+    let attached = f.attach(start("a2", &[])).await.unwrap();
+    attached
+        .send(stdio(stdio_input::Input::Stdin(b"x".to_vec())))
+        .await;
+    f.wait_for_journal("attach: x").await;
+    drop(attached);
+    f.wait_for_journal("attach: input ended").await;
+    let st = f.containers.status(&f.source, "a2").await.unwrap();
+    assert_eq!(st.state(), ContainerState::ContainerRunning);
+    // Without stdin or a tty, no agent call: output only.
+    let mut watching = f
+        .attach(StdioStart {
+            stdin: false,
+            stderr: true,
+            ..start("a2", &[])
+        })
+        .await
+        .unwrap();
+    f.agent.write("a2", OutputStream::Stderr, "e\n");
+    match output_of(watching.next().await) {
+        stdio_output::Output::Chunk(c) => assert_eq!(c.stream, OutputStream::Stderr as i32),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn port_forward_is_relayed_and_a_refusal_keeps_its_reason() {
+    let f = Fixture::new();
+    let mut conn = f.port_forward(8080).await.unwrap();
+    let next = |m: Option<Result<PortForwardOutput, Status>>| {
+        m.expect("more")
+            .expect("no error")
+            .output
+            .expect("a message")
+    };
+    assert_eq!(
+        next(conn.next().await),
+        port_forward_output::Output::Connected(true)
+    );
+    conn.send(PortForwardInput {
+        input: Some(port_forward_input::Input::Data(b"ping".to_vec())),
+    })
+    .await;
+    assert_eq!(
+        next(conn.next().await),
+        port_forward_output::Output::Data(b"ping".to_vec())
+    );
+    // Many at once: one call per connection.
+    let mut other = f.port_forward(9090).await.unwrap();
+    assert_eq!(
+        next(other.next().await),
+        port_forward_output::Output::Connected(true)
+    );
+    conn.send(PortForwardInput {
+        input: Some(port_forward_input::Input::CloseWrite(true)),
+    })
+    .await;
+    assert!(conn.next().await.is_none(), "the guest side closed");
+
+    let e = f.port_forward(1).await.err().unwrap();
+    assert_eq!(e.code(), Code::Unavailable);
+    assert!(
+        e.message().contains("connection refused"),
+        "{}",
+        e.message()
+    );
+    let e = f.port_forward(0).await.err().unwrap();
+    assert_eq!(e.code(), Code::InvalidArgument);
 }

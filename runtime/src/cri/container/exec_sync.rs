@@ -24,22 +24,25 @@ const MARGIN: Duration = Duration::from_secs(10);
 const MAX_ARGS: usize = 4096;
 const MAX_ARGS_BYTES: usize = 1 << 20;
 
-pub async fn exec_sync(
-    daemon: &Arc<Daemon>,
-    req: cri::ExecSyncRequest,
-) -> Result<cri::ExecSyncResponse, Status> {
-    if req.cmd.is_empty() || req.cmd[0].is_empty() {
+/// A command for ExecSync or Exec: present, bounded, no NUL bytes.
+pub(super) fn check_command(cmd: &[String]) -> Result<(), Status> {
+    if cmd.first().is_none_or(String::is_empty) {
         return Err(Status::invalid_argument("cmd: is required"));
     }
-    let bytes: usize = req.cmd.iter().map(String::len).sum();
-    if req.cmd.len() > MAX_ARGS
-        || bytes > MAX_ARGS_BYTES
-        || req.cmd.iter().any(|a| a.contains('\0'))
-    {
+    let bytes: usize = cmd.iter().map(String::len).sum();
+    if cmd.len() > MAX_ARGS || bytes > MAX_ARGS_BYTES || cmd.iter().any(|a| a.contains('\0')) {
         return Err(Status::invalid_argument(format!(
             "cmd: at most {MAX_ARGS} arguments of {MAX_ARGS_BYTES} bytes in all, without NUL"
         )));
     }
+    Ok(())
+}
+
+pub async fn exec_sync(
+    daemon: &Arc<Daemon>,
+    req: cri::ExecSyncRequest,
+) -> Result<cri::ExecSyncResponse, Status> {
+    check_command(&req.cmd)?;
     if req.timeout < 0 {
         return Err(Status::invalid_argument(format!(
             "timeout: {} is negative",

@@ -1,8 +1,10 @@
 //! Container CRI calls, one file each.
 
 pub mod agent_spec;
+pub mod attach;
 pub mod create;
 pub mod events;
+pub mod exec;
 pub mod exec_sync;
 pub mod list;
 pub mod remove;

@@ -3,6 +3,7 @@
 
 pub mod list;
 pub mod metrics;
+pub mod port_forward;
 pub mod remove;
 pub mod run;
 pub mod stats;

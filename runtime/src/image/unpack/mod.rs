@@ -408,7 +408,7 @@ pub fn unpack(
     };
     let decoder = match compression {
         Compression::None => Decoder::Plain(reader),
-        Compression::Gzip => Decoder::Gzip(flate2::read::MultiGzDecoder::new(reader)),
+        Compression::Gzip => Decoder::Gzip(Box::new(flate2::read::MultiGzDecoder::new(reader))),
         // The zstd decoder keeps its default window limit (128 MiB), which
         // bounds what a hostile frame header can make it allocate.
         Compression::Zstd => {
@@ -454,7 +454,9 @@ pub fn unpack(
 
 enum Decoder<R: Read> {
     Plain(R),
-    Gzip(flate2::read::MultiGzDecoder<R>),
+    /// Boxed: with the zlib-rs backend (which the SPDY crate needs for
+    /// header dictionaries) the decoder's state is large.
+    Gzip(Box<flate2::read::MultiGzDecoder<R>>),
     Zstd(zstd::stream::read::Decoder<'static, io::BufReader<R>>),
 }
 
