@@ -272,10 +272,13 @@ pub async fn serve_spdy(io: Upgraded, protocol: &'static str, target: Target, id
     let Some((_, mut error)) = take("error") else {
         return;
     };
-    let stdin = take("stdin").map(|(rx, _)| rx);
+    // Our halves of the client's input streams stay open until the end:
+    // Kubernetes' client reads its stdin stream to learn when the server
+    // is done, and closes stdin for good when we close our side.
+    let (stdin, _stdin_open) = take("stdin").unzip();
     let mut stdout = take("stdout").map(|(_, tx)| tx);
     let mut stderr = take("stderr").map(|(_, tx)| tx);
-    let mut resize = take("resize").map(|(rx, _)| rx);
+    let (mut resize, _resize_open) = take("resize").unzip();
 
     let size = match (&mut resize, target.tty) {
         (Some(r), true) => first_spdy_size(r).await,
