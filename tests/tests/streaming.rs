@@ -286,6 +286,7 @@ async fn exec_over_spdy_and_websocket() {
         "{}",
         String::from_utf8_lossy(&status)
     );
+    pod.remove_pod().await;
 }
 
 #[tokio::test]
@@ -382,6 +383,7 @@ async fn attach_joins_the_main_process() {
         .await
         .expect_err("not running");
     assert_eq!(e.code(), Code::FailedPrecondition, "{e}");
+    pod.remove_pod().await;
 }
 
 /// A concurrent echo server in the pod: busybox `nc -ll -e` forks a `cat`
@@ -571,6 +573,7 @@ async fn port_forward_over_spdy_and_websocket() {
     let chans = ws_collect(&mut ws).await;
     let text = String::from_utf8_lossy(&chans[1][2..]).into_owned();
     assert!(text.contains("connection refused"), "{text}");
+    pod.remove_pod().await;
 }
 
 #[tokio::test]
@@ -653,4 +656,5 @@ async fn fifty_concurrent_execs_stay_bounded() {
         assert!(t0.elapsed() < LIMIT, "execs left running: {ps}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    pod.remove_pod().await;
 }
