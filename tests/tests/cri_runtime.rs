@@ -180,16 +180,41 @@ async fn unimplemented_and_bad_calls_get_clear_errors_and_daemon_stays_healthy()
     let mut rt = d.runtime().await.unwrap();
     let mut img = d.images().await.unwrap();
 
-    let e = rt.exec(ExecRequest::default()).await.unwrap_err();
+    let e = rt
+        .checkpoint_container(CheckpointContainerRequest::default())
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::Unimplemented);
-    assert!(e.message().contains("Exec"), "{}", e.message());
+    assert!(
+        e.message().contains("CheckpointContainer"),
+        "{}",
+        e.message()
+    );
 
+    // The streaming calls are served (tests/tests/streaming.rs); empty
+    // requests name what is missing.
+    let e = rt.exec(ExecRequest::default()).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().starts_with("cmd:"), "{}", e.message());
     let e = rt
         .port_forward(PortForwardRequest::default())
         .await
         .unwrap_err();
-    assert_eq!(e.code(), Code::Unimplemented);
-    assert!(e.message().contains("PortForward"), "{}", e.message());
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(
+        e.message().starts_with("pod_sandbox_id:"),
+        "{}",
+        e.message()
+    );
+    let e = rt
+        .attach(AttachRequest {
+            stdout: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().starts_with("container_id:"), "{}", e.message());
 
     // GetContainerEvents is served (tests/tests/container_events.rs): a
     // stream that stays open with nothing happening.
