@@ -18,8 +18,9 @@ use vmpod_agent_proto::v1::{
 };
 
 use crate::VERSION;
+use crate::container::Containers;
 use crate::container::events::EventStream;
-use crate::container::{Containers, ExecOutput};
+use crate::container::exec_stream::ExecOutput;
 use crate::port_forward::{self, PortForwardOutputStream};
 use crate::sandbox::{self, SandboxSetup};
 use crate::sysinfo::{self, KernelInfo};

@@ -28,13 +28,13 @@ use vmpod_agent_proto::v1::{
     OutputStream, Propagation,
 };
 
-use super::attach::ContainerStdin;
 use super::channel::{self, Msg};
 use super::helper::{INIT_ARG, PAUSE_ARG};
 use super::mounts::{DEFAULT_MASKED, DEFAULT_READONLY};
 use super::output::Output;
 use super::plan::{InitPlan, MountPlan, NsAction, NsPlan, ProcessPlan};
 use super::process::DEFAULT_PATH;
+use super::stdin::ContainerStdin;
 use super::{Container, Containers, Pause, caps, now_ns, pty, seccomp, user, validate};
 use crate::reaper::{self, Exit};
 

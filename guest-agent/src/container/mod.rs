@@ -32,7 +32,7 @@ mod channel;
 mod create;
 pub mod events;
 mod exec;
-mod exec_stream;
+pub mod exec_stream;
 mod fdio;
 pub mod helper;
 mod mounts;
@@ -43,6 +43,7 @@ mod pty;
 mod resolve;
 mod seccomp;
 mod stats;
+mod stdin;
 mod stdio_start;
 mod syscalls;
 mod user;
@@ -66,7 +67,6 @@ use vmpod_agent_proto::v1::{
 };
 
 pub use cgroup::find_cgroup2_mount;
-pub use exec_stream::ExecOutput;
 
 use self::cgroup::{Cgroup, CgroupTree};
 use self::events::{EventLog, EventStream};
@@ -118,7 +118,7 @@ pub(crate) struct Container {
     /// (and carry the exec error when there was one).
     start_gate: tokio::sync::Mutex<()>,
     /// The write end of stdin (or the pty master), kept for Attach.
-    stdin: attach::ContainerStdin,
+    stdin: stdin::ContainerStdin,
     /// A dup of the pty master of a tty container, for Attach's resizes
     /// (also when it has no stdin).
     pty_master: Option<OwnedFd>,

@@ -12,6 +12,7 @@
 //! This module knows nothing of CRI: a parked [`Request`] already names
 //! the pod dir and container it needs.
 
+mod idle;
 pub mod negotiate;
 pub mod portforward;
 pub mod remotecommand;
@@ -20,8 +21,7 @@ pub mod tokens;
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use hyper::body::Incoming;
@@ -210,41 +210,6 @@ fn route(server: &StreamServer, req: hyper::Request<Incoming>) -> Response<Body>
         }
     });
     response
-}
-
-/// When a session last carried traffic, for its idle timeout.
-#[derive(Clone)]
-pub struct Idle {
-    start: Instant,
-    last_ms: Arc<AtomicU64>,
-    limit: Duration,
-}
-
-impl Idle {
-    fn new(limit: Duration) -> Idle {
-        Idle {
-            start: Instant::now(),
-            last_ms: Arc::new(AtomicU64::new(0)),
-            limit,
-        }
-    }
-
-    fn touch(&self) {
-        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_ms.store(ms, Ordering::Relaxed);
-    }
-
-    /// Resolves once no traffic was seen for the limit.
-    async fn expired(&self) {
-        loop {
-            let last = self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
-            let due = last + self.limit;
-            if Instant::now() >= due {
-                return;
-            }
-            tokio::time::sleep_until(due.into()).await;
-        }
-    }
 }
 
 #[cfg(test)]

@@ -33,7 +33,7 @@ use vmpod_agent_proto::v1::{
     PortForwardInput, PortForwardOutput, port_forward_input, port_forward_output,
 };
 
-use super::Idle;
+use super::idle::Idle;
 use super::remotecommand::{channel_message, ws_config};
 use crate::sandbox::shim;
 

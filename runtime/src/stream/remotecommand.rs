@@ -32,7 +32,7 @@ use vmpod_agent_proto::v1::{
     OutputStream, StdioInput, StdioOutput, StdioStart, TerminalSize, stdio_input, stdio_output,
 };
 
-use super::Idle;
+use super::idle::Idle;
 use super::status::{self, Outcome};
 use crate::sandbox::shim;
 
