@@ -426,7 +426,11 @@ const PER_CONNECTION: usize = 10 << 20;
 
 #[tokio::test]
 async fn port_forward_over_spdy_and_websocket() {
-    let mut pod = Pod::start("stream-pf", "", None).await;
+    // 512 MiB: ten echo connections keep up to four autotuned TCP
+    // buffers each in the guest (the agent's and cat's, both ways), and
+    // under TCG they fill; with the default 256 MiB one run in CI had a
+    // connection reset by the guest's side.
+    let mut pod = Pod::start("stream-pf", "memory-mib = 512", None).await;
     echo_server(&mut pod, 8080).await;
 
     // SPDY: 10 connections at once in one session, 10 MB each, echoed.
