@@ -96,9 +96,10 @@ async fn lifecycle_exit_and_oom_arrive_as_events() {
     );
     assert_eq!(stopped.created_at, s.finished_at);
     // finished_at is the guest's reap time (its clock is set from the
-    // host's at boot). Here (QEMU/TCG, 2 cores) the event arrives 60-75 ms
-    // after it when idle, and past 100 ms when other VMs load the cores;
-    // the bound catches a return to polling (seconds), not jitter.
+    // host's at boot, and drifts under TCG). Here (QEMU/TCG, 2 cores) the
+    // event was seen 60-75 ms after it when idle, and 220-600 ms with other
+    // VMs loading the cores; the bound catches a return to polling
+    // (seconds), not jitter.
     let latency_ms = (received - s.finished_at) as f64 / 1e6;
     println!(
         "exit → GetContainerEvents: {latency_ms:.1} ms (reaped at {}, received {received})",
@@ -111,7 +112,7 @@ async fn lifecycle_exit_and_oom_arrive_as_events() {
         }
     }
     assert!(
-        latency_ms < 250.0,
+        latency_ms < 1000.0,
         "the exit arrived {latency_ms:.1} ms after the guest reaped it (at {}, received {received})\nshim log:\n{}\ndaemon log:\n{}",
         s.finished_at,
         std::fs::read_to_string(pod.pod_dir().join("shim.log")).unwrap_or_default(),
