@@ -1458,7 +1458,10 @@ fn exec_stream_tty_size_resize_and_eof() {
         .await;
         send(&tx, Input::Resize(size(120, 40))).await;
         send(&tx, Input::Stdin(b"stty size\n".to_vec())).await;
-        read_until(&mut out, &mut said, |s| s.out().contains("40 120\r\n")).await;
+        // Wait for the next prompt: ash switches the terminal to raw mode
+        // for its line editor before printing it, and a ^D sent earlier,
+        // while the terminal was still cooked, can be flushed by that switch.
+        read_until(&mut out, &mut said, |s| s.out().contains("40 120\r\n/ # ")).await;
         // ^D on an empty line: the shell reads EOF and exits.
         send(&tx, Input::CloseStdin(true)).await;
         read_until(&mut out, &mut said, |_| false).await;
